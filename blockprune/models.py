@@ -1,0 +1,338 @@
+"""Block-list adapters: load a Hugging Face model and run its blocks one at a time.
+
+A `BlockModel` exposes what the engine needs and nothing else:
+
+* `prelude(input_ids)` runs the model's own forward up to the first block and records, for every
+  block, the exact extra arguments the model passes to it (rotary embeddings, causal masks that
+  may differ per block type, position ids). Nothing model-specific is re-implemented: the blocks
+  are called with what the model itself would pass them.
+* `run_block(l, hidden, prelude, rows)` runs block `l` on a subset of rows; `rows[i]` names the
+  sample whose per-sample arguments (masks, positions) row `i` uses.
+* `head_weight`, `final_norm`, `logit_softcap` for the scoring head.
+
+Blocks are found by known attribute paths (decoder LMs, VLM text towers, GPT-2, GPT-NeoX, OPT),
+then by the largest ModuleList of identical modules.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or has no block list we can drive."""
+
+
+# Where the block list lives, relative to the loaded model, in the order tried.
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma 1-3 text, Phi-3, SmolLM
+    "model.language_model.layers",  # VLMs in transformers 5 (Gemma 3, Qwen2-VL, LLaVA, ...)
+    "language_model.model.layers",
+    "model.text_model.layers",
+    "transformer.h",  # GPT-2, GPT-J, Bloom
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+    "transformer.layers",
+)
+# Names of the final norm in the module that holds the block list.
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+# Short names for models shipped through package registries (see blockprune.data).
+EMBEDDED = {"smollm2-135m": "SmolLM2-135M-Instruct"}
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _parent_path(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (attribute path, ModuleList) of the model's transformer blocks."""
+    for path in BLOCK_PATHS:
+        blocks = _get(model, path)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return path, blocks
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 1:
+            if len({type(m) for m in mod}) == 1 and (best is None or len(mod) > len(best[1])):
+                best = (name, mod)
+    if best is None:
+        raise ModelError(f"no block list found in {type(model).__name__}: expected one of {', '.join(BLOCK_PATHS)}")
+    return best
+
+
+@dataclass
+class Prelude:
+    """What a chunk of sequences looks like at the input of block 0."""
+
+    hidden: torch.Tensor  # [B, T, D] input of block 0
+    block_args: list[tuple[tuple, dict]]  # per block: positional args after hidden, kwargs
+    batch: int
+
+
+class _Captured(Exception):
+    pass
+
+
+def _select_rows(obj: Any, batch: int, rows: torch.Tensor) -> Any:
+    """Index every per-sample tensor (leading dim == batch > 1) by `rows`; others broadcast."""
+    if isinstance(obj, torch.Tensor):
+        if batch > 1 and obj.dim() >= 2 and obj.shape[0] == batch:
+            return obj.index_select(0, rows)
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_select_rows(o, batch, rows) for o in obj)
+    if isinstance(obj, list):
+        return [_select_rows(o, batch, rows) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _select_rows(v, batch, rows) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class BlockModel:
+    model: nn.Module  # the *ForCausalLM (or VLM) module
+    tokenizer: Any
+    name: str
+    block_path: str
+    blocks: nn.ModuleList
+    final_norm: nn.Module | None
+    head: nn.Module  # output embedding (weight [V, D], optional bias)
+    post_norm: nn.Module | None = None  # e.g. OPT's project_out, applied after the final norm
+    logit_softcap: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+        return eos
+
+    # ---- running blocks -------------------------------------------------------------------
+    @torch.inference_mode()
+    def prelude(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> Prelude:
+        """Run the model up to block 0 and record every block's extra arguments.
+
+        Sequences are right-padded; with a causal mask the valid positions never see padding, so
+        by default no padding mask is passed (it also lets SDPA take its causal fast path). Packed
+        rows pass their own position ids and 4D mask (see blockprune.packing).
+        """
+        extra = {}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
+        records: list[tuple[tuple, dict]] = []
+        last = len(self.blocks) - 1
+
+        def recorder(index: int):
+            def fake_forward(*args, **kwargs):
+                records.append((args, kwargs))
+                if index == last:
+                    raise _Captured
+                return args[0] if args else kwargs["hidden_states"]
+
+            return fake_forward
+
+        for i, block in enumerate(self.blocks):
+            block.forward = recorder(i)
+        try:
+            self.model(input_ids=input_ids.to(self.device), use_cache=False, **extra)
+        except _Captured:
+            pass
+        finally:
+            for block in self.blocks:
+                del block.forward  # back to the class's forward
+        if len(records) != len(self.blocks):
+            raise ModelError(f"{self.name}: the forward called {len(records)} of {len(self.blocks)} blocks")
+        args0, kwargs0 = records[0]
+        hidden = args0[0] if args0 else kwargs0["hidden_states"]
+        block_args = []
+        for args, kwargs in records:
+            kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            block_args.append((tuple(args[1:]), kwargs))
+        return Prelude(hidden=hidden, block_args=block_args, batch=input_ids.shape[0])
+
+    @torch.inference_mode()
+    def run_block(self, index: int, hidden: torch.Tensor, prelude: Prelude, rows: torch.Tensor) -> torch.Tensor:
+        """Block `index` on `hidden` [R, T, D]; row i uses sample rows[i]'s arguments."""
+        args, kwargs = prelude.block_args[index]
+        rows = rows.to(hidden.device)
+        out = self.blocks[index](
+            hidden, *_select_rows(args, prelude.batch, rows), **_select_rows(kwargs, prelude.batch, rows)
+        )
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def normed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm (and projection) applied to hidden states before the LM head."""
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        if self.post_norm is not None:
+            hidden = self.post_norm(hidden)
+        return hidden
+
+
+def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
+    """Build the adapter for an already-loaded model."""
+    path, blocks = find_blocks(model)
+    parent = _get(model, _parent_path(path)) if _parent_path(path) else model
+    final_norm = next((getattr(parent, n) for n in FINAL_NORM_NAMES if isinstance(getattr(parent, n, None), nn.Module)), None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        raise ModelError(f"{name}: no output embedding (LM head) found on {type(model).__name__}")
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    model.eval()
+    return BlockModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        block_path=path,
+        blocks=blocks,
+        final_norm=final_norm,
+        head=head,
+        post_norm=getattr(parent, "project_out", None),
+        logit_softcap=float(softcap) if softcap else None,
+    )
+
+
+# ---- loading ----------------------------------------------------------------------------------
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the registry GGUF once and save it as a plain HF checkpoint in `target`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import data
+
+    directory, filename = data.smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the GGUF loader marks it; a plain checkpoint has none
+    config.name_or_path = EMBEDDED["smollm2-135m"]
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(spec: str) -> str:
+    """Map a --model value to a path or hub id for from_pretrained (converting embedded ones)."""
+    if spec in EMBEDDED:
+        from . import data
+
+        target = data.cache_dir() / "models" / spec
+        if not (target / "config.json").exists():
+            _convert_smollm2(target)
+        return str(target)
+    return spec
+
+
+def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> BlockModel:
+    """Load a model by embedded name, local directory or hub id, and wrap it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(spec)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except ValueError:
+            from transformers import AutoModelForImageTextToText  # a VLM: drive its text tower
+
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {spec!r}: {first}") from None
+    model.to(device)
+    return wrap(model, tokenizer, spec)
+
+
+# ---- physical removal -------------------------------------------------------------------------
+# Per-layer lists in configs that must follow the kept blocks.
+PER_LAYER_CONFIG_KEYS = ("layer_types", "sliding_window_pattern_list", "layers_block_type", "attention_layers")
+
+
+def remove_blocks(bm: BlockModel, removed: Sequence[int]) -> BlockModel:
+    """A deep copy of the model with the blocks in `removed` physically deleted.
+
+    Renumbers each remaining attention's `layer_idx` (KV-cache slots), sets the config's layer
+    count and filters per-layer config lists (stale `layer_types` silently change sliding-window
+    masks).
+    """
+    import copy
+
+    removed_set = set(int(i) for i in removed)
+    bad = sorted(i for i in removed_set if not 0 <= i < bm.num_blocks)
+    if bad:
+        raise ModelError(f"block ids {bad} out of range 0..{bm.num_blocks - 1}")
+    if len(removed_set) >= bm.num_blocks:
+        raise ModelError(f"cannot remove all {bm.num_blocks} blocks")
+    kept = [i for i in range(bm.num_blocks) if i not in removed_set]
+    model = copy.deepcopy(bm.model)
+    parent_path, attr = bm.block_path.rsplit(".", 1) if "." in bm.block_path else ("", bm.block_path)
+    parent = _get(model, parent_path) if parent_path else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList([old[i] for i in kept]))
+    for new_idx, block in enumerate(getattr(parent, attr)):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        text = model.config.get_text_config()
+        if text is not model.config:
+            configs.append(text)
+    for cfg in configs:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(getattr(cfg, key, None), int) and getattr(cfg, key) == bm.num_blocks:
+                setattr(cfg, key, len(kept))
+        for key in PER_LAYER_CONFIG_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, (list, tuple)) and len(value) == bm.num_blocks:
+                setattr(cfg, key, type(value)(value[i] for i in kept))
+    out = wrap(model, bm.tokenizer, bm.name)
+    out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
+    return out

@@ -1,0 +1,347 @@
+"""Tasks as data: samples in, scoring requests out, per-sample scores back.
+
+A task turns its samples into `Request`s for the engine (log-likelihood of a continuation, a
+perplexity window, a greedy-match target) and turns the engine's per-request log-probabilities and
+greedy flags back into per-sample scores and one metric. It never sees blocks or candidates.
+
+Kinds and their JSONL rows:
+* multiple choice  `{"context": str, "choices": [str, ...], "label": int}` -> acc (and acc_norm).
+  Context and each choice are tokenized separately (no special tokens) and concatenated; a choice's
+  score is the sum of its tokens' log-probs; acc_norm divides it by the choice's length in bytes.
+* perplexity       `{"text": str}` -> perplexity over fixed windows (see `PerplexityTask`).
+* exact match      `{"prompt": str, "answers": [str, ...]}` -> exact_match: greedy decoding
+  reproduces an answer followed by EOS, checked in one teacher-forced pass (every answer token
+  and the EOS must be the argmax at its position).
+
+Task specs: `ppl:shakespeare/<play>`, `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
+`hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine import Request
+
+DEFAULT_PPL_WINDOW = 256
+
+
+class TaskError(Exception):
+    """Bad task spec or task data; the message is one line."""
+
+
+@dataclass
+class Task:
+    """Common part: a name, its samples' ids, and the requests they make."""
+
+    name: str
+    sample_ids: list[str]
+    requests: list[Request] = field(default_factory=list)
+    request_sample: list[int] = field(default_factory=list)  # sample index of each request
+
+    kind = "base"
+    metric = ""
+    higher_is_better = True
+
+    @property
+    def n(self) -> int:
+        return len(self.sample_ids)
+
+    def per_sample(self, logprob: np.ndarray, greedy: np.ndarray) -> dict[str, np.ndarray]:
+        """Engine output [C, R] -> named per-sample arrays [C, N]."""
+        raise NotImplementedError
+
+    def value(self, per_sample: dict[str, np.ndarray]) -> np.ndarray:
+        """Per-sample arrays [C, N] (or [N]) -> the task metric per candidate."""
+        raise NotImplementedError
+
+
+
+def relative_drop(metric: str, baseline: float, value: float) -> float:
+    """Loss of quality relative to the dense model: 1 - q/q_dense.
+
+    q is the metric on a higher-is-better scale: accuracy or exact match as is, 1/perplexity for
+    perplexity (the per-token geometric-mean probability). 0 = no loss, 1 = all of it lost;
+    negative = better than dense. When the dense quality is 0 the plain difference is used.
+    """
+    q0, q = (1.0 / baseline, 1.0 / value) if metric == "perplexity" else (baseline, value)
+    return 1.0 - q / q0 if q0 > 0 else q0 - q
+
+
+class MultipleChoiceTask(Task):
+    kind = "multiple_choice"
+    metric = "acc"
+    higher_is_better = True
+
+    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str]):
+        super().__init__(name, ids)
+        self.labels = []
+        self.choice_bytes: list[int] = []
+        for s, row in enumerate(rows):
+            ctx = tokenizer(row["context"], add_special_tokens=False).input_ids
+            for choice in row["choices"]:
+                cont = tokenizer(choice, add_special_tokens=False).input_ids
+                if not cont:
+                    raise TaskError(f"{name}: sample {ids[s]} has an empty choice")
+                if not ctx:  # nothing to condition on: score from the second token
+                    self.requests.append(Request(tuple(cont), 1))
+                else:
+                    self.requests.append(Request(tuple(ctx + cont), len(ctx)))
+                self.request_sample.append(s)
+                self.choice_bytes.append(max(1, len(choice.encode("utf-8"))))
+            self.labels.append(int(row["label"]))
+        self.labels_arr = np.array(self.labels)
+        self._bounds = np.searchsorted(np.array(self.request_sample), np.arange(len(rows) + 1))
+
+    def per_sample(self, logprob, greedy):
+        norm = logprob / np.array(self.choice_bytes)[None, :]
+        acc, acc_norm = [], []
+        for s in range(self.n):
+            lo, hi = self._bounds[s], self._bounds[s + 1]
+            acc.append(np.argmax(logprob[:, lo:hi], axis=1) == self.labels[s])
+            acc_norm.append(np.argmax(norm[:, lo:hi], axis=1) == self.labels[s])
+        return {"correct": np.stack(acc, 1).astype(float), "correct_norm": np.stack(acc_norm, 1).astype(float)}
+
+    def value(self, per_sample):
+        return np.asarray(per_sample["correct"], dtype=float).mean(axis=-1)
+
+
+class ExactMatchTask(Task):
+    kind = "exact_match"
+    metric = "exact_match"
+    higher_is_better = True
+
+    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], eos_token_id: int | None):
+        super().__init__(name, ids)
+        if eos_token_id is None:
+            raise TaskError(f"{name}: exact match needs an EOS token, and the tokenizer has none")
+        for s, row in enumerate(rows):
+            prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
+            if not prompt:
+                raise TaskError(f"{name}: sample {ids[s]} has an empty prompt")
+            for answer in row["answers"]:
+                target = tokenizer(answer, add_special_tokens=False).input_ids + [eos_token_id]
+                self.requests.append(Request(tuple(prompt + target), len(prompt)))
+                self.request_sample.append(s)
+
+    def per_sample(self, logprob, greedy):
+        match = np.zeros((greedy.shape[0], self.n))
+        for r, s in enumerate(self.request_sample):
+            match[:, s] = np.maximum(match[:, s], greedy[:, r])
+        return {"match": match}
+
+    def value(self, per_sample):
+        return np.asarray(per_sample["match"], dtype=float).mean(axis=-1)
+
+
+class PerplexityTask(Task):
+    """Perplexity over fixed windows.
+
+    The text is tokenized once (no special tokens) and cut into consecutive, non-overlapping
+    windows of `window` tokens starting at token 0 (a shorter tail is dropped). Each window is one
+    sample; its first token is context only, the other window-1 tokens are scored. Perplexity is
+    exp(total NLL / total scored tokens) over the chosen windows.
+    """
+
+    kind = "perplexity"
+    metric = "perplexity"
+    higher_is_better = False
+
+    def __init__(self, name: str, windows: list[list[int]], ids: list[str]):
+        super().__init__(name, ids)
+        for s, w in enumerate(windows):
+            self.requests.append(Request(tuple(w), 1))
+            self.request_sample.append(s)
+
+    def per_sample(self, logprob, greedy):
+        ntok = np.array([r.num_scored for r in self.requests], dtype=float)
+        return {"nll": -logprob, "ntok": np.broadcast_to(ntok, logprob.shape).copy()}
+
+    def value(self, per_sample):
+        nll = np.asarray(per_sample["nll"], dtype=float)
+        ntok = np.asarray(per_sample["ntok"], dtype=float)
+        return np.exp(nll.sum(axis=-1) / ntok.sum(axis=-1))
+
+
+# ---- building tasks from specs -----------------------------------------------------------------
+def _select(ids: list[str], rows: list[Any], samples: int | None, seed: int, name: str):
+    """A seeded random subset of `samples` rows (all rows, in order, when samples is None)."""
+    if not rows:
+        raise TaskError(f"{name}: no samples")
+    if samples is None or samples >= len(rows):
+        return ids, rows
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:{name}").shuffle(order)
+    keep = sorted(order[:samples])
+    return [ids[i] for i in keep], [rows[i] for i in keep]
+
+
+def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
+    """Validate rows of one kind; returns the kind. `where[i]` locates row i in messages."""
+    kinds = {
+        "multiple_choice": ("context", "choices", "label"),
+        "perplexity": ("text",),
+        "exact_match": ("prompt", "answers"),
+    }
+    first = rows[0]
+    kind = next((k for k, keys in kinds.items() if all(key in first for key in keys)), None)
+    if kind is None:
+        raise TaskError(f"{name}: {where[0]}: row has none of the field sets {{context, choices, label}}, {{text}}, {{prompt, answers}}")
+    for row, loc in zip(rows, where):
+        missing = [k for k in kinds[kind] if k not in row]
+        if missing:
+            raise TaskError(f"{name}: {loc}: missing field(s) {', '.join(missing)}")
+        if kind == "multiple_choice":
+            ch = row["choices"]
+            if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+                raise TaskError(f"{name}: {loc}: 'choices' must be a list of at least 2 strings")
+            if not isinstance(row["label"], int) or not 0 <= row["label"] < len(ch):
+                raise TaskError(f"{name}: {loc}: 'label' must be an integer index into choices")
+            if not isinstance(row["context"], str):
+                raise TaskError(f"{name}: {loc}: 'context' must be a string")
+        elif kind == "perplexity":
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise TaskError(f"{name}: {loc}: 'text' must be a non-empty string")
+        else:
+            ans = row["answers"]
+            if isinstance(ans, str):
+                row["answers"] = ans = [ans]
+            if not isinstance(ans, list) or not ans or not all(isinstance(a, str) and a for a in ans):
+                raise TaskError(f"{name}: {loc}: 'answers' must be a non-empty list of strings")
+            if not isinstance(row["prompt"], str):
+                raise TaskError(f"{name}: {loc}: 'prompt' must be a string")
+    return kind
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise TaskError(f"jsonl task file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{path}:{lineno}: a row must be a JSON object")
+            row["_line"] = lineno
+            rows.append(row)
+    if not rows:
+        raise TaskError(f"{path}: empty task file")
+    return rows
+
+
+def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window) -> Task:
+    kind = _check_rows(name, rows, where)
+    if kind == "perplexity":
+        text = "\n\n".join(r["text"] for r in rows)
+        return _ppl_task(name, text, tokenizer, samples, seed, window)
+    ids, rows = _select(ids, rows, samples, seed, name)
+    if kind == "multiple_choice":
+        return MultipleChoiceTask(name, rows, tokenizer, ids)
+    return ExactMatchTask(name, rows, tokenizer, ids, eos)
+
+
+def _ppl_task(name, text, tokenizer, samples, seed, window) -> PerplexityTask:
+    if window < 2:
+        raise TaskError(f"{name}: perplexity window must be at least 2 tokens")
+    tokens = tokenizer(text, add_special_tokens=False).input_ids
+    windows = [tokens[i : i + window] for i in range(0, len(tokens) - window + 1, window)]
+    if not windows:
+        raise TaskError(f"{name}: text has {len(tokens)} tokens, fewer than one window of {window}")
+    ids = [f"w{i}" for i in range(len(windows))]
+    ids, windows = _select(ids, windows, samples, seed, name)
+    return PerplexityTask(name, windows, ids)
+
+
+def _bigbench_rows(task: dict, name: str) -> list[dict]:
+    """BIG-bench examples as multiple-choice rows (or exact-match rows for generative tasks)."""
+    prefix = task.get("task_prefix", "")
+    in_pre = task.get("example_input_prefix", "\nQ: ")
+    out_pre = task.get("example_output_prefix", "\nA: ")
+    rows = []
+    for ex in task.get("examples", []):
+        context = (prefix + in_pre + ex["input"] + out_pre).rstrip()
+        if "target_scores" in ex:
+            choices = list(ex["target_scores"].keys())
+            scores = list(ex["target_scores"].values())
+            rows.append({"context": context, "choices": [" " + c.strip() for c in choices], "label": int(np.argmax(scores))})
+        elif "target" in ex:
+            answers = ex["target"] if isinstance(ex["target"], list) else [ex["target"]]
+            rows.append({"prompt": context + " ", "answers": [str(a).strip() for a in answers if str(a).strip()]})
+    if not rows:
+        raise TaskError(f"bigbench:{name}: no usable examples (a task with subtasks needs bigbench:<task>/<subtask>)")
+    return rows
+
+
+def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: int | None = None,
+              seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW) -> Task:
+    """Build a task from its spec. Raises TaskError (one line) on any problem."""
+    from . import data
+
+    scheme, _, rest = spec.partition(":")
+    if not rest:
+        raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
+    if scheme == "ppl":
+        source, _, play = rest.partition("/")
+        if source != "shakespeare" or not play:
+            raise TaskError(f"unknown perplexity source {rest!r}: expected ppl:shakespeare/<play>")
+        try:
+            text = data.shakespeare_text(play)
+        except data.DataError as exc:
+            raise TaskError(str(exc)) from None
+        return _ppl_task(f"shakespeare_{play}", text, tokenizer, samples, seed, ppl_window)
+    if scheme == "bigbench":
+        task, _, sub = rest.partition("/")
+        try:
+            raw = data.bigbench_task(task, sub or None)
+        except data.DataError as exc:
+            raise TaskError(str(exc)) from None
+        name = rest.replace("/", "_")
+        rows = _bigbench_rows(raw, rest)
+        ids = [str(i) for i in range(len(rows))]
+        return _from_rows(name, rows, [f"example {i}" for i in ids], ids, tokenizer, eos_token_id, samples, seed, ppl_window)
+    if scheme == "jsonl":
+        path = Path(rest)
+        rows = read_jsonl(path)
+        where = [f"{path}:{r.pop('_line')}" for r in rows]
+        ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
+        return _from_rows(path.stem, rows, where, ids, tokenizer, eos_token_id, samples, seed, ppl_window)
+    if scheme == "hf":
+        return _hf_task(rest, tokenizer, eos_token_id, samples, seed, ppl_window)
+    raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected ppl, bigbench, jsonl or hf")
+
+
+def _hf_task(rest: str, tokenizer, eos, samples, seed, window) -> Task:
+    """`hf:<dataset>[/<config>][@<split>]`: rows already in one of the JSONL layouts."""
+    try:
+        import datasets
+    except ImportError:
+        raise TaskError("hf: task specs need the 'datasets' package (pip install datasets)") from None
+    name_part, _, split = rest.partition("@")
+    path = Path(name_part)
+    try:
+        if path.exists():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split or next(iter(ds))]
+        else:
+            dataset, _, config = name_part.partition("/") if name_part.count("/") > 1 else (name_part, "", "")
+            ds = datasets.load_dataset(dataset, config or None, split=split or "test")
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line
+        raise TaskError(f"hf:{rest}: cannot load dataset ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    rows = [dict(r) for r in ds]
+    if not rows:
+        raise TaskError(f"hf:{rest}: empty dataset")
+    name = path.name if path.exists() else name_part.replace("/", "_")
+    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
+    return _from_rows(name, rows, [f"row {i}" for i in range(len(rows))], ids, tokenizer, eos, samples, seed, window)

@@ -1,0 +1,1 @@
+"""Export of pruned models (Hugging Face checkpoint, ONNX). See the export issue."""

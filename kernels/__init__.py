@@ -1,0 +1,32 @@
+"""Kernels for masked multi-candidate scoring.
+
+Each op lives in its own file next to its pure-torch reference. `scoring_head` dispatches: the
+Triton kernel on CUDA tensors when Triton is available, the reference elsewhere.
+`BLOCKPRUNE_KERNELS=torch` forces the references, `=triton` forces Triton (an error if absent).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .scoring_head import scoring_head_reference
+
+
+def backend() -> str:
+    """'torch' or 'triton' as forced by BLOCKPRUNE_KERNELS, else 'auto'."""
+    value = os.environ.get("BLOCKPRUNE_KERNELS", "auto").lower()
+    if value not in ("auto", "torch", "triton"):
+        raise ValueError(f"BLOCKPRUNE_KERNELS must be auto, torch or triton, not {value!r}")
+    return value
+
+
+def scoring_head(hidden, weight, targets, bias=None, softcap=None):
+    """Per position: (log-sum-exp, target logit, target is argmax). See scoring_head_reference."""
+    # The Triton implementation arrives with the GPU kernels; until then every device uses the
+    # reference, which never materialises more than one vocabulary chunk of logits.
+    if backend() == "triton":
+        raise RuntimeError("BLOCKPRUNE_KERNELS=triton, but no Triton scoring head is built yet")
+    return scoring_head_reference(hidden, weight, targets, bias=bias, softcap=softcap)
+
+
+__all__ = ["backend", "scoring_head", "scoring_head_reference"]

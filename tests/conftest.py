@@ -1,0 +1,97 @@
+import os
+
+# Triton kernels run on CPU only through the interpreter, which must be chosen before any kernel
+# module is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.manual_seed(0)
+
+
+class CharTokenizer:
+    """A tiny byte-level tokenizer for unit tests (ids 3..258; 2 is EOS)."""
+
+    eos_token_id = 2
+
+    class _Out:
+        def __init__(self, ids):
+            self.input_ids = ids
+
+    def __call__(self, text, add_special_tokens=False):
+        return self._Out([3 + b for b in text.encode("utf-8")])
+
+
+def tiny_model(arch: str = "llama", layers: int = 6, seed: int = 0):
+    """A small random-initialised causal LM of the given architecture, wrapped as a BlockModel."""
+    import transformers
+
+    from blockprune import models
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=262, num_hidden_layers=layers)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4,
+                                       num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "qwen3":
+        cfg = transformers.Qwen3Config(hidden_size=48, intermediate_size=80, num_attention_heads=4, head_dim=12,
+                                       num_key_value_heads=2, max_position_embeddings=256, use_sliding_window=True,
+                                       sliding_window=5, max_window_layers=layers // 2, **common)
+    elif arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=262, n_layer=layers, n_embd=48, n_head=4, n_positions=256)
+    elif arch == "gemma3":
+        cfg = transformers.Gemma3TextConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4, head_dim=12,
+                                            num_key_value_heads=2, max_position_embeddings=256, sliding_window=5,
+                                            final_logit_softcapping=30.0, **common)
+    else:
+        raise ValueError(arch)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return models.wrap(model, CharTokenizer(), f"tiny-{arch}")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded model (SmolLM2-135M-Instruct from the registry package, converted once)."""
+    from blockprune import data, models
+
+    if not (data.cache_dir() / "dl").exists():
+        pytest.fail("the embedded model is not in the cache: run `make data` (or `blockprune fetch`) first")
+    return models.load("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A small random Llama saved as a plain HF directory with the real SmolLM2 tokenizer, so the
+    real loading code (from_pretrained on a path) runs in fast tests."""
+    import transformers
+
+    from blockprune import models
+
+    tok_dir = models.resolve("smollm2-135m")  # converted once into the cache
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+                                   tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def jsonl_tasks(tmp_path_factory):
+    """Three small JSONL tasks, one of each kind."""
+    import json
+
+    d = tmp_path_factory.mktemp("tasks")
+    mc = [{"context": f"Question {i}: which number comes after {i}?", "choices": [f" {i + 1}", f" {i + 7}", " banana"],
+           "label": 0} for i in range(8)]
+    ppl = [{"text": "To be, or not to be, that is the question. " * 6 + f"Line {i}."} for i in range(4)]
+    em = [{"prompt": f"Repeat the word {w}:", "answers": [f" {w}"]} for w in ["apple", "river", "stone", "cloud", "light"]]
+    for name, rows in [("mc", mc), ("ppl", ppl), ("em", em)]:
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
