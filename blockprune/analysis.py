@@ -51,11 +51,15 @@ def build(store: Store) -> dict:
             "num_tasks": len(d),
         })
     candidates.sort(key=lambda c: (len(c["removed"]), c["mean_drop"], c["removed"]))
-    work = {"block_rows": 0, "naive_block_rows": 0, "head_positions": 0, "naive_head_positions": 0}
+    work = {"block_rows": 0, "naive_block_rows": 0, "block_tokens": 0, "naive_block_tokens": 0,
+            "head_positions": 0, "naive_head_positions": 0}
     for w in store.work:
         for k in work:
             work[k] += int(w.get(k, 0))
-    work["block_ratio"] = round(work["block_rows"] / work["naive_block_rows"], 4) if work["naive_block_rows"] else None
+    for name, (run, naive) in {"block_ratio": ("block_rows", "naive_block_rows"),
+                               "token_ratio": ("block_tokens", "naive_block_tokens"),
+                               "head_ratio": ("head_positions", "naive_head_positions")}.items():
+        work[name] = round(work[run] / work[naive], 4) if work[naive] else None
     return {
         "model": settings["model"],
         "num_blocks": settings["num_blocks"],
@@ -108,8 +112,9 @@ def summary_markdown(analysis: dict) -> str:
         lines.append(f"| {k} | {_fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | {per_task} |")
     w = analysis["work"]
     if w.get("naive_block_rows"):
-        lines += ["", f"Engine work: {w['block_rows']:,} block-row evaluations vs {w['naive_block_rows']:,} "
-                  f"for one forward per candidate ({w['block_ratio']:.2f}x)."]
+        lines += ["", f"Engine work vs one plain forward per candidate: {w['block_rows']:,} block-row evaluations "
+                  f"vs {w['naive_block_rows']:,} ({w['block_ratio']:.2f}x); in tokens {w['token_ratio']:.2f}x; "
+                  f"LM-head positions {w['head_ratio']:.2f}x."]
     lines += ["", "Full data: `cross_dataset_analysis.json`.", ""]
     return "\n".join(lines)
 

@@ -20,15 +20,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEMO = {
     "model": "smollm2-135m",
     "tasks": [
-        "ppl:shakespeare/hamlet",
-        "bigbench:general_knowledge",
-        "bigbench:emoji_movie",
-        "bigbench:goal_step_wikihow/step_inference",
+        "ppl:shakespeare/hamlet#6",
+        "bigbench:general_knowledge#32",
+        "bigbench:emoji_movie#16",
     ],
     "method": "beam",
     "beam_width": 2,
     "max_remove": 3,
-    "samples": 12,
+    "samples": None,
     "ppl_window": 128,
 }
 
@@ -114,6 +113,18 @@ def run_search(
                         min_depth=min_depth, max_candidates=max_candidates)
     result_analysis = analysis.write(store)
     return SearchOutput(Path(out), result_analysis, result, time.perf_counter() - start)
+
+
+def prepare_demo() -> None:
+    """Download the embedded default's packages, extract the demo's tasks, convert the model."""
+    from . import data
+
+    data.fetch_all()
+    data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO["tasks"] if spec.startswith("bigbench:")])
+    for spec in DEMO["tasks"]:
+        if spec.startswith("ppl:shakespeare/"):
+            data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
+    models.resolve(DEMO["model"])
 
 
 def run_demo(out: str | Path = "runs/demo", **overrides) -> SearchOutput:

@@ -53,10 +53,9 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--samples", type=int, default=api.DEMO["samples"])
     _add_common(d)
 
-    sub.add_parser("fetch", help="download the embedded default's model and data into the cache")
+    sub.add_parser("fetch", help="download the embedded default's model and data into the cache and prepare them")
     return ap
 
 
@@ -64,13 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "fetch":
-            from . import data
-
-            data.fetch_all()
+            api.prepare_demo()
             return 0
         common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress)
         if args.command == "demo":
-            out = api.run_demo(out=args.out, samples=args.samples, **common)
+            out = api.run_demo(out=args.out, **common)
         else:
             out = api.run_search(
                 model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,

