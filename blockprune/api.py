@@ -12,7 +12,7 @@ import torch
 from . import analysis, models, search
 from .engine import Engine
 from .store import Store
-from .tasks import DEFAULT_PPL_WINDOW, load_task
+from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,6 +82,8 @@ def run_search(
         raise search.SearchError("--samples must be at least 1")
     if candidates_per_pass < 1:
         raise search.SearchError("--candidates-per-pass must be at least 1")
+    for spec in tasks:
+        check_spec(spec)
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]

@@ -237,6 +237,7 @@ def _convert_smollm2(target: Path) -> None:
 
     from . import data
 
+    quiet_transformers()
     directory, filename = data.smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
@@ -256,6 +257,14 @@ def _convert_smollm2(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers: blockprune prints its own."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def resolve(spec: str) -> str:
     """Map a --model value to a path or hub id for from_pretrained (converting embedded ones)."""
     if spec in EMBEDDED:
@@ -272,6 +281,7 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
     """Load a model by embedded name, local directory or hub id, and wrap it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     path = resolve(spec)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

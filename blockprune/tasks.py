@@ -284,19 +284,30 @@ def _bigbench_rows(task: dict, name: str) -> list[dict]:
     return rows
 
 
+SCHEMES = ("ppl", "bigbench", "jsonl", "hf")
+
+
+def check_spec(spec: str) -> None:
+    """Syntax of a task spec, checked before anything is loaded."""
+    scheme, sep, rest = spec.partition("#")[0].partition(":")
+    if not sep or not rest:
+        raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
+    if scheme not in SCHEMES:
+        raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected {', '.join(SCHEMES)}")
+
+
 def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: int | None = None,
               seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW) -> Task:
     """Build a task from its spec. Raises TaskError (one line) on any problem."""
     from . import data
 
+    check_spec(spec)
     spec, _, count = spec.partition("#")
     if count:
         if not count.isdigit() or int(count) < 1:
             raise TaskError(f"bad sample count {count!r} in task spec: use SPEC#N with N >= 1")
         samples = int(count)
     scheme, _, rest = spec.partition(":")
-    if not rest:
-        raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
     if scheme == "ppl":
         source, _, play = rest.partition("/")
         if source != "shakespeare" or not play:
@@ -322,9 +333,7 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
         where = [f"{path}:{r.pop('_line')}" for r in rows]
         ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
         return _from_rows(path.stem, rows, where, ids, tokenizer, eos_token_id, samples, seed, ppl_window)
-    if scheme == "hf":
-        return _hf_task(rest, tokenizer, eos_token_id, samples, seed, ppl_window)
-    raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected ppl, bigbench, jsonl or hf")
+    return _hf_task(rest, tokenizer, eos_token_id, samples, seed, ppl_window)
 
 
 def _hf_task(rest: str, tokenizer, eos, samples, seed, window) -> Task:
