@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import stats
 from .store import Store, atomic_write_json, atomic_write_text
 from .tasks import relative_drop
 
@@ -22,8 +23,13 @@ class AnalysisError(Exception):
     pass
 
 
-def build(store: Store) -> dict:
-    """The analysis dict from a store (no model, no re-scoring)."""
+def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
+    """The analysis dict from a store (no model, no re-scoring).
+
+    Adds to each candidate `ci95`, the paired-bootstrap 95% interval of its mean drop, and a
+    per-block single-removal table. The bootstrap replicates are kept (not serialised) under
+    the key `_replicates` for the report's comparisons.
+    """
     info = store.run_info
     settings = info["settings"]
     tasks = settings["tasks"]  # name -> {spec, metric, higher_is_better, n, sample_ids}
@@ -51,6 +57,18 @@ def build(store: Store) -> dict:
             "num_tasks": len(d),
         })
     candidates.sort(key=lambda c: (len(c["removed"]), c["mean_drop"], c["removed"]))
+    keys = [tuple(c["removed"]) for c in candidates]
+    reps = stats.bootstrap_mean_drops(store, keys, tasks, replicates) if keys else np.zeros((0, replicates))
+    for c, r in zip(candidates, reps):
+        c["ci95"] = list(stats.interval(r))
+    per_block = []
+    for c in candidates:
+        if len(c["removed"]) == 1:
+            per_block.append({"block": c["removed"][0], "mean_drop": c["mean_drop"], "ci95": c["ci95"],
+                              "drops": c["drops"]})
+    per_block.sort(key=lambda b: b["block"])
+    for rank, b in enumerate(sorted(per_block, key=lambda b: b["mean_drop"]), 1):
+        b["rank"] = rank
     work = {"block_rows": 0, "naive_block_rows": 0, "block_tokens": 0, "naive_block_tokens": 0,
             "head_positions": 0, "naive_head_positions": 0}
     for w in store.work:
@@ -76,8 +94,11 @@ def build(store: Store) -> dict:
             }
             for t in names
         },
+        "ci_definition": f"paired bootstrap over samples ({replicates} replicates), 95% percentile interval of the mean drop",
+        "per_block": per_block,
         "candidates": candidates,
         "work": work,
+        "_replicates": dict(zip(keys, reps)),
     }
 
 
@@ -119,9 +140,13 @@ def summary_markdown(analysis: dict) -> str:
     return "\n".join(lines)
 
 
+def public(analysis: dict) -> dict:
+    return {k: v for k, v in analysis.items() if not k.startswith("_")}
+
+
 def write(store: Store) -> dict:
     analysis = build(store)
-    atomic_write_json(store.dir / ANALYSIS_FILE, analysis)
+    atomic_write_json(store.dir / ANALYSIS_FILE, public(analysis))
     atomic_write_text(store.dir / SUMMARY_FILE, summary_markdown(analysis))
     return analysis
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from . import analysis, models, search
+from . import models, report, search
 from .engine import Engine
 from .store import Store
 from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
@@ -35,7 +35,7 @@ DEMO = {
 @dataclass
 class SearchOutput:
     out: Path
-    analysis: dict
+    recommendations: dict
     result: search.SearchResult
     seconds: float
 
@@ -66,14 +66,14 @@ def run_search(
     dtype: str = "float32",
     budget_gb: float | None = None,
     progress: bool = True,
+    lang: str = "en",
+    tolerance: float = report.DEFAULT_TOLERANCE,
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
     Results go to `out` as they complete; calling again with the same arguments resumes.
     """
     start = time.perf_counter()
-    if method not in search.METHODS:
-        raise search.SearchError(f"unknown method {method!r}: choose one of {', '.join(search.METHODS)}")
     if not tasks:
         raise search.SearchError("give at least one --task")
     if dtype not in DTYPES:
@@ -85,7 +85,7 @@ def run_search(
     for spec in tasks:
         check_spec(spec)
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
-    search.validate(bm.num_blocks, max_remove, protected, min_depth)
+    search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
@@ -113,8 +113,8 @@ def run_search(
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress)
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
                         min_depth=min_depth, max_candidates=max_candidates)
-    result_analysis = analysis.write(store)
-    return SearchOutput(Path(out), result_analysis, result, time.perf_counter() - start)
+    recs = report.write_report(out, lang=lang, tolerance=tolerance)
+    return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
 def prepare_demo() -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import api, search
+from . import api, report, search
 from .analysis import AnalysisError
+from .report import ReportError
 from .data import DataError
 from .models import ModelError
 from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
-USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError)
+USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError)
 
 
 def _ints(text: str) -> list[int]:
@@ -27,6 +28,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
     p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lang", default="en", choices=["en", "zh"], help="report language (zh: REPORT.zh.md)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative drop a recommendation may cost (default 0.05)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,10 +56,19 @@ def parser() -> argparse.ArgumentParser:
                    help="candidates scored in one engine pass (results persist after each pass)")
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     _add_common(s)
+    _add_report_options(s)
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
     _add_common(d)
+    _add_report_options(d)
+
+    r = sub.add_parser("report", help="regenerate the report of a run directory from its store (no re-scoring)")
+    r.add_argument("dir", help="a run directory, or with --from-seed the root of the reference system's result files")
+    r.add_argument("--from-seed", action="store_true",
+                   help="read <dataset>/<split>/exp3_accuracy_sensitivity_v2_results.json files of the system blockprune replaces")
+    r.add_argument("--out", default=None, help="with --from-seed: where to write (default: DIR/analysis)")
+    _add_report_options(r)
 
     sub.add_parser("fetch", help="download the embedded default's model and data into the cache and prepare them")
     return ap
@@ -65,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             api.prepare_demo()
             return 0
-        common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress)
+        if args.command == "report":
+            return _report(args)
+        common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
+                      lang=args.lang, tolerance=args.tolerance)
         if args.command == "demo":
             out = api.run_demo(out=args.out, **common)
         else:
@@ -82,7 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         print("blockprune: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     print(open(out.out / "SUMMARY.md", encoding="utf-8").read())
-    print(f"wrote {out.out} in {out.seconds:.0f} s")
+    print(f"wrote {out.out} in {out.seconds:.0f} s (report: {out.out / _report_name(args.lang)})")
+    return 0
+
+
+def _report_name(lang: str) -> str:
+    return "REPORT.zh.md" if lang == "zh" else "REPORT.md"
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    if args.from_seed:
+        from . import seed
+
+        out = Path(args.out) if args.out else Path(args.dir) / "analysis"
+        try:
+            files = seed.write_seed_report(args.dir, out, lang=args.lang)
+        except seed.SeedError as exc:
+            raise ReportError(str(exc)) from None
+        print("\n".join(f"wrote {f}" for f in files))
+        return 0
+    report.write_report(args.dir, lang=args.lang, tolerance=args.tolerance)
+    print(f"wrote {Path(args.dir) / _report_name(args.lang)}")
     return 0
 
 

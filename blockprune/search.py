@@ -124,8 +124,11 @@ def _rank(results: dict[tuple[int, ...], Evaluated]) -> list[tuple[int, ...]]:
     return sorted(results, key=lambda k: (results[k].mean_drop, k))
 
 
-def validate(num_blocks: int, max_remove: int, protected: Sequence[int], min_depth: int) -> list[int]:
-    """Check the settings; return the blocks that may be removed."""
+def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), min_depth: int = 1,
+             method: str = "beam", beam_width: int = 1, max_candidates: int = 5000) -> list[int]:
+    """Check the settings before anything is written; return the blocks that may be removed."""
+    if method not in METHODS:
+        raise SearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     bad = sorted(b for b in protected if not 0 <= b < num_blocks)
     if bad:
         raise SearchError(f"protected block ids {bad} out of range 0..{num_blocks - 1}")
@@ -135,38 +138,35 @@ def validate(num_blocks: int, max_remove: int, protected: Sequence[int], min_dep
         raise SearchError(f"--max-remove {max_remove} must be less than the number of blocks ({num_blocks})")
     if not 0 <= min_depth <= num_blocks:
         raise SearchError(f"--min-depth must be in 0..{num_blocks}")
+    if method == "beam" and beam_width < 1:
+        raise SearchError("--beam-width must be at least 1")
     allowed = [b for b in range(num_blocks) if b not in set(protected)]
     if not allowed:
         raise SearchError("every block is protected: nothing to remove")
-    return allowed
-
-
-def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, protected: Sequence[int] = (),
-        min_depth: int = 1, max_candidates: int = 5000) -> SearchResult:
-    if method not in METHODS:
-        raise SearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    num_blocks = ev.num_blocks
-    allowed = validate(num_blocks, max_remove, protected, min_depth)
-    k_max = min(max_remove, num_blocks - min_depth, len(allowed))
-    if method == "sensitivity":
-        k_max = 1
-    result = SearchResult(method)
     if method == "exhaustive":
+        k_max = min(max_remove, num_blocks - min_depth, len(allowed))
         count = sum(math.comb(len(allowed), k) for k in range(1, k_max + 1))
         if count > max_candidates:
             raise SearchError(
                 f"exhaustive search over {len(allowed)} blocks up to {k_max} removed is {count} candidates, "
                 f"more than --max-candidates {max_candidates}; lower --max-remove or use beam"
             )
+    return allowed
+
+
+def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, protected: Sequence[int] = (),
+        min_depth: int = 1, max_candidates: int = 5000) -> SearchResult:
+    num_blocks = ev.num_blocks
+    allowed = validate(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
+    k_max = 1 if method == "sensitivity" else min(max_remove, num_blocks - min_depth, len(allowed))
+    result = SearchResult(method)
+    if method == "exhaustive":
         for k in range(1, k_max + 1):
-            sets = list(itertools.combinations(allowed, k))
-            res = ev.evaluate(sets)
+            res = ev.evaluate(list(itertools.combinations(allowed, k)))
             result.steps.append(_rank(res))
             result.evaluated.extend(res)
         return result
     width = {"greedy": 1, "sensitivity": len(allowed), "beam": beam_width}[method]
-    if width < 1:
-        raise SearchError("--beam-width must be at least 1")
     beam: list[tuple[int, ...]] = [()]
     for _ in range(k_max):
         children = list(dict.fromkeys(key_of(p + (b,)) for p in beam for b in allowed if b not in p))

@@ -28,6 +28,8 @@ def search_args(tiny_dir, jsonl_tasks, out, *extra):
     (["--protect", "99"], "out of range"),
     (["--max-remove", "6"], "less than the number of blocks"),
     (["--task", "bigbench:no_such_task_anywhere"], "unknown BIG-bench task"),
+    (["--method", "exhaustive", "--max-remove", "5", "--max-candidates", "10"], "more than --max-candidates"),
+    (["--task", "jsonl:/no/such.jsonl"], "not found"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_dir, jsonl_tasks, tmp_path, capsys, extra, message):
     out = tmp_path / "run"

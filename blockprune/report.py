@@ -1,0 +1,442 @@
+"""The recommendation report of a run: which blocks to remove per budget, how sure, what never to touch.
+
+Inputs: the run's store (every candidate scored on every task). Outputs, in the run directory:
+`cross_dataset_analysis.json`, `pruning_recommendations.json`, `REPORT.md` (or `REPORT.zh.md`
+with lang="zh") and PNG plots under `plots/`. Everything is written to temporary names and
+renamed, so a failure leaves the previous report (or none), never half of one.
+
+Rules (documented in the report itself):
+* best per k: lowest mean drop over tasks (ties by block ids); top 5 per k.
+* stepwise: step 1 = best single; step k = best set of size k containing step k-1's set, else the
+  best of size k (marked as a jump).
+* recommendations, with tolerance t (default 5% relative quality loss):
+  conservative = the largest k with a set whose upper 95% bound is <= t (lowest mean drop there);
+  balanced = the largest k whose best set has mean drop <= t;
+  aggressive = the largest k with a set whose lower 95% bound is <= t (t cannot be ruled out).
+* critical blocks: single removals whose lower 95% bound is >= 20%.
+* interactions: sets of k >= 2 whose drop differs from the sum of their single drops with a 95%
+  interval that excludes 0.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis as analysis_mod
+from . import stats
+from .store import Store, atomic_write_json, atomic_write_text
+
+RECOMMENDATIONS_FILE = "pruning_recommendations.json"
+CRITICAL = 0.20
+DEFAULT_TOLERANCE = 0.05
+
+
+class ReportError(Exception):
+    pass
+
+
+def _key(c: dict) -> tuple[int, ...]:
+    return tuple(c["removed"])
+
+
+def by_k(candidates: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for c in candidates:  # already sorted by (k, mean drop, ids)
+        out.setdefault(len(c["removed"]), []).append(c)
+    return out
+
+
+def stepwise(groups: dict[int, list[dict]]) -> list[dict]:
+    path: list[dict] = []
+    prev: dict | None = None
+    for k in sorted(groups):
+        pick = None
+        if prev is not None:
+            pick = next((c for c in groups[k] if set(prev["removed"]) < set(c["removed"])), None)
+        jump = pick is None and prev is not None
+        pick = pick or groups[k][0]
+        path.append({"k": k, "removed": pick["removed"], "mean_drop": pick["mean_drop"], "std_drop": pick["std_drop"],
+                     "ci95": pick["ci95"], "incremental_drop": pick["mean_drop"] - (prev["mean_drop"] if prev else 0.0),
+                     "extends_previous": not jump})
+        prev = pick
+    return path
+
+
+def recommendations(groups: dict[int, list[dict]], tolerance: float) -> dict:
+    def largest(pred, label, rule):
+        for k in sorted(groups, reverse=True):
+            ok = [c for c in groups[k] if pred(c)]
+            if ok:
+                c = ok[0]
+                return {"k": k, "removed": c["removed"], "mean_drop": c["mean_drop"], "std_drop": c["std_drop"],
+                        "ci95": c["ci95"], "drops": c["drops"], "rule": rule}
+        return {"k": 0, "removed": [], "rule": rule, "note": f"no {label} set meets the rule"}
+
+    t = tolerance
+    return {
+        "tolerance": t,
+        "conservative": largest(lambda c: c["ci95"][1] <= t, "conservative",
+                                f"largest k with a set whose upper 95% bound of the mean drop is <= {t:.1%}"),
+        "balanced": largest(lambda c: c is groups[len(c["removed"])][0] and c["mean_drop"] <= t, "balanced",
+                            f"largest k whose best set has mean drop <= {t:.1%}"),
+        "aggressive": largest(lambda c: c["ci95"][0] <= t, "aggressive",
+                              f"largest k with a set whose lower 95% bound is <= {t:.1%}"),
+    }
+
+
+def key_findings(a: dict, groups: dict[int, list[dict]], path: list[dict]) -> list[dict]:
+    reps = a["_replicates"]
+    tasks = list(a["tasks"])
+    singles = sorted(a["per_block"], key=lambda b: b["mean_drop"])
+    out: list[dict] = []
+    if singles:
+        critical = [b for b in singles if b["ci95"][0] >= CRITICAL]
+        out.append({"kind": "critical_blocks", "blocks": [b["block"] for b in critical],
+                    "detail": [{"block": b["block"], "mean_drop": b["mean_drop"], "ci95": b["ci95"]} for b in critical]})
+        out.append({"kind": "safest_blocks", "blocks": [b["block"] for b in singles[:3]],
+                    "detail": [{"block": b["block"], "mean_drop": b["mean_drop"], "ci95": b["ci95"]} for b in singles[:3]]})
+        best_single = singles[0]
+        better = [c for k, cs in groups.items() if k >= 2 for c in cs if c["mean_drop"] < best_single["mean_drop"]]
+        out.append({"kind": "combinations_beat_singles", "value": bool(better),
+                    "sets": [c["removed"] for c in better[:5]], "best_single": best_single["block"]})
+        single_of = {b["block"]: (b["block"],) for b in singles}
+        inter = []
+        for k, cs in groups.items():
+            if k < 2:
+                continue
+            for c in cs:
+                if all(b in single_of for b in c["removed"]):
+                    diff = reps[_key(c)] - sum(reps[(b,)] for b in c["removed"])
+                    lo, hi = stats.interval(diff)
+                    inter.append({"removed": c["removed"], "interaction": float(np.mean(diff)), "ci95": [lo, hi],
+                                  "significant": lo > 0 or hi < 0})
+        inter.sort(key=lambda x: -abs(x["interaction"]))
+        out.append({"kind": "interactions", "significant": [x for x in inter if x["significant"]][:5],
+                    "count_significant": sum(x["significant"] for x in inter), "count": len(inter)})
+        if len(tasks) >= 2 and len(singles) >= 3:
+            blocks = sorted(b["block"] for b in singles)
+            table = {t: np.array([next(b for b in singles if b["block"] == blk)["drops"][t] for blk in blocks]) for t in tasks}
+            pairs = {f"{x} ~ {y}": stats.spearman(table[x], table[y]) for i, x in enumerate(tasks) for y in tasks[i + 1:]}
+            finite = [v for v in pairs.values() if np.isfinite(v)]
+            pairs = {k: (v if np.isfinite(v) else None) for k, v in pairs.items()}
+            out.append({"kind": "rank_agreement", "spearman": pairs, "mean": float(np.mean(finite)) if finite else None})
+    if len(path) >= 3:
+        inc = [s["incremental_drop"] for s in path]
+        out.append({"kind": "incremental_drops_grow", "value": all(b >= a_ for a_, b in zip(inc, inc[1:])), "increments": inc})
+    sig = {}
+    for k, cs in groups.items():
+        if len(cs) >= 2:
+            sig[k] = {"best": cs[0]["removed"], "runner_up": cs[1]["removed"], **stats.compare(reps[_key(cs[0])], reps[_key(cs[1])])}
+    out.append({"kind": "best_vs_runner_up", "per_k": sig})
+    return out
+
+
+# ---- text --------------------------------------------------------------------------------------
+TEXT = {
+    "en": {
+        "title": "Block pruning recommendations: {model}",
+        "overview": "Overview",
+        "overview_text": ("{method} search over the {n} blocks of `{model}`; {c} candidate sets, every one scored on all "
+                          "{t} tasks with the same samples. A drop is the relative loss of quality vs the dense model "
+                          "(1 - q/q_dense; q = accuracy, exact match or 1/perplexity); ± is the sample std over tasks "
+                          "(ddof=1); 95% intervals come from a paired bootstrap over samples ({b} replicates)."),
+        "tasks": "Tasks", "task": "task", "metric": "metric", "dense": "dense", "n": "samples",
+        "best": "Best set per number of removed blocks", "remove_k": "Remove {k} block{s}",
+        "choice": "Best choice: remove {set}", "mean": "Mean drop", "ci": "95% interval",
+        "range": "Range over tasks", "per_task": "Per task", "top5": "Top 5",
+        "vs": "Best vs runner-up {r}: difference {d} (95% interval {lo} to {hi}), {verdict}.",
+        "sig": "significant", "notsig": "not significant: treat them as equivalent",
+        "none_k": "No candidate of this size was scored.",
+        "step": "Stepwise path", "step_text": "Step k is the best set of size k that contains step k-1's set.",
+        "incr": "incremental", "jump": "no scored set extends the previous step: best of this size taken",
+        "rec": "Recommendations", "conservative": "Conservative", "balanced": "Balanced", "aggressive": "Aggressive",
+        "rule": "Rule", "no_rec": "No set meets this rule.",
+        "findings": "Key findings", "blocks": "Single-block removal",
+        "block": "block", "rank": "rank", "plots": "Plots", "files": "File locations", "usage": "How to reproduce",
+        "f_critical": "Blocks that must never go: {items}.", "f_critical_none": "No single block is critical (no lower 95% bound >= {c}).",
+        "f_crit_item": "removing block {b} costs {d} (95% interval {lo} to {hi})",
+        "f_safe": "Safest single removals: {items}.",
+        "f_combo_yes": "Combinations beat the best single removal (block {b}): {sets}.",
+        "f_combo_no": "No combination beats the best single removal (block {b}).",
+        "f_inter": "Interactions: {n} of {m} multi-block sets differ from the sum of their single drops (95% interval excludes 0){items}.",
+        "f_rank": "Agreement of block importance across tasks (Spearman of single-block drops): mean {m}; {pairs}.",
+        "f_grow_yes": "Incremental drops grow along the stepwise path: {inc}.",
+        "f_grow_no": "Incremental drops do not grow monotonically along the stepwise path: {inc}.",
+        "one_task": "Only one task: std over tasks and rank agreement are not defined.",
+        "repro": "Regenerate this report from the store (no re-scoring) with `blockprune report {out}`; the search itself:",
+        "f_files": {"REPORT": "this report", "pruning_recommendations.json": "recommendations, stepwise path, key findings",
+                    "cross_dataset_analysis.json": "every candidate: scores, drops, mean ± std, 95% interval; single-block table",
+                    "results.jsonl": "the store: per-sample scores of every (candidate, task)", "run.json": "settings and versions"},
+    },
+    "zh": {
+        "title": "Block 剪枝建议：{model}",
+        "overview": "概述",
+        "overview_text": ("对 `{model}` 的 {n} 个 block 进行 {method} 搜索；共 {c} 个候选组合，每个组合都在全部 {t} 个任务的同一批样本上评估。"
+                          "下降指相对于完整模型的质量相对损失（1 - q/q_dense；q 为准确率、精确匹配率或 1/困惑度）；± 为跨任务的样本标准差（ddof=1）；"
+                          "95% 区间来自对样本的配对 bootstrap（{b} 次重采样）。"),
+        "tasks": "任务", "task": "任务", "metric": "指标", "dense": "完整模型", "n": "样本数",
+        "best": "独立最优策略", "remove_k": "移除 {k} 个 Block{s}",
+        "choice": "最佳选择：移除 {set}", "mean": "平均下降", "ci": "95% 区间",
+        "range": "跨任务范围", "per_task": "各任务", "top5": "Top 5 选择",
+        "vs": "最佳与次佳 {r} 之差：{d}（95% 区间 {lo} 至 {hi}），{verdict}。",
+        "sig": "差异显著", "notsig": "差异不显著，可视为等价",
+        "none_k": "该数量下没有评估过的候选。",
+        "step": "逐步剪枝策略", "step_text": "第 k 步为包含第 k-1 步组合的最佳 k-block 组合。",
+        "incr": "增量下降", "jump": "没有评估过的组合包含上一步的组合：取该数量下的最佳组合",
+        "rec": "建议", "conservative": "保守策略", "balanced": "平衡策略", "aggressive": "激进策略",
+        "rule": "规则", "no_rec": "没有组合满足该规则。",
+        "findings": "关键发现", "blocks": "单个 Block 移除",
+        "block": "block", "rank": "排名", "plots": "图表", "files": "文件位置", "usage": "使用方法",
+        "f_critical": "绝对不能移除的 blocks：{items}。", "f_critical_none": "没有关键的单个 block（没有 95% 区间下界 >= {c}）。",
+        "f_crit_item": "移除 Block {b} 会导致下降 {d}（95% 区间 {lo} 至 {hi}）",
+        "f_safe": "最安全的单个移除：{items}。",
+        "f_combo_yes": "组合移除优于最佳单 block 移除（Block {b}）：{sets}。",
+        "f_combo_no": "没有组合优于最佳单 block 移除（Block {b}）。",
+        "f_inter": "交互效应：{m} 个多 block 组合中有 {n} 个的下降与其单 block 下降之和不同（95% 区间不含 0）{items}。",
+        "f_rank": "各任务间 block 重要性的一致性（单 block 下降的 Spearman 相关）：平均 {m}；{pairs}。",
+        "f_grow_yes": "逐步移除的增量影响递增：{inc}。",
+        "f_grow_no": "逐步移除的增量影响并非单调递增：{inc}。",
+        "one_task": "只有一个任务：跨任务标准差和排名一致性无定义。",
+        "repro": "从存储重新生成本报告（不重新评估）：`blockprune report {out}`；搜索本身：",
+        "f_files": {"REPORT": "本报告", "pruning_recommendations.json": "推荐结果、逐步路径、关键发现",
+                    "cross_dataset_analysis.json": "全部候选：分数、下降、均值 ± 标准差、95% 区间；单 block 表",
+                    "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},
+    },
+}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def fmt_set(removed) -> str:
+    return "[" + ", ".join(str(b) for b in removed) + "]"
+
+
+def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str) -> str:
+    T = TEXT[lang]
+    tasks = a["tasks"]
+    groups = by_k(a["candidates"])
+    L = [f"# {T['title'].format(model=a['model'])}", "", f"## {T['overview']}", "",
+         T["overview_text"].format(method=a["method"], n=a["num_blocks"], model=a["model"], c=len(a["candidates"]),
+                                   t=len(tasks), b=a.get("replicates", stats.DEFAULT_REPLICATES)), ""]
+    if len(tasks) < 2:
+        L += [T["one_task"], ""]
+    L += [f"| {T['task']} | {T['metric']} | {T['dense']} | {T['n']} |", "| --- | --- | --- | --- |"]
+    L += [f"| {n} | {t['metric']} | {t['baseline']:.4g} | {t['n']} |" for n, t in tasks.items()]
+    L += ["", f"## {T['best']}", ""]
+    sig = next(f for f in findings if f["kind"] == "best_vs_runner_up")["per_k"]
+    for k in range(1, max(groups, default=0) + 1):
+        L += [f"### {T['remove_k'].format(k=k, s='' if k == 1 else 's')}", ""]
+        cs = groups.get(k)
+        if not cs:
+            L += [T["none_k"], ""]
+            continue
+        c = cs[0]
+        L += [f"**{T['choice'].format(set=fmt_set(c['removed']))}**", "",
+              f"- **{T['mean']}**: {pct(c['mean_drop'])} ± {pct(c['std_drop'])}",
+              f"- **{T['ci']}**: {pct(c['ci95'][0])} – {pct(c['ci95'][1])}",
+              f"- **{T['range']}**: {pct(c['min_drop'])} – {pct(c['max_drop'])}",
+              f"- **{T['per_task']}**: " + ", ".join(f"{t} {pct(d)}" for t, d in c["drops"].items()), ""]
+        L += [f"**{T['top5']}**:", "", f"| # | removed | {T['mean']} ± std | {T['ci']} | " + " | ".join(tasks) + " |",
+              "|" + " --- |" * (4 + len(tasks))]
+        for i, x in enumerate(cs[:5], 1):
+            L.append(f"| {i} | {fmt_set(x['removed'])} | {pct(x['mean_drop'])} ± {pct(x['std_drop'])} | "
+                     f"{pct(x['ci95'][0])} – {pct(x['ci95'][1])} | " + " | ".join(pct(x["drops"][t]) for t in tasks) + " |")
+        if k in sig:
+            s = sig[k]
+            L += ["", T["vs"].format(r=fmt_set(s["runner_up"]), d=pct(s["difference"]), lo=pct(s["ci95"][0]),
+                                     hi=pct(s["ci95"][1]), verdict=T["sig"] if s["significant"] else T["notsig"])]
+        L.append("")
+    L += [f"## {T['step']}", "", T["step_text"], "", f"| step | removed | {T['mean']} ± std | {T['ci']} | {T['incr']} |",
+          "| --- | --- | --- | --- | --- |"]
+    for s in path:
+        mark = "" if s["extends_previous"] else " *"
+        L.append(f"| {s['k']} | {fmt_set(s['removed'])}{mark} | {pct(s['mean_drop'])} ± {pct(s['std_drop'])} | "
+                 f"{pct(s['ci95'][0])} – {pct(s['ci95'][1])} | {pct(s['incremental_drop'])} |")
+    if any(not s["extends_previous"] for s in path[1:]):
+        L += ["", f"\\* {T['jump']}"]
+    L += ["", f"## {T['rec']}", ""]
+    for level in ("conservative", "balanced", "aggressive"):
+        r = recs[level]
+        L += [f"### {T[level]}", "", f"- **{T['rule']}**: {r['rule']}"]
+        if r["k"]:
+            L += [f"- **{fmt_set(r['removed'])}** (k = {r['k']}): {pct(r['mean_drop'])} ± {pct(r['std_drop'])}, "
+                  f"{T['ci']} {pct(r['ci95'][0])} – {pct(r['ci95'][1])}; " + ", ".join(f"{t} {pct(d)}" for t, d in r["drops"].items())]
+        else:
+            L.append(f"- {T['no_rec']}")
+        L.append("")
+    L += [f"## {T['findings']}", ""]
+    for i, line in enumerate(finding_lines(findings, T), 1):
+        L.append(f"{i}. {line}")
+    if a["per_block"]:
+        L += ["", f"## {T['blocks']}", "", f"| {T['block']} | {T['rank']} | {T['mean']} | {T['ci']} | " + " | ".join(tasks) + " |",
+              "|" + " --- |" * (4 + len(tasks))]
+        for b in a["per_block"]:
+            L.append(f"| {b['block']} | {b['rank']} | {pct(b['mean_drop'])} | {pct(b['ci95'][0])} – {pct(b['ci95'][1])} | "
+                     + " | ".join(pct(b["drops"][t]) for t in tasks) + " |")
+    L += ["", f"## {T['plots']}", ""]
+    for name in PLOTS:
+        if (out / "plots" / f"{name}.png").exists():
+            L.append(f"![{name}](plots/{name}.png)")
+    L += ["", f"## {T['files']}", ""]
+    report_name = "REPORT.zh.md" if lang == "zh" else "REPORT.md"
+    for f, what in T["f_files"].items():
+        L.append(f"- `{report_name if f == 'REPORT' else f}`: {what}")
+    L.append(f"- `plots/`: {', '.join(p + '.png' for p in PLOTS)}")
+    L += ["", f"## {T['usage']}", "", T["repro"].format(out=out), "", "```bash", command, "```", ""]
+    return "\n".join(L)
+
+
+def finding_lines(findings: list[dict], T: dict) -> list[str]:
+    lines = []
+    for f in findings:
+        kind = f["kind"]
+        if kind == "critical_blocks":
+            if f["detail"]:
+                items = "; ".join(T["f_crit_item"].format(b=d["block"], d=pct(d["mean_drop"]), lo=pct(d["ci95"][0]),
+                                                          hi=pct(d["ci95"][1])) for d in f["detail"])
+                lines.append(T["f_critical"].format(items=items))
+            else:
+                lines.append(T["f_critical_none"].format(c=pct(CRITICAL)))
+        elif kind == "safest_blocks":
+            lines.append(T["f_safe"].format(items=", ".join(f"{d['block']} ({pct(d['mean_drop'])})" for d in f["detail"])))
+        elif kind == "combinations_beat_singles":
+            key = "f_combo_yes" if f["value"] else "f_combo_no"
+            lines.append(T[key].format(b=f["best_single"], sets=", ".join(fmt_set(s) for s in f["sets"])))
+        elif kind == "interactions":
+            items = "".join(f"; {fmt_set(x['removed'])} {'+' if x['interaction'] > 0 else ''}{pct(x['interaction'])}"
+                            for x in f["significant"][:3])
+            lines.append(T["f_inter"].format(n=f["count_significant"], m=f["count"], items=items))
+        elif kind == "rank_agreement":
+            pairs = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in f["spearman"].items())
+            lines.append(T["f_rank"].format(m="n/a" if f["mean"] is None else f"{f['mean']:.2f}", pairs=pairs))
+        elif kind == "incremental_drops_grow":
+            inc = " → ".join(pct(x) for x in f["increments"])
+            lines.append(T["f_grow_yes" if f["value"] else "f_grow_no"].format(inc=inc))
+    return lines
+
+
+# ---- plots ----------------------------------------------------------------------------------
+PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution")
+
+
+def plot_all(a: dict, path: list[dict], directory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_k(a["candidates"])
+    ks = sorted(groups)
+    if ks:
+        fig, axes = plt.subplots(1, len(ks), figsize=(4 * len(ks), 3.5), squeeze=False)
+        for ax, k in zip(axes[0], ks):
+            top = groups[k][:5]
+            y = [100 * c["mean_drop"] for c in top]
+            err = [[100 * (c["mean_drop"] - c["ci95"][0]) for c in top], [100 * (c["ci95"][1] - c["mean_drop"]) for c in top]]
+            ax.bar(range(len(top)), y, yerr=np.clip(err, 0, None), capsize=3, color="tab:blue")
+            ax.set_xticks(range(len(top)), [fmt_set(c["removed"]) for c in top], rotation=45, ha="right", fontsize=7)
+            ax.set_title(f"k = {k}: top {len(top)}")
+            ax.set_ylabel("mean drop (%), 95% CI")
+        fig.tight_layout()
+        fig.savefig(directory / "ranking.png", dpi=110)
+        plt.close(fig)
+    if a["per_block"]:
+        tasks = list(a["tasks"])
+        grid = np.array([[100 * b["drops"][t] for b in a["per_block"]] for t in tasks])
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(a["per_block"])), 1 + 0.5 * len(tasks)))
+        im = ax.imshow(np.clip(grid, -50, 100), aspect="auto", cmap="magma_r")
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        ax.set_xticks(range(len(a["per_block"])), [b["block"] for b in a["per_block"]], fontsize=7)
+        ax.set_xlabel("removed block")
+        ax.set_title("single-block drop per task (%, clipped to [-50, 100])")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(directory / "single_block_heatmap.png", dpi=110)
+        plt.close(fig)
+    if path:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        k = [s["k"] for s in path]
+        m = np.array([100 * s["mean_drop"] for s in path])
+        lo = np.array([100 * s["ci95"][0] for s in path])
+        hi = np.array([100 * s["ci95"][1] for s in path])
+        ax.plot(k, m, "o-", label="mean drop")
+        ax.fill_between(k, lo, hi, alpha=0.25, label="95% CI")
+        ax.bar(k, [100 * s["incremental_drop"] for s in path], alpha=0.4, color="tab:orange", label="incremental")
+        ax.set_xlabel("blocks removed (stepwise)")
+        ax.set_ylabel("drop (%)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(directory / "stepwise.png", dpi=110)
+        plt.close(fig)
+    if ks:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k in ks:
+            ax.hist([100 * c["mean_drop"] for c in groups[k]], bins=20, alpha=0.5, label=f"k = {k}")
+        ax.set_xlabel("mean drop (%)")
+        ax.set_ylabel("candidates")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(directory / "drop_distribution.png", dpi=110)
+        plt.close(fig)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+def command_of(info: dict, out: Path) -> str:
+    s = info["settings"]
+    parts = ["blockprune search", f"--model {s['model']}"] + [f"--task {t['spec']}" for t in s["tasks"].values()]
+    parts += [f"--method {s['method']}", f"--beam-width {s['beam_width']}", f"--max-remove {s['max_remove']}"]
+    if s.get("samples"):
+        parts.append(f"--samples {s['samples']}")
+    parts += [f"--seed {s['seed']}", f"--ppl-window {s['ppl_window']}"]
+    if s.get("protected"):
+        parts.append("--protect " + ",".join(map(str, s["protected"])))
+    parts += [f"--min-depth {s['min_depth']}", f"--dtype {s['dtype']}", f"--out {out}"]
+    return " \\\n    ".join(parts)
+
+
+def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEFAULT_TOLERANCE,
+                 replicates: int = stats.DEFAULT_REPLICATES) -> dict:
+    """(Re)generate every report file of a run directory from its store."""
+    directory = Path(directory)
+    if lang not in TEXT:
+        raise ReportError(f"unknown language {lang!r}: choose en or zh")
+    if not 0 < tolerance < 1:
+        raise ReportError("--tolerance must be between 0 and 1 (a relative drop, e.g. 0.05)")
+    store = Store.open_existing(directory)
+    a = analysis_mod.build(store, replicates)
+    a["replicates"] = replicates
+    if not a["candidates"]:
+        raise ReportError(f"{directory}: no candidate is scored on every task yet; rerun the search to resume it")
+    groups = by_k(a["candidates"])
+    path = stepwise(groups)
+    recs = recommendations(groups, tolerance)
+    findings = key_findings(a, groups, path)
+    best = {k: {"best": cs[0], "top5": cs[:5]} for k, cs in groups.items()}
+    rec_json = {"model": a["model"], "tolerance": tolerance, "independent_best": best, "stepwise": path,
+                "recommendations": recs, "key_findings": findings}
+    # plots into a temporary folder, swapped in whole
+    tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=directory))
+    try:
+        plot_all(a, path, tmp)
+        final = directory / "plots"
+        old = directory / ".plots-old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    command = command_of(store.run_info, directory)
+    atomic_write_json(directory / analysis_mod.ANALYSIS_FILE, analysis_mod.public(a))
+    atomic_write_json(directory / RECOMMENDATIONS_FILE, rec_json)
+    atomic_write_text(directory / analysis_mod.SUMMARY_FILE, analysis_mod.summary_markdown(a))
+    atomic_write_text(directory / ("REPORT.zh.md" if lang == "zh" else "REPORT.md"),
+                      render(a, recs, path, findings, lang, directory, command))
+    return rec_json
