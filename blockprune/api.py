@@ -29,6 +29,7 @@ DEMO = {
     "max_remove": 3,
     "samples": None,
     "ppl_window": 128,
+    "export_formats": ("hf", "onnx"),
 }
 
 
@@ -68,10 +69,14 @@ def run_search(
     progress: bool = True,
     lang: str = "en",
     tolerance: float = report.DEFAULT_TOLERANCE,
+    export_formats: Sequence[str] = (),
+    kv_cache: bool = True,
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
-    Results go to `out` as they complete; calling again with the same arguments resumes.
+    Results go to `out` as they complete; calling again with the same arguments resumes. At the
+    end the report is written and, with `export_formats`, the balanced recommendation is exported
+    to `out/export`.
     """
     start = time.perf_counter()
     if not tasks:
@@ -114,7 +119,19 @@ def run_search(
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
                         min_depth=min_depth, max_candidates=max_candidates)
     recs = report.write_report(out, lang=lang, tolerance=tolerance)
+    balanced = recs["recommendations"]["balanced"]
+    if export_formats and balanced["k"]:
+        export(bm, balanced["removed"], Path(out) / "export", formats=export_formats, kv_cache=kv_cache)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
+
+
+def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
+           kv_cache: bool = False, device: str | None = None, dtype: str = "float32") -> dict:
+    """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest."""
+    from .export import export_model
+
+    bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
+    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache)
 
 
 def prepare_demo() -> None:

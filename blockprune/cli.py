@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from . import api, report, search
 from .analysis import AnalysisError
 from .report import ReportError
 from .data import DataError
+from .export import ExportFailed
 from .models import ModelError
 from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
-USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError)
+USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
+               ExportFailed)
 
 
 def _ints(text: str) -> list[int]:
@@ -55,13 +58,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates-per-pass", type=int, default=256,
                    help="candidates scored in one engine pass (results persist after each pass)")
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    s.add_argument("--export", default="", metavar="FORMATS",
+                   help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
     _add_common(s)
     _add_report_options(s)
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--no-export", action="store_true", help="skip exporting the balanced recommendation")
     _add_common(d)
     _add_report_options(d)
+
+    e = sub.add_parser("export", help="write the model without some blocks as a verified HF checkpoint and/or ONNX")
+    e.add_argument("--model", required=True)
+    e.add_argument("--remove", type=_ints, required=True, help="block ids, e.g. 4,13")
+    e.add_argument("--out", required=True)
+    e.add_argument("--format", default="hf", help="comma-separated: hf, onnx (default hf)")
+    e.add_argument("--kv-cache", action="store_true", help="also export the ONNX decoder with past key values")
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
 
     r = sub.add_parser("report", help="regenerate the report of a run directory from its store (no re-scoring)")
     r.add_argument("dir", help="a run directory, or with --from-seed the root of the reference system's result files")
@@ -82,16 +97,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return _report(args)
+        if args.command == "export":
+            manifest = api.export(args.model, args.remove, args.out, formats=[f for f in args.format.split(",") if f],
+                                  kv_cache=args.kv_cache, device=args.device, dtype=args.dtype)
+            print(json.dumps({"out": args.out, "parity": manifest["parity"]}, indent=2))
+            return 0
         common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
                       lang=args.lang, tolerance=args.tolerance)
         if args.command == "demo":
-            out = api.run_demo(out=args.out, **common)
+            out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}), **common)
         else:
             out = api.run_search(
                 model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
                 max_remove=args.max_remove, samples=args.samples or None, seed=args.seed, ppl_window=args.ppl_window,
                 protected=args.protect, min_depth=args.min_depth, max_candidates=args.max_candidates,
-                candidates_per_pass=args.candidates_per_pass, **common,
+                candidates_per_pass=args.candidates_per_pass,
+                export_formats=[f for f in args.export.split(",") if f], **common,
             )
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)

@@ -1,1 +1,119 @@
-"""Export of pruned models (Hugging Face checkpoint, ONNX). See the export issue."""
+"""Export of a pruned model: a Hugging Face checkpoint and ONNX graphs, each verified, with a manifest.
+
+`export_model(bm, removed, out)` writes into a temporary directory beside `out` and renames it
+into place only when every requested format has been written and verified, so a failed or
+interrupted export leaves nothing behind. `export_manifest.json` lists the files (sha256, size),
+every parity figure, the onnxruntime providers that actually ran, and versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from blockprune.models import BlockModel, ModelError
+
+from . import hf
+
+FORMATS = ("hf", "onnx")
+MANIFEST = "export_manifest.json"
+
+
+class ExportFailed(Exception):
+    """An export that could not be written or verified (one-line message)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
+                 kv_cache: bool = False) -> dict:
+    """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
+    removed = sorted({int(b) for b in removed})
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportFailed(f"unknown export format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
+    if any(not 0 <= b < bm.num_blocks for b in removed):
+        raise ModelError(f"block ids {[b for b in removed if not 0 <= b < bm.num_blocks]} out of range 0..{bm.num_blocks - 1}")
+    if len(removed) >= bm.num_blocks:
+        raise ModelError(f"cannot remove all {bm.num_blocks} blocks")
+    out = Path(out)
+    start = time.perf_counter()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ExportFailed(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
+    try:
+        manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
+                    "formats": list(formats), "parity": {}, "files": [], "versions": _versions()}
+        pruned = None
+        if "hf" in formats:
+            t = time.perf_counter()
+            (tmp / "hf").mkdir()
+            pruned = hf.save(bm, removed, tmp / "hf")
+            manifest["parity"]["hf"] = {**hf.verify(bm, removed, tmp / "hf"), "export_seconds": round(time.perf_counter() - t, 2)}
+        if "onnx" in formats:
+            from . import onnx as onnx_export
+
+            pruned = pruned or hf.remove_blocks(bm, removed)
+            (tmp / "onnx").mkdir()
+            t = time.perf_counter()
+            path = onnx_export.export_logits(pruned.model, tmp / "onnx")
+            manifest["parity"]["onnx_logits"] = {**onnx_export.verify_logits(pruned.model, path),
+                                                 "export_seconds": round(time.perf_counter() - t, 2)}
+            if kv_cache:
+                t = time.perf_counter()
+                path = onnx_export.export_decoder_with_past(pruned.model, tmp / "onnx")
+                manifest["parity"]["onnx_decoder_with_past"] = {**onnx_export.verify_decoder(pruned.model, path),
+                                                                "export_seconds": round(time.perf_counter() - t, 2)}
+            manifest["onnxruntime_providers"] = sorted({p for k, v in manifest["parity"].items() if k.startswith("onnx")
+                                                        for p in v.get("providers", [])})
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
+        manifest["seconds"] = round(time.perf_counter() - start, 2)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.parent / f".{out.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        return manifest
+    except hf.ParityError as exc:
+        raise ExportFailed(f"parity check failed: {exc}") from None
+    except OSError as exc:
+        raise ExportFailed(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        name = type(exc).__name__
+        if name in ("ExportError", "ParityError"):  # from the ONNX exporter/verifier
+            raise ExportFailed(str(exc).splitlines()[0]) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -44,6 +44,12 @@ def tiny_model(arch: str = "llama", layers: int = 6, seed: int = 0):
         cfg = transformers.Gemma3TextConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4, head_dim=12,
                                             num_key_value_heads=2, max_position_embeddings=256, sliding_window=5,
                                             final_logit_softcapping=30.0, **common)
+    elif arch == "neox":
+        cfg = transformers.GPTNeoXConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4,
+                                         max_position_embeddings=256, **common)
+    elif arch == "qwen2":
+        cfg = transformers.Qwen2Config(hidden_size=48, intermediate_size=80, num_attention_heads=4,
+                                       num_key_value_heads=2, max_position_embeddings=256, **common)
     else:
         raise ValueError(arch)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

@@ -103,3 +103,15 @@ def test_api_resume_reuses_every_stored_score(tiny_dir, jsonl_tasks, tmp_path, m
     assert c["num_tasks"] == 3
     drops = np.array(list(c["drops"].values()))
     assert c["mean_drop"] == pytest.approx(drops.mean()) and c["std_drop"] == pytest.approx(drops.std(ddof=1))
+
+
+def test_search_exports_the_balanced_recommendation(tiny_dir, jsonl_tasks, tmp_path):
+    tasks = [f"jsonl:{jsonl_tasks / n}.jsonl" for n in ("mc", "ppl")]
+    out = tmp_path / "run"
+    res = api.run_search(model=str(tiny_dir), tasks=tasks, out=out, method="greedy", max_remove=2, samples=None,
+                         ppl_window=16, device="cpu", progress=False, tolerance=0.99, export_formats=("hf",))
+    balanced = res.recommendations["recommendations"]["balanced"]
+    assert balanced["k"] >= 1
+    manifest = json.loads((out / "export" / "export_manifest.json").read_text())
+    assert manifest["removed"] == balanced["removed"]
+    assert manifest["parity"]["hf"]["logits_max_abs_diff"] <= 1e-5

@@ -1,0 +1,90 @@
+"""The pruned model as a Hugging Face checkpoint, verified on every export.
+
+Writing: the blocks are deleted physically (`blockprune.models.remove_blocks`: `layer_idx`
+renumbered, the layer count set, per-layer config lists such as `layer_types` filtered), then
+safetensors weights, config, generation config and tokenizer are saved.
+
+Verifying: the directory is reloaded with plain `AutoModelForCausalLM.from_pretrained` and must
+give (1) the logits of the original model with those blocks skipped (the masked model, run block
+by block through the adapter, not through the pruned copy) within `atol`, and (2) the same greedy
+`generate()` tokens with the KV cache as a full recompute without it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from blockprune.models import BlockModel, remove_blocks
+
+
+class ParityError(Exception):
+    """An export whose outputs do not match the model it came from."""
+
+
+@torch.inference_mode()
+def masked_logits(bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[int]) -> torch.Tensor:
+    """Logits of the original model with `removed` blocks skipped."""
+    prelude = bm.prelude(input_ids)
+    hidden = prelude.hidden
+    rows = torch.arange(input_ids.shape[0], device=hidden.device)
+    for layer in range(bm.num_blocks):
+        if layer not in set(removed):
+            hidden = bm.run_block(layer, hidden, prelude, rows)
+    logits = bm.head(bm.normed(hidden)).float()
+    if bm.logit_softcap:
+        logits = torch.tanh(logits / bm.logit_softcap) * bm.logit_softcap
+    return logits
+
+
+def save(bm: BlockModel, removed: Sequence[int], directory: Path) -> BlockModel:
+    """Write the pruned checkpoint into `directory` (which must exist); returns the pruned model."""
+    cfg = bm.model.config
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) and removed:
+        # GPT-2 scales attention by 1/(layer_idx + 1) with the same index that addresses the KV
+        # cache: a renumbered checkpoint would change the scale, a non-renumbered one the cache.
+        raise ParityError("GPT-2 with scale_attn_by_inverse_layer_idx=True cannot be saved pruned: its attention "
+                          "scale depends on the original layer index")
+    pruned = remove_blocks(bm, removed)
+    pruned.model.save_pretrained(directory, safe_serialization=True)
+    if bm.tokenizer is not None and hasattr(bm.tokenizer, "save_pretrained"):
+        bm.tokenizer.save_pretrained(directory)
+    return pruned
+
+
+@torch.inference_mode()
+def verify(bm: BlockModel, removed: Sequence[int], directory: Path, atol: float = 1e-5, new_tokens: int = 8) -> dict:
+    """Reload `directory` with plain transformers and check it against the masked model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    start = time.perf_counter()
+    config = AutoConfig.from_pretrained(directory)
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=bm.dtype).to(bm.device).eval()
+    kept = bm.num_blocks - len(set(removed))
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = next((getattr(text_config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(text_config, k)), None)
+    if layers != kept:
+        raise ParityError(f"reloaded config has {layers} layers, expected {kept}")
+    vocab = bm.head.weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (2, 11), generator=g).to(bm.device)
+    expected = masked_logits(bm, ids, removed)
+    got = reloaded(input_ids=ids, use_cache=False).logits.float()
+    diff = (got - expected).abs().max().item()
+    if not diff <= atol:
+        raise ParityError(f"reloaded checkpoint differs from the masked model: max abs diff {diff:.3g} > {atol:g}")
+    prompt = ids[:1, :5]
+    eos = getattr(reloaded.generation_config, "eos_token_id", None)
+    cached = reloaded.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                               eos_token_id=None, pad_token_id=eos if isinstance(eos, int) else None)
+    seq = prompt
+    for _ in range(new_tokens):  # full recompute, no cache
+        nxt = reloaded(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    if not torch.equal(cached, seq):
+        raise ParityError("greedy generate() with the KV cache differs from a full recompute")
+    return {"logits_max_abs_diff": diff, "atol": atol, "generate_kv_cache_equals_recompute": True,
+            "generated_tokens": new_tokens, "layers": kept, "seconds": round(time.perf_counter() - start, 2)}
