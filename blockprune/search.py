@@ -65,7 +65,7 @@ class Evaluator:
         todo = [(t, ss) for t, ss in todo if ss]
         if not todo:
             return
-        total = sum(trie_block_rows(self._masks(ss)) * len(t.requests) for t, ss in todo)
+        total = sum(trie_block_rows(self._masks(ss)) * self.engine.num_rows(t.requests) for t, ss in todo)
         bar = None
         if self.progress:
             from tqdm import tqdm
