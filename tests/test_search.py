@@ -91,14 +91,17 @@ def test_api_resume_reuses_every_stored_score(tiny_dir, jsonl_tasks, tmp_path, m
     kw = dict(model=str(tiny_dir), tasks=tasks, out=tmp_path / "run", method="beam", beam_width=2, max_remove=2,
               samples=None, ppl_window=16, device="cpu", progress=False)
     first = api.run_search(**kw)
+    first_analysis = json.loads((tmp_path / "run" / "cross_dataset_analysis.json").read_text())
 
     def boom(*a, **k):
         raise AssertionError("resume re-scored a stored candidate")
 
     monkeypatch.setattr(Engine, "score", boom)
     second = api.run_search(**kw)
-    assert second.analysis["candidates"] == first.analysis["candidates"]
-    c = first.analysis["candidates"][0]
+    second_analysis = json.loads((tmp_path / "run" / "cross_dataset_analysis.json").read_text())
+    assert second_analysis["candidates"] == first_analysis["candidates"]
+    assert json.loads(json.dumps(second.recommendations)) == json.loads(json.dumps(first.recommendations))
+    c = first_analysis["candidates"][0]
     assert set(c) >= {"removed", "scores", "drops", "mean_drop", "std_drop", "num_tasks"}
     assert c["num_tasks"] == 3
     drops = np.array(list(c["drops"].values()))
