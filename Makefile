@@ -13,6 +13,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# onnx: CPU onnxruntime; on a GPU machine use EXTRAS=test,gpu (onnxruntime-gpu; never both)
+EXTRAS ?= test,onnx
 BLOCKPRUNE_CACHE ?= $(HOME)/.cache/blockprune
 export BLOCKPRUNE_CACHE
 DEMO_OUT ?= runs/demo
@@ -22,7 +24,7 @@ DEMO_OUT ?= runs/demo
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
