@@ -143,9 +143,9 @@ class Engine:
         plain = self._score_rows(packing.pack(reqs, None), len(reqs), keep, None)[0]
         return bool(np.allclose(packed, plain, rtol=1e-4, atol=1e-4))
 
-    def num_rows(self, requests: Sequence[Request]) -> int:
-        """Rows the requests become (choices sharing a context are packed into one)."""
-        return len(packing.pack(requests, self.packing_limit()))
+    def row_tokens(self, requests: Sequence[Request]) -> int:
+        """Tokens of the rows the requests become (choices sharing a context are packed into one)."""
+        return sum(len(r) for r in packing.pack(requests, self.packing_limit()))
 
     def plan(self, rows: Sequence[packing.Row], num_candidates: int) -> tuple[int, list[list[int]]]:
         """(candidates per group, row chunks) so one chunk's states fit half the budget."""
@@ -177,7 +177,10 @@ class Engine:
         keep: np.ndarray,
         progress: Callable[[int], None] | None = None,
     ) -> Scores:
-        """Score every request under every keep-mask row (True = block runs)."""
+        """Score every request under every keep-mask row (True = block runs).
+
+        `progress(n)` is called after each block with the tokens it processed (padding included).
+        """
         keep = np.asarray(keep, dtype=bool)
         num_cands, num_blocks = keep.shape
         if num_blocks != self.model.num_blocks:
@@ -260,7 +263,7 @@ class Engine:
             work.block_rows += len(idx)
             work.block_tokens += len(idx) * length
             if progress is not None:
-                progress(len(idx))
+                progress(len(idx) * length)
 
         # Scoring: only at positions that predict a scored token.
         pos_row, pos_t, targets, pos_req = [], [], [], []

@@ -65,12 +65,12 @@ class Evaluator:
         todo = [(t, ss) for t, ss in todo if ss]
         if not todo:
             return
-        total = sum(trie_block_rows(self._masks(ss)) * self.engine.num_rows(t.requests) for t, ss in todo)
+        total = sum(trie_block_rows(self._masks(ss)) * self.engine.row_tokens(t.requests) for t, ss in todo)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, unit="block-row", desc=f"scoring {len(sets)} sets", leave=False, dynamic_ncols=True)
+            bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"scoring {len(sets)} sets", leave=False, dynamic_ncols=True)
         try:
             for task, missing in todo:
                 for i in range(0, len(missing), self.batch_candidates):

@@ -13,9 +13,9 @@ plain transformers `*ForCausalLM` that `blockprune.models.remove_blocks` returns
 
 Verification never reuses the export's example shapes: it runs the saved file in onnxruntime
 (CUDA first when that provider is available, else CPU) on other batch sizes and lengths, with a
-left-padded row, and compares output names, shapes and values with the PyTorch model (values as
-`np.allclose` does: |onnx - torch| <= atol + rtol * |torch|, rtol 1e-5 by default, as Optimum's
-validation; logits of a real model reach tens, where float32 kernels differ by ~1e-4). For the
+left-padded row, and compares output names, shapes and values with the PyTorch model: max
+|onnx - torch| <= atol + rtol * max |torch| (1e-4 and 1e-5 by default; a real model's logits
+reach tens, where float32 kernels, PyTorch's included, differ by ~1e-4). For the
 decoder, a prefill from an empty past and ONE decode step (from the ONNX prefill's cache and from
 a PyTorch cache) must match PyTorch's full recompute of the whole sequence. A mismatch raises
 `ExportError` with a one-line message.
@@ -283,22 +283,21 @@ def _check_shape(name: str, got: np.ndarray, expected: Sequence[int], onnx_path:
 
 
 def _compare(got: np.ndarray, expected: np.ndarray, where: np.ndarray | None, atol: float, rtol: float
-             ) -> tuple[float, bool]:
-    """(max |got - expected|, whether every value is within atol + rtol * |expected|), as np.allclose.
+             ) -> tuple[float, float, bool]:
+    """(max |got - expected|, tolerance, within it) over the positions in `where`.
 
-    Only positions in `where` count. A NaN anywhere fails.
+    tolerance = atol + rtol * max |expected|: float32 rounding in a deep stack grows with the scale
+    of the logits as a whole, not with each element (a 27-layer model with logits near 30 has
+    PyTorch float32 itself ~1.4e-4 away from float64). A NaN fails.
     """
     got, expected = got.astype(np.float32), expected.astype(np.float32)
     if where is not None:
         got, expected = got[where], expected[where]
-    diff = np.abs(got - expected)
-    if not diff.size:
-        return 0.0, True
-    return float(diff.max()), bool(np.all(diff <= atol + rtol * np.abs(expected)))
-
-
-def _tolerance(atol: float, rtol: float) -> str:
-    return f"atol {atol:g}" + (f" + rtol {rtol:g} * |expected|" if rtol else "")
+    if not expected.size:
+        return 0.0, atol, True
+    diff = float(np.abs(got - expected).max())
+    tolerance = atol + rtol * float(np.abs(expected).max())
+    return diff, tolerance, diff <= tolerance  # False for NaN
 
 
 def _inputs(model: nn.Module, batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,7 +315,7 @@ def verify_logits(model: nn.Module, onnx_path: str | Path, shapes: Sequence[tupl
                   atol: float = 1e-4, rtol: float = 1e-5) -> dict:
     """Run the logits graph in onnxruntime on `shapes` and compare with the PyTorch model.
 
-    Values must agree as `np.allclose(onnx, torch, rtol, atol)` does (rtol=0: max |diff| <= atol).
+    Values must satisfy max |onnx - torch| <= atol + rtol * max |torch| (rtol=0: plain atol).
     Positions that a left-padded row masks out entirely have no defined output and are skipped.
     """
     onnx_path = Path(onnx_path)
@@ -330,11 +329,12 @@ def verify_logits(model: nn.Module, onnx_path: str | Path, shapes: Sequence[tupl
         expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         (got,) = session.run(None, {"input_ids": _np(ids), "attention_mask": _np(mask)})
         _check_shape("logits", got, expected.shape, onnx_path)
-        diff, ok = _compare(got, _np(expected), _np(mask).astype(bool), atol, rtol)
-        seen.append({"input_ids": [batch, length], "logits": list(got.shape), "max_abs_diff": diff})
+        diff, tolerance, ok = _compare(got, _np(expected), _np(mask).astype(bool), atol, rtol)
+        seen.append({"input_ids": [batch, length], "logits": list(got.shape), "max_abs_diff": diff,
+                     "tolerance": tolerance})
         if not ok:
-            raise ExportError(f"{onnx_path.name}: logits differ from PyTorch by up to {diff:.3g}, beyond "
-                              f"{_tolerance(atol, rtol)}, at input shape {[batch, length]}")
+            raise ExportError(f"{onnx_path.name}: logits differ from PyTorch by up to {diff:.3g} > tolerance "
+                              f"{tolerance:.3g} at input shape {[batch, length]}")
         worst = max(worst, diff)
     return {"inputs": inputs, "outputs": outputs, "max_abs_diff": worst, "shapes": seen,
             "providers": session.get_providers(), "atol": atol, "rtol": rtol, "ok": True}
@@ -370,13 +370,14 @@ def verify_decoder(model: nn.Module, onnx_path: str | Path, atol: float = 1e-4, 
         new = feed["input_ids"].shape[1]
         for present_name, array, old in zip(present_names(num_layers), got[1:], past):
             _check_shape(f"{name} {present_name}", array, (*old.shape[:2], old.shape[2] + new, old.shape[3]), onnx_path)
-        diff, ok = _compare(got[0], _np(expected), where, atol, rtol)
+        diff, tolerance, ok = _compare(got[0], _np(expected), where, atol, rtol)
         diffs[name] = diff
         seen.append({"step": name, "input_ids": list(feed["input_ids"].shape),
-                     "past_sequence_length": int(past[0].shape[2]), "logits": list(got[0].shape), "max_abs_diff": diff})
+                     "past_sequence_length": int(past[0].shape[2]), "logits": list(got[0].shape), "max_abs_diff": diff,
+                     "tolerance": tolerance})
         if not ok:
-            raise ExportError(f"{onnx_path.name}: {name} logits differ from PyTorch by up to {diff:.3g}, beyond "
-                              f"{_tolerance(atol, rtol)}")
+            raise ExportError(f"{onnx_path.name}: {name} logits differ from PyTorch by up to {diff:.3g} > "
+                              f"tolerance {tolerance:.3g}")
         return got[1:]
 
     # 1. prefill from an empty past, against PyTorch on the prefix (padded-out positions skipped)

@@ -158,6 +158,8 @@ def test_smollm2_pruned_exports_and_matches(smollm2, tmp_path):
         decoder = onnx_export.verify_decoder(model, decoder_path)
     print(f"\nSmolLM2-135M without [20, 24, 26]: export logits {logits_seconds:.1f}s, decoder {decoder_seconds:.1f}s; "
           f"logits max|diff| {logits['max_abs_diff']:.2e}, decoder prefill {decoder['prefill_max_abs_diff']:.2e}, "
-          f"decode {decoder['decode_max_abs_diff']:.2e}; providers {decoder['providers']}")
+          f"decode {decoder['decode_max_abs_diff']:.2e}; tolerances "
+          f"{[round(s['tolerance'], 6) for s in logits['shapes'] + decoder['shapes']]}; "
+          f"providers {decoder['providers']}")
     assert logits["ok"] and decoder["ok"] and decoder["kept_layers"] == kept
     assert decoder["outputs"][-2:] == [f"present.{kept - 1}.key", f"present.{kept - 1}.value"]
