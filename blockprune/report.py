@@ -156,6 +156,9 @@ TEXT = {
         "incr": "incremental", "jump": "no scored set extends the previous step: best of this size taken",
         "rec": "Recommendations", "conservative": "Conservative", "balanced": "Balanced", "aggressive": "Aggressive",
         "rule": "Rule", "no_rec": "No set meets this rule.",
+        "rule_conservative": "the largest k with a set whose upper 95% bound of the mean drop is <= {t}",
+        "rule_balanced": "the largest k whose best set has a mean drop <= {t}",
+        "rule_aggressive": "the largest k with a set whose lower 95% bound is <= {t} (the tolerance cannot be ruled out)",
         "findings": "Key findings", "blocks": "Single-block removal",
         "block": "block", "rank": "rank", "plots": "Plots", "files": "File locations", "usage": "How to reproduce",
         "f_critical": "Blocks that must never go: {items}.", "f_critical_none": "No single block is critical (no lower 95% bound >= {c}).",
@@ -190,6 +193,9 @@ TEXT = {
         "incr": "增量下降", "jump": "没有评估过的组合包含上一步的组合：取该数量下的最佳组合",
         "rec": "建议", "conservative": "保守策略", "balanced": "平衡策略", "aggressive": "激进策略",
         "rule": "规则", "no_rec": "没有组合满足该规则。",
+        "rule_conservative": "存在平均下降 95% 区间上界 <= {t} 的组合的最大 k",
+        "rule_balanced": "最佳组合平均下降 <= {t} 的最大 k",
+        "rule_aggressive": "存在 95% 区间下界 <= {t} 的组合的最大 k（无法排除在容差之内）",
         "findings": "关键发现", "blocks": "单个 Block 移除",
         "block": "block", "rank": "排名", "plots": "图表", "files": "文件位置", "usage": "使用方法",
         "f_critical": "绝对不能移除的 blocks：{items}。", "f_critical_none": "没有关键的单个 block（没有 95% 区间下界 >= {c}）。",
@@ -264,7 +270,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L += ["", f"## {T['rec']}", ""]
     for level in ("conservative", "balanced", "aggressive"):
         r = recs[level]
-        L += [f"### {T[level]}", "", f"- **{T['rule']}**: {r['rule']}"]
+        L += [f"### {T[level]}", "", f"- **{T['rule']}**: {T['rule_' + level].format(t=pct(recs['tolerance']))}"]
         if r["k"]:
             L += [f"- **{fmt_set(r['removed'])}** (k = {r['k']}): {pct(r['mean_drop'])} ± {pct(r['std_drop'])}, "
                   f"{T['ci']} {pct(r['ci95'][0])} – {pct(r['ci95'][1])}; " + ", ".join(f"{t} {pct(d)}" for t, d in r["drops"].items())]
