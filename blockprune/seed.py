@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .store import atomic_write_text
 
 RESULT_FILE = "exp3_accuracy_sensitivity_v2_results.json"
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
@@ -713,19 +713,6 @@ def render_markdown(ref: dict, ours: dict, lang: str = "en", out_dir: str | Path
 
 
 # ---- writing -------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cross_dataset_analysis(data: SeedData) -> dict:
     """Every aggregated set with its statistics (reference schema, plus k and the per-dataset values)."""
     return {"datasets": list(data.datasets), "num_datasets": len(data.datasets), "baselines": dict(data.baselines),
@@ -752,6 +739,6 @@ def write_seed_report(root: str | Path, out_dir: str | Path, lang: str = "en") -
     paths = []
     for name, text in texts.items():
         p = out / name
-        _atomic_write(p, text)
+        atomic_write_text(p, text)
         paths.append(p)
     return paths
