@@ -13,6 +13,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# The CPU torch build brings no Triton; kernels are tested under TRITON_INTERPRET=1 (3.7.1 matches torch 2.13)
+TRITON ?= triton==3.7.1
 # onnx: CPU onnxruntime; on a GPU machine use EXTRAS=test,gpu (onnxruntime-gpu; never both)
 EXTRAS ?= test,onnx
 BLOCKPRUNE_CACHE ?= $(HOME)/.cache/blockprune
@@ -24,6 +26,7 @@ DEMO_OUT ?= runs/demo
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install -q "$(TRITON)"
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

@@ -20,12 +20,28 @@ def backend() -> str:
     return value
 
 
+def _triton_scoring_head():
+    """The Triton kernel, or None when Triton cannot be imported."""
+    try:
+        from .scoring_head_triton import scoring_head_triton
+    except ImportError:
+        return None
+    return scoring_head_triton
+
+
 def scoring_head(hidden, weight, targets, bias=None, softcap=None):
-    """Per position: (log-sum-exp, target logit, target is argmax). See scoring_head_reference."""
-    # The Triton implementation arrives with the GPU kernels; until then every device uses the
-    # reference, which never materialises more than one vocabulary chunk of logits.
-    if backend() == "triton":
-        raise RuntimeError("BLOCKPRUNE_KERNELS=triton, but no Triton scoring head is built yet")
+    """Per position: (log-sum-exp, target logit, target is argmax). See scoring_head_reference.
+
+    Triton when forced (CPU tensors then need TRITON_INTERPRET=1 set before import), or under
+    'auto' for CUDA tensors when Triton imports; the reference otherwise.
+    """
+    mode = backend()
+    if mode == "triton" or (mode == "auto" and hidden.is_cuda):
+        kernel = _triton_scoring_head()
+        if kernel is not None:
+            return kernel(hidden, weight, targets, bias=bias, softcap=softcap)
+        if mode == "triton":
+            raise RuntimeError("BLOCKPRUNE_KERNELS=triton, but triton cannot be imported")
     return scoring_head_reference(hidden, weight, targets, bias=bias, softcap=softcap)
 
 

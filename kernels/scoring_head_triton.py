@@ -1,0 +1,134 @@
+"""Fused Triton scoring head: per position, log-sum-exp over the vocabulary, the target's logit,
+and whether the target is the argmax, computed with an online log-sum-exp over vocabulary chunks.
+
+Same signature and outputs as `scoring_head_reference` (the ground truth). Each program owns
+BLOCK_P positions and walks the vocabulary BLOCK_V rows at a time, accumulating logits over D in
+BLOCK_D steps in fp32; only one [BLOCK_P, BLOCK_V] tile of logits ever exists. Runs on CUDA, or on
+CPU under TRITON_INTERPRET=1 (set before this module is imported).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    # libdevice is unavailable in the interpreter: tanh from exp, stable for large |x|.
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _scoring_head_kernel(
+    hidden_ptr, weight_ptr, targets_ptr, bias_ptr,
+    lse_ptr, tgt_ptr, max_ptr,
+    P, V, D,
+    stride_hp, stride_hd, stride_wv, stride_wd, stride_t, stride_b,
+    softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    targets = tl.load(targets_ptr + offs_p * stride_t, mask=mask_p, other=-1).to(tl.int64)
+
+    run_max = tl.full((BLOCK_P,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_P,), tl.float32)
+    tgt_logit = tl.zeros((BLOCK_P,), tl.float32)
+
+    for v0 in range(0, V, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V)
+        mask_v = offs_v < V
+        acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            h = tl.load(
+                hidden_ptr + offs_p[:, None] * stride_hp + offs_d[None, :] * stride_hd,
+                mask=mask_p[:, None] & mask_d[None, :], other=0.0,
+            ).to(tl.float32)
+            w = tl.load(
+                weight_ptr + offs_v[None, :] * stride_wv + offs_d[:, None] * stride_wd,
+                mask=mask_v[None, :] & mask_d[:, None], other=0.0,
+            ).to(tl.float32)
+            acc = tl.dot(h, w, acc, input_precision="ieee")
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + offs_v * stride_b, mask=mask_v, other=0.0).to(tl.float32)
+            acc = acc + b[None, :]
+        if HAS_SOFTCAP:
+            acc = _tanh(acc / softcap) * softcap
+        logits = tl.where(mask_v[None, :], acc, float("-inf"))
+
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        run_max = new_max
+        hit = offs_v[None, :] == targets[:, None]
+        tgt_logit += tl.sum(tl.where(hit, logits, 0.0), axis=1)
+
+    lse = run_max + tl.log(run_sum)
+    tl.store(lse_ptr + offs_p, lse, mask=mask_p)
+    tl.store(tgt_ptr + offs_p, tgt_logit, mask=mask_p)
+    tl.store(max_ptr + offs_p, (tgt_logit >= run_max).to(tl.int8), mask=mask_p)
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def scoring_head_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [P, D], weight [V, D], targets [P] -> (lse [P] fp32, target_logit [P] fp32,
+    is_argmax [P] bool). See `scoring_head_reference`."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match")
+    num_pos, dim = hidden.shape
+    vocab = weight.shape[0]
+    if targets.shape != (num_pos,):
+        raise ValueError(f"targets {tuple(targets.shape)} should be ({num_pos},)")
+    if bias is not None and bias.shape != (vocab,):
+        raise ValueError(f"bias {tuple(bias.shape)} should be ({vocab},)")
+    device = hidden.device
+    lse = torch.empty(num_pos, dtype=torch.float32, device=device)
+    tgt = torch.empty(num_pos, dtype=torch.float32, device=device)
+    is_max = torch.empty(num_pos, dtype=torch.int8, device=device)
+    if num_pos == 0:
+        return lse, tgt, is_max.bool()
+    if vocab == 0:
+        raise ValueError("empty vocabulary")
+
+    # tl.dot needs every tile dimension >= 16.
+    block_p = _block(num_pos, 16, 64)
+    block_v = 64
+    block_d = _block(dim, 16, 64)
+    grid = (triton.cdiv(num_pos, block_p),)
+    bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        _scoring_head_kernel[grid](
+            hidden, weight, targets, bias_arg,
+            lse, tgt, is_max,
+            num_pos, vocab, dim,
+            hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+            targets.stride(0), bias.stride(0) if bias is not None else 0,
+            float(softcap) if softcap is not None else 1.0,
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d,
+        )
+    return lse, tgt, is_max.bool()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

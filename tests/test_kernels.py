@@ -1,0 +1,128 @@
+"""The Triton scoring head against the pure-torch reference (CPU: via TRITON_INTERPRET=1, set in
+conftest before any kernel module is imported)."""
+
+import numpy as np
+import pytest
+import torch
+
+import triton  # noqa: E402,F401 - `make test` installs it; a missing Triton must fail, not skip
+
+from blockprune import kernels  # noqa: E402
+from blockprune.engine import Engine, Request  # noqa: E402
+from blockprune.kernels.scoring_head_triton import scoring_head_triton  # noqa: E402
+from conftest import tiny_model  # noqa: E402
+
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def make_inputs(num_pos, dim, vocab, dtype, with_bias=False, seed=0):
+    """Random inputs; even rows target their own argmax, odd rows a random token."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(num_pos, dim, generator=g).to(dtype)
+    weight = torch.randn(vocab, dim, generator=g).to(dtype)
+    bias = torch.randn(vocab, generator=g).to(dtype) if with_bias else None
+    targets = torch.randint(0, vocab, (num_pos,), generator=g)
+    logits = hidden.double() @ weight.double().T + (bias.double() if with_bias else 0)
+    targets[::2] = logits.argmax(-1)[::2]
+    return hidden, weight, targets, bias
+
+
+def full_logits(hidden, weight, bias, softcap):
+    logits = hidden.double() @ weight.double().T
+    if bias is not None:
+        logits = logits + bias.double()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def check(hidden, weight, targets, bias=None, softcap=None):
+    tol = TOL[hidden.dtype]
+    got = scoring_head_triton(hidden, weight, targets, bias=bias, softcap=softcap)
+    ref = kernels.scoring_head_reference(hidden, weight, targets, bias=bias, softcap=softcap, chunk=32)
+    assert [t.dtype for t in got] == [torch.float32, torch.float32, torch.bool]
+    assert all(t.shape == (hidden.shape[0],) for t in got)
+    torch.testing.assert_close(got[0], ref[0], atol=tol, rtol=0)
+    torch.testing.assert_close(got[1], ref[1], atol=tol, rtol=0)
+    # is_argmax must agree wherever the target is clearly the max or clearly not.
+    logits = full_logits(hidden, weight, bias, softcap)
+    tgt = logits.gather(1, targets[:, None])[:, 0]
+    others = logits.scatter(1, targets[:, None], float("-inf")).max(-1).values
+    clear = (tgt - others).abs() > 10 * tol
+    assert clear.float().mean() > 0.5
+    assert torch.equal(got[2][clear], ref[2][clear])
+    assert got[2][clear].any() or hidden.shape[0] == 1 or not clear[::2].any()
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_pos,dim,vocab", [(1, 24, 97), (5, 40, 130), (17, 24, 130), (17, 40, 97)])
+def test_matches_reference(dtype, num_pos, dim, vocab):
+    check(*make_inputs(num_pos, dim, vocab, dtype)[:3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bias_and_softcap(dtype):
+    hidden, weight, targets, bias = make_inputs(17, 40, 130, dtype, with_bias=True, seed=1)
+    check(hidden, weight, targets, bias=bias)
+    check(hidden, weight, targets, softcap=20.0)
+    check(hidden, weight, targets, bias=bias, softcap=30.0)
+
+
+def test_bfloat16():
+    check(*make_inputs(5, 24, 97, torch.bfloat16, seed=2)[:3])
+
+
+def test_argmax_flags():
+    hidden, weight, targets, _ = make_inputs(6, 24, 97, torch.float32, seed=3)
+    _, _, is_max = scoring_head_triton(hidden, weight, targets)
+    assert is_max[::2].all()  # even rows target their argmax by construction
+
+
+def test_non_contiguous():
+    hidden, weight, targets, _ = make_inputs(5, 40, 97, torch.float32, seed=4)
+    check(hidden.T.contiguous().T, weight.T.contiguous().T, targets)
+
+
+def test_zero_positions():
+    weight = torch.randn(97, 24)
+    lse, tgt, is_max = scoring_head_triton(torch.zeros(0, 24), weight, torch.zeros(0, dtype=torch.long))
+    assert lse.shape == tgt.shape == is_max.shape == (0,)
+    assert (lse.dtype, tgt.dtype, is_max.dtype) == (torch.float32, torch.float32, torch.bool)
+
+
+def test_dispatch(monkeypatch):
+    hidden, weight, targets, _ = make_inputs(5, 24, 97, torch.float32, seed=5)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return scoring_head_triton(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_triton_scoring_head", lambda: spy)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
+    kernels.scoring_head(hidden, weight, targets)
+    assert calls == [1]
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "auto")  # CPU tensors: the reference
+    kernels.scoring_head(hidden, weight, targets)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
+    kernels.scoring_head(hidden, weight, targets)
+    assert calls == [1]
+    monkeypatch.setattr(kernels, "_triton_scoring_head", lambda: None)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
+    with pytest.raises(RuntimeError, match="triton"):
+        kernels.scoring_head(hidden, weight, targets)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: final-logit softcap
+def test_engine_triton_matches_torch(monkeypatch, arch):
+    bm = tiny_model(arch, layers=2)
+    reqs = [Request((5, 17, 40, 99, 7, 3), 2), Request((11, 200, 31, 64), 1)]
+    keep = np.ones((2, bm.num_blocks), dtype=bool)
+    keep[1, 0] = False
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
+    ref = Engine(bm).score(reqs, keep)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
+    out = Engine(bm).score(reqs, keep)
+    np.testing.assert_allclose(out.logprob, ref.logprob, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(out.greedy, ref.greedy)
