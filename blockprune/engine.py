@@ -133,7 +133,7 @@ class Engine:
     def _packing_matches(self, limit: int) -> bool:
         vocab = self.model.head.weight.shape[0]
         rng = np.random.default_rng(0)
-        ctx = tuple(int(t) for t in rng.integers(0, vocab, size=min(6, limit // 3)))
+        ctx = tuple(int(t) for t in rng.integers(0, vocab, size=max(1, min(6, limit // 3))))
         reqs = [Request(ctx + tuple(int(t) for t in rng.integers(0, vocab, size=3)), len(ctx)) for _ in range(2)]
         keep = np.ones((1, self.model.num_blocks), dtype=bool)
         try:
