@@ -7,12 +7,10 @@ is the sample standard deviation over tasks (ddof=1; 0 with one task).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from . import stats
-from .store import Store, atomic_write_json, atomic_write_text
+from .store import Store
 from .tasks import relative_drop
 
 ANALYSIS_FILE = "cross_dataset_analysis.json"
@@ -142,14 +140,3 @@ def summary_markdown(analysis: dict) -> str:
 
 def public(analysis: dict) -> dict:
     return {k: v for k, v in analysis.items() if not k.startswith("_")}
-
-
-def write(store: Store) -> dict:
-    analysis = build(store)
-    atomic_write_json(store.dir / ANALYSIS_FILE, public(analysis))
-    atomic_write_text(store.dir / SUMMARY_FILE, summary_markdown(analysis))
-    return analysis
-
-
-def write_dir(directory: Path) -> dict:
-    return write(Store.open_existing(Path(directory)))

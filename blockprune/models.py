@@ -308,12 +308,12 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
 PER_LAYER_CONFIG_KEYS = ("layer_types", "sliding_window_pattern_list", "layers_block_type", "attention_layers")
 
 
-def remove_blocks(bm: BlockModel, removed: Sequence[int]) -> BlockModel:
+def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = False) -> BlockModel | None:
     """A deep copy of the model with the blocks in `removed` physically deleted.
 
     Renumbers each remaining attention's `layer_idx` (KV-cache slots), sets the config's layer
     count and filters per-layer config lists (stale `layer_types` silently change sliding-window
-    masks).
+    masks). `check_only` validates the block ids (ModelError) without copying anything.
     """
     import copy
 
@@ -323,6 +323,8 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int]) -> BlockModel:
         raise ModelError(f"block ids {bad} out of range 0..{bm.num_blocks - 1}")
     if len(removed_set) >= bm.num_blocks:
         raise ModelError(f"cannot remove all {bm.num_blocks} blocks")
+    if check_only:
+        return None
     kept = [i for i in range(bm.num_blocks) if i not in removed_set]
     model = copy.deepcopy(bm.model)
     parent_path, attr = bm.block_path.rsplit(".", 1) if "." in bm.block_path else ("", bm.block_path)

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from blockprune.models import BlockModel, ModelError
+from blockprune.models import BlockModel, remove_blocks
 
 from . import hf
+from .onnx import ExportError
 
 FORMATS = ("hf", "onnx")
 MANIFEST = "export_manifest.json"
@@ -57,10 +58,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportFailed(f"unknown export format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
-    if any(not 0 <= b < bm.num_blocks for b in removed):
-        raise ModelError(f"block ids {[b for b in removed if not 0 <= b < bm.num_blocks]} out of range 0..{bm.num_blocks - 1}")
-    if len(removed) >= bm.num_blocks:
-        raise ModelError(f"cannot remove all {bm.num_blocks} blocks")
+    remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     out = Path(out)
     start = time.perf_counter()
     try:
@@ -80,7 +78,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         if "onnx" in formats:
             from . import onnx as onnx_export
 
-            pruned = pruned or hf.remove_blocks(bm, removed)
+            pruned = pruned or remove_blocks(bm, removed)
             (tmp / "onnx").mkdir()
             t = time.perf_counter()
             path = onnx_export.export_logits(pruned.model, tmp / "onnx")
@@ -108,12 +106,9 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         return manifest
     except hf.ParityError as exc:
         raise ExportFailed(f"parity check failed: {exc}") from None
+    except ExportError as exc:  # the ONNX exporter or its onnxruntime verification
+        raise ExportFailed(str(exc).splitlines()[0]) from None
     except OSError as exc:
         raise ExportFailed(f"cannot write the export to {out}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        name = type(exc).__name__
-        if name in ("ExportError", "ParityError"):  # from the ONNX exporter/verifier
-            raise ExportFailed(str(exc).splitlines()[0]) from None
-        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ def test_perplexity_windows_are_fixed_and_metric_is_token_weighted():
     assert t.value(t.per_sample(lp, lp < 0)) == pytest.approx([np.exp(90 / 45)])
 
 
-def load_task_from_rows(tok, rows, window=256, samples=None, tmp=None):
+def load_task_from_rows(tok, rows, window=256, samples=None):
     import tempfile
     from pathlib import Path
 
@@ -94,7 +94,7 @@ def test_sampling_is_seeded_and_a_subset():
 
 
 def test_hf_datasets_path_with_a_local_directory(tmp_path):
-    datasets = pytest.importorskip("datasets", reason="the hf: task path needs the datasets package")
+    import datasets  # in the test extra: a missing package must fail, not skip
     rows = {"context": ["x", "y"], "choices": [[" a", " b"], [" c", " d"]], "label": [0, 1]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
     t = load_task(f"hf:{tmp_path / 'ds'}", CharTokenizer())
