@@ -87,7 +87,7 @@ def trie_block_rows(masks: np.ndarray) -> int:
 class Engine:
     def __init__(self, model: BlockModel, budget_bytes: int | None = None, max_batch: int = 64,
                  cpu_micro_tokens: int = 2048, pack: bool = True, max_packed_len: int = 512,
-                 head_positions: int = 4096):
+                 head_positions: int = 4096, fused: bool | None = None):
         self.model = model
         self.pack = pack
         self.max_packed_len = max_packed_len
@@ -102,6 +102,13 @@ class Engine:
         self.intermediate = getattr(cfg, "intermediate_size", None) or 4 * self.hidden_size
         self.heads = getattr(cfg, "num_attention_heads", None) or max(1, self.hidden_size // 64)
         self.elem = torch.finfo(model.dtype).bits // 8
+        # Blocks run in place on the rows that keep them: fused Triton gather+norm / residual-add
+        # kernels where blockprune.fused supports the model (auto: on CUDA), else the HF block whole.
+        from . import fused as fused_mod
+
+        runner = fused_mod.runner_for(model, fused)
+        self.fused = runner is not None
+        self.run_inplace = runner or model.run_block_inplace
 
     # ---- memory planning ------------------------------------------------------------------
     def _state_bytes(self, length: int) -> int:
@@ -168,6 +175,12 @@ class Engine:
         if current:
             chunks.append(current)
         return group, chunks
+
+    @staticmethod
+    def _rows_of(node_ids: list[int], batch: int, sample_of_row: torch.Tensor) -> torch.Tensor:
+        """Row ids of these trie nodes (node n holds rows n*batch .. n*batch + batch - 1)."""
+        nodes_t = torch.tensor(node_ids, device=sample_of_row.device, dtype=torch.long)
+        return (nodes_t[:, None] * batch + sample_of_row[None, :]).reshape(-1)
 
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -246,20 +259,15 @@ class Engine:
                 elif kept.any():
                     forks.append((n, cands[kept]))
                     nodes[n] = cands[~kept]
-            run_nodes = in_place + [n for n, _ in forks]
-            if not run_nodes:
+            if not in_place and not forks:
                 continue
-            idx = (torch.tensor(run_nodes, device=device)[:, None] * batch + sample_of_row[None, :]).reshape(-1)
-            out = torch.empty((len(idx), length, hidden.shape[-1]), dtype=hidden.dtype, device=device)
-            for s in range(0, len(idx), micro):
-                part = idx[s : s + micro]
-                out[s : s + micro] = model.run_block(layer, hidden.index_select(0, part), prelude, part % batch)
-            split = len(in_place) * batch
-            if in_place:
-                hidden.index_copy_(0, idx[:split], out[:split])
-            if forks:
-                hidden = torch.cat([hidden, out[split:]])
+            if forks:  # the keeping part of a fork gets a copy of the node's rows, then runs in place
+                fork_rows = self._rows_of([n for n, _ in forks], batch, sample_of_row)
+                in_place.extend(range(len(nodes), len(nodes) + len(forks)))
                 nodes.extend(c for _, c in forks)
+                hidden = torch.cat([hidden, hidden.index_select(0, fork_rows)])
+            idx = self._rows_of(in_place, batch, sample_of_row)
+            self.run_inplace(layer, hidden, idx, prelude, micro)
             work.block_rows += len(idx)
             work.block_tokens += len(idx) * length
             if progress is not None:

@@ -196,6 +196,19 @@ class BlockModel:
         )
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    @torch.inference_mode()
+    def run_block_inplace(self, index: int, hidden: torch.Tensor, idx: torch.Tensor, prelude: Prelude,
+                          micro: int) -> None:
+        """hidden[idx] = block(hidden[idx]), `micro` rows per call; row r uses sample r % prelude.batch.
+
+        The plain path: gather the rows, call the HF block whole, write the rows back. The fused
+        path (blockprune.fused) does the same with Triton gather+norm and residual-add kernels.
+        """
+        for s in range(0, len(idx), micro):
+            part = idx[s : s + micro]
+            out = self.run_block(index, hidden.index_select(0, part), prelude, part % prelude.batch)
+            hidden.index_copy_(0, part, out)
+
     def normed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm (and projection) applied to hidden states before the LM head."""
         if self.final_norm is not None:
