@@ -43,6 +43,7 @@ demo: data
 
 test: data
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest bench -p no:cacheprovider --benchmark-disable -q
 
 test-slow: data
 	$(BIN)/python -m pytest -m "slow or not slow"

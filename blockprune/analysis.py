@@ -59,11 +59,12 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     reps = stats.bootstrap_mean_drops(store, keys, tasks, replicates) if keys else np.zeros((0, replicates))
     for c, r in zip(candidates, reps):
         c["ci95"] = list(stats.interval(r))
+    eliminated = _partial(store, tasks, baseline, replicates)
     per_block = []
-    for c in candidates:
+    for c in candidates + eliminated:
         if len(c["removed"]) == 1:
             per_block.append({"block": c["removed"][0], "mean_drop": c["mean_drop"], "ci95": c["ci95"],
-                              "drops": c["drops"]})
+                              "drops": c["drops"], **({"samples": c["samples"]} if "samples" in c else {})})
     per_block.sort(key=lambda b: b["block"])
     for rank, b in enumerate(sorted(per_block, key=lambda b: b["mean_drop"]), 1):
         b["rank"] = rank
@@ -95,9 +96,38 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         "ci_definition": f"paired bootstrap over samples ({replicates} replicates), 95% percentile interval of the mean drop",
         "per_block": per_block,
         "candidates": candidates,
+        "eliminated": eliminated,
         "work": work,
         "_replicates": dict(zip(keys, reps)),
     }
+
+
+def _partial(store: Store, tasks: dict, baseline: dict, replicates: int) -> list[dict]:
+    """Candidates racing dropped after some samples: drops on the samples they were scored on
+    (against the dense model on the same samples), with `samples` = how many per task."""
+    out = []
+    rng = np.random.default_rng(1)
+    for key in store.partial_candidates():
+        if not all(store.samples_of(key, t) for t in tasks):
+            continue
+        drops, reps, samples = {}, np.zeros(replicates), {}
+        for t, info in tasks.items():
+            data = store.samples_of(key, t)
+            base_data = store.samples_of((), t)
+            cols = sorted(data)
+            fields = list(data[cols[0]])
+            cand = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, info["metric"])
+            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, info["metric"])
+            cand = (cand[0][None, :], cand[1][None, :])
+            drops[t] = float(stats.drop_replicates(info["metric"], base, cand, np.ones((len(cols), 1)))[0, 0])
+            reps += stats.drop_replicates(info["metric"], base, cand, stats.resample_counts(len(cols), replicates, rng))[0]
+            samples[t] = len(cols)
+        d = np.array(list(drops.values()))
+        out.append({"removed": list(key), "drops": drops, "mean_drop": float(d.mean()),
+                    "std_drop": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                    "ci95": list(stats.interval(reps / len(tasks))), "samples": samples})
+    out.sort(key=lambda c: (len(c["removed"]), c["mean_drop"], c["removed"]))
+    return out
 
 
 def _fmt_set(removed) -> str:

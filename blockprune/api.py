@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from . import models, report, search
+from . import evolve, models, report, search
 from .engine import Engine
 from .store import Store
 from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
@@ -71,9 +71,16 @@ def run_search(
     tolerance: float = report.DEFAULT_TOLERANCE,
     export_formats: Sequence[str] = (),
     kv_cache: bool = True,
+    exact: bool = False,
+    population: int = 8,
+    generations: int = 3,
+    offspring: int = 16,
+    latency: bool = True,
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
+    Beam, greedy and evolutionary steps race unless `exact` (see search.Racing): sets that cannot
+    reach the beam are dropped after a few samples, the rest are scored on every sample.
     Results go to `out` as they complete; calling again with the same arguments resumes. At the
     end the report is written and, with `export_formats`, the balanced recommendation is exported
     to `out/export`.
@@ -85,6 +92,8 @@ def run_search(
         raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if samples is not None and samples < 1:
         raise search.SearchError("--samples must be at least 1")
+    if min(population, generations, offspring) < 1:
+        raise search.SearchError("--population, --generations and --offspring must be at least 1")
     if candidates_per_pass < 1:
         raise search.SearchError("--candidates-per-pass must be at least 1")
     for spec in tasks:
@@ -107,6 +116,9 @@ def run_search(
         "max_remove": max_remove,
         "protected": sorted(protected),
         "min_depth": min_depth,
+        "racing": not exact,
+        **({"evolution": {"population": population, "generations": generations, "offspring": offspring}}
+           if method == "evolutionary" else {}),
         "tasks": {
             t.name: {"spec": spec, "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
                      "n": t.n, "sample_ids": t.sample_ids}
@@ -115,14 +127,31 @@ def run_search(
     }
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device)})
     engine = Engine(bm, budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
-    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress)
+    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
+                                 racing=None if exact else search.Racing())
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
-                        min_depth=min_depth, max_candidates=max_candidates)
+                        min_depth=min_depth, max_candidates=max_candidates, seed=seed,
+                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring))
+    if latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
+        _bench_latency(out, bm, tolerance, progress)
     recs = report.write_report(out, lang=lang, tolerance=tolerance)
     balanced = recs["recommendations"]["balanced"]
     if export_formats and balanced["k"]:
         export(bm, balanced["removed"], Path(out) / "export", formats=export_formats, kv_cache=kv_cache)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
+
+
+def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool) -> None:
+    """Latency is an extra: a failure is reported on one line and the search's report still written."""
+    import sys
+
+    from . import latency
+
+    try:
+        latency.bench_run(out, bm, tolerance, progress=progress)
+    except Exception as exc:  # noqa: BLE001
+        print(f"blockprune: warning: latency not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
 
 
 def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),

@@ -11,12 +11,13 @@ from .analysis import AnalysisError
 from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
+from .latency import BenchError
 from .models import ModelError
 from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed)
+               ExportFailed, BenchError)
 
 
 def _ints(text: str) -> list[int]:
@@ -57,15 +58,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-candidates", type=int, default=5000, help="refuse exhaustive searches above this")
     s.add_argument("--candidates-per-pass", type=int, default=256,
                    help="candidates scored in one engine pass (results persist after each pass)")
+    s.add_argument("--exact", action="store_true",
+                   help="no racing: score every candidate on all samples (default: beam/greedy/evolutionary steps race)")
+    s.add_argument("--population", type=int, default=8, help="evolutionary: sets kept per size")
+    s.add_argument("--generations", type=int, default=3, help="evolutionary: generations per size")
+    s.add_argument("--offspring", type=int, default=16, help="evolutionary: new sets per generation")
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     s.add_argument("--export", default="", metavar="FORMATS",
                    help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
     _add_common(s)
     _add_report_options(s)
+    s.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--no-export", action="store_true", help="skip exporting the balanced recommendation")
+    d.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
     _add_common(d)
     _add_report_options(d)
 
@@ -85,6 +93,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="with --from-seed: where to write (default: DIR/analysis)")
     _add_report_options(r)
 
+    b = sub.add_parser("bench", help="latency of the dense model vs the model without some blocks (prefill, decode, tokens/s)")
+    b.add_argument("--model", required=True)
+    b.add_argument("--remove", type=_ints, action="append", required=True,
+                   help="block ids, e.g. 4,13 (repeat to measure several sets against one dense run)")
+    b.add_argument("--backend", default="torch", help="comma-separated: torch, onnxruntime (default torch)")
+    b.add_argument("--batch", type=_ints, default=[1], help="comma-separated batch sizes (default 1)")
+    b.add_argument("--prompt-len", type=int, default=128)
+    b.add_argument("--gen-len", type=int, default=64, help="generated tokens; the first one is the prefill's")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs per variant")
+    b.add_argument("--reps", type=int, default=10, help="timed runs per variant, interleaved")
+    b.add_argument("--onnx", action="append", default=None, metavar="DIR",
+                   help="export of the pruned model (blockprune export --format onnx --kv-cache); one per --remove")
+    b.add_argument("--onnx-dense", default=None, metavar="DIR", help="export of the dense model (blockprune export --remove '' ...)")
+    b.add_argument("--out", default=None, help="write latency.json, latency.md and latency.png here")
+    b.add_argument("--device", default=None)
+    b.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
+
     sub.add_parser("fetch", help="download the embedded default's model and data into the cache and prepare them")
     return ap
 
@@ -97,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return _report(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "export":
             manifest = api.export(args.model, args.remove, args.out, formats=[f for f in args.format.split(",") if f],
                                   kv_cache=args.kv_cache, device=args.device, dtype=args.dtype)
@@ -105,14 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
                       lang=args.lang, tolerance=args.tolerance)
         if args.command == "demo":
-            out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}), **common)
+            out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}),
+                               latency=not args.no_latency, **common)
         else:
             out = api.run_search(
                 model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
                 max_remove=args.max_remove, samples=args.samples or None, seed=args.seed, ppl_window=args.ppl_window,
                 protected=args.protect, min_depth=args.min_depth, max_candidates=args.max_candidates,
-                candidates_per_pass=args.candidates_per_pass,
-                export_formats=[f for f in args.export.split(",") if f], **common,
+                candidates_per_pass=args.candidates_per_pass, exact=args.exact, population=args.population,
+                generations=args.generations, offspring=args.offspring,
+                export_formats=[f for f in args.export.split(",") if f], latency=not args.no_latency, **common,
             )
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)
@@ -127,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_name(lang: str) -> str:
     return "REPORT.zh.md" if lang == "zh" else "REPORT.md"
+
+
+def _bench(args) -> int:
+    from . import latency
+
+    onnx_dirs = {"pruned": args.onnx, "dense": args.onnx_dense}
+    result = latency.bench(args.model, args.remove, backends=[x for x in args.backend.split(",") if x],
+                           batches=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len, warmup=args.warmup,
+                           reps=args.reps, onnx_dirs=onnx_dirs, device=args.device, dtype=api.DTYPES[args.dtype],
+                           log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    print(latency.markdown(result))
+    if args.out:
+        print("\n".join(f"wrote {f}" for f in latency.write(result, args.out)))
+    return 0
 
 
 def _report(args) -> int:

@@ -84,10 +84,64 @@ def trie_block_rows(masks: np.ndarray) -> int:
     return total
 
 
+class StateCache:
+    """Hidden states of rows at block boundaries, kept across scoring calls (reuse across steps).
+
+    Key: (row, keep-mask prefix m[:l]) -> the row's hidden state at the input of block l under that
+    prefix. A beam child that removes block j from parent P has P's prefix up to block j, so it
+    starts at block j from P's stored state instead of recomputing P's blocks 0..j-1. Within one
+    call the prefix trie already shares those blocks; the cache saves them across calls (racing
+    rounds, candidate groups, the next beam step). Memory-bounded: least recently stored or used
+    entries go first; `retain(masks)` drops everything not on those masks' paths (the search calls
+    it with the candidates still in the race, then with the beam).
+    """
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.entries: "OrderedDict[tuple[bytes, bytes], torch.Tensor]" = OrderedDict()
+        self.bytes = 0
+        self.hits = 0  # block-row evaluations saved
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: tuple[bytes, bytes]) -> torch.Tensor | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[bytes, bytes], value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        self.entries[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self.bytes -= dropped.numel() * dropped.element_size()
+
+    def retain(self, masks: np.ndarray) -> None:
+        paths = [np.asarray(m, dtype=bool).tobytes() for m in masks]
+        for key in [k for k in self.entries if not any(p.startswith(k[1]) for p in paths)]:
+            value = self.entries.pop(key)
+            self.bytes -= value.numel() * value.element_size()
+
+
+def row_key(row: packing.Row) -> bytes:
+    """Identity of a row's content (tokens, positions, packing segments)."""
+    return np.asarray([len(row.tokens), *row.tokens, *row.positions, *row.segment], dtype=np.int64).tobytes()
+
+
 class Engine:
     def __init__(self, model: BlockModel, budget_bytes: int | None = None, max_batch: int = 64,
                  cpu_micro_tokens: int = 2048, pack: bool = True, max_packed_len: int = 512,
-                 head_positions: int = 4096, fused: bool | None = None):
+                 head_positions: int = 4096, fused: bool | None = None, reuse_bytes: int | None = None):
         self.model = model
         self.pack = pack
         self.max_packed_len = max_packed_len
@@ -102,6 +156,9 @@ class Engine:
         self.intermediate = getattr(cfg, "intermediate_size", None) or 4 * self.hidden_size
         self.heads = getattr(cfg, "num_attention_heads", None) or max(1, self.hidden_size // 64)
         self.elem = torch.finfo(model.dtype).bits // 8
+        # states kept across calls: by default a sixth of the budget (0 turns reuse off)
+        reuse = self.budget // 6 if reuse_bytes is None else reuse_bytes
+        self.cache = StateCache(reuse) if reuse > 0 else None
         # Blocks run in place on the rows that keep them: fused Triton gather+norm / residual-add
         # kernels where blockprune.fused supports the model (auto: on CUDA), else the HF block whole.
         from . import fused as fused_mod
@@ -182,6 +239,36 @@ class Engine:
         nodes_t = torch.tensor(node_ids, device=sample_of_row.device, dtype=torch.long)
         return (nodes_t[:, None] * batch + sample_of_row[None, :]).reshape(-1)
 
+    def retain(self, keep: np.ndarray) -> None:
+        """Keep stored states only on these keep-masks' paths (see StateCache)."""
+        if self.cache is not None:
+            self.cache.retain(np.asarray(keep, dtype=bool).reshape(-1, self.model.num_blocks))
+
+    def _cached_starts(self, keys: list[bytes], masks: np.ndarray) -> np.ndarray:
+        """Per candidate, the longest mask prefix whose states are stored for every row (0 = none)."""
+        starts = np.zeros(len(masks), dtype=int)
+        if self.cache is None or not len(self.cache):
+            return starts
+        for c, mask in enumerate(masks):
+            for layer in range(len(mask) - 1, 0, -1):  # states are stored up to the last block's input
+                prefix = mask[:layer].tobytes()
+                if all((k, prefix) in self.cache.entries for k in keys):
+                    starts[c] = layer
+                    break
+        return starts
+
+    def _restore(self, keys: list[bytes], prefix: bytes, length: int, like: torch.Tensor) -> torch.Tensor:
+        rows = torch.zeros((len(keys), length, like.shape[-1]), dtype=like.dtype, device=like.device)
+        for j, k in enumerate(keys):
+            state = self.cache.get((k, prefix))
+            rows[j, : state.shape[0]] = state.to(like.device)
+        return rows
+
+    def _store(self, keys: list[bytes], rows: list[packing.Row], prefix: bytes, hidden: torch.Tensor, first: int) -> None:
+        for j, (k, r) in enumerate(zip(keys, rows)):
+            if (k, prefix) not in self.cache.entries:
+                self.cache.put((k, prefix), hidden[first + j, : len(r)].clone())
+
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
     def score(
@@ -239,7 +326,16 @@ class Engine:
             extra = {"position_ids": positions.to(device), "attention_mask": mask.to(device)}
         prelude = model.prelude(ids, **extra)
         hidden = prelude.hidden  # rows of node n: n*batch .. (n+1)*batch-1
-        nodes: list[np.ndarray] = [np.arange(len(masks))]
+        keys = [row_key(r) for r in rows] if self.cache is not None else []
+        starts = self._cached_starts(keys, masks)
+        nodes: list[np.ndarray] = [np.flatnonzero(starts == 0)]
+        # candidates whose states are stored join at the block where their stored prefix ends
+        waiting: dict[int, dict[bytes, list[int]]] = {}
+        for c in np.flatnonzero(starts > 0):
+            waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
+        for start, groups in waiting.items():
+            for cands in groups.values():
+                self.cache.hits += int(masks[cands[0], :start].sum()) * batch
         sample_of_row = torch.arange(batch, device=device)
         micro = max(1, (self.budget // 2) // self._activation_bytes(length))
         if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
@@ -250,9 +346,14 @@ class Engine:
                     naive_block_tokens=int(masks.sum()) * request_tokens)
 
         for layer in range(model.num_blocks):
+            for prefix, cands in waiting.pop(layer, {}).items():
+                hidden = torch.cat([hidden, self._restore(keys, prefix, length, hidden)])
+                nodes.append(np.array(cands))
             in_place: list[int] = []  # nodes whose candidates all keep this block
             forks: list[tuple[int, np.ndarray]] = []  # (node, candidates that keep it)
             for n, cands in enumerate(nodes):
+                if len(cands) == 0:
+                    continue
                 kept = masks[cands, layer]
                 if kept.all():
                     in_place.append(n)
@@ -272,6 +373,9 @@ class Engine:
             work.block_tokens += len(idx) * length
             if progress is not None:
                 progress(len(idx) * length)
+            if self.cache is not None and layer + 1 < model.num_blocks:
+                for n in in_place:  # states at the input of block layer+1, under each node's prefix
+                    self._store(keys, rows, masks[nodes[n][0], : layer + 1].tobytes(), hidden, n * batch)
 
         # Scoring: only at positions that predict a scored token.
         pos_row, pos_t, targets, pos_req = [], [], [], []

@@ -104,7 +104,7 @@ def key_findings(a: dict, groups: dict[int, list[dict]], path: list[dict]) -> li
         better = [c for k, cs in groups.items() if k >= 2 for c in cs if c["mean_drop"] < best_single["mean_drop"]]
         out.append({"kind": "combinations_beat_singles", "value": bool(better),
                     "sets": [c["removed"] for c in better[:5]], "best_single": best_single["block"]})
-        single_of = {b["block"]: (b["block"],) for b in singles}
+        single_of = {b["block"]: (b["block"],) for b in singles if "samples" not in b}  # racing-dropped ones are partial
         inter = []
         for k, cs in groups.items():
             if k < 2:
@@ -156,10 +156,17 @@ TEXT = {
         "incr": "incremental", "jump": "no scored set extends the previous step: best of this size taken",
         "rec": "Recommendations", "conservative": "Conservative", "balanced": "Balanced", "aggressive": "Aggressive",
         "rule": "Rule", "no_rec": "No set meets this rule.",
+        "lat_title": "Measured speed", "lat_level": "recommendation", "lat_speedup": "measured speedup",
+        "lat_ideal": "ideal L/(L-k)", "lat_prefill": "prefill speedup", "lat_none": "not measured",
+        "lat_text": ("Decode speedup vs the dense model (median per-token latency, greedy, with the KV cache; {backend}, "
+                     "batch {batch}, prompt {prompt} + {gen} tokens, {reps} interleaved runs, {device}) from `latency.json`; "
+                     "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front."),
         "rule_conservative": "the largest k with a set whose upper 95% bound of the mean drop is <= {t}",
         "rule_balanced": "the largest k whose best set has a mean drop <= {t}",
         "rule_aggressive": "the largest k with a set whose lower 95% bound is <= {t} (the tolerance cannot be ruled out)",
         "findings": "Key findings", "blocks": "Single-block removal",
+        "partial_note": ("† dropped by racing after {n} samples per task (estimate on those samples; the exact search "
+                         "`--exact` scores every set on all samples). {m} sets were dropped by racing in all."),
         "block": "block", "rank": "rank", "plots": "Plots", "files": "File locations", "usage": "How to reproduce",
         "f_critical": "Blocks that must never go: {items}.", "f_critical_none": "No single block is critical (no lower 95% bound >= {c}).",
         "f_crit_item": "removing block {b} costs {d} (95% interval {lo} to {hi})",
@@ -193,10 +200,17 @@ TEXT = {
         "incr": "增量下降", "jump": "没有评估过的组合包含上一步的组合：取该数量下的最佳组合",
         "rec": "建议", "conservative": "保守策略", "balanced": "平衡策略", "aggressive": "激进策略",
         "rule": "规则", "no_rec": "没有组合满足该规则。",
+        "lat_title": "实测速度", "lat_level": "建议", "lat_speedup": "实测加速比",
+        "lat_ideal": "理想值 L/(L-k)", "lat_prefill": "预填充加速比", "lat_none": "未测量",
+        "lat_text": ("相对完整模型的解码加速比（每个 token 延迟的中位数，贪心解码，使用 KV cache；{backend}，batch {batch}，"
+                     "提示 {prompt} + 生成 {gen} 个 token，{reps} 次交替运行，{device}），数据来自 `latency.json`；"
+                     "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出 Pareto 前沿。"),
         "rule_conservative": "存在平均下降 95% 区间上界 <= {t} 的组合的最大 k",
         "rule_balanced": "最佳组合平均下降 <= {t} 的最大 k",
         "rule_aggressive": "存在 95% 区间下界 <= {t} 的组合的最大 k（无法排除在容差之内）",
         "findings": "关键发现", "blocks": "单个 Block 移除",
+        "partial_note": ("† 在每个任务 {n} 个样本后被 racing 淘汰（基于这些样本的估计；精确搜索 `--exact` 会在全部样本上评估每个组合）。"
+                         "共有 {m} 个组合被 racing 淘汰。"),
         "block": "block", "rank": "排名", "plots": "图表", "files": "文件位置", "usage": "使用方法",
         "f_critical": "绝对不能移除的 blocks：{items}。", "f_critical_none": "没有关键的单个 block（没有 95% 区间下界 >= {c}）。",
         "f_crit_item": "移除 Block {b} 会导致下降 {d}（95% 区间 {lo} 至 {hi}）",
@@ -277,6 +291,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
         else:
             L.append(f"- {T['no_rec']}")
         L.append("")
+    L += latency_lines(recs, T, out, a)
     L += [f"## {T['findings']}", ""]
     for i, line in enumerate(finding_lines(findings, T), 1):
         L.append(f"{i}. {line}")
@@ -284,8 +299,13 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
         L += ["", f"## {T['blocks']}", "", f"| {T['block']} | {T['rank']} | {T['mean']} | {T['ci']} | " + " | ".join(tasks) + " |",
               "|" + " --- |" * (4 + len(tasks))]
         for b in a["per_block"]:
-            L.append(f"| {b['block']} | {b['rank']} | {pct(b['mean_drop'])} | {pct(b['ci95'][0])} – {pct(b['ci95'][1])} | "
+            mark = "†" if "samples" in b else ""
+            L.append(f"| {b['block']}{mark} | {b['rank']} | {pct(b['mean_drop'])} | {pct(b['ci95'][0])} – {pct(b['ci95'][1])} | "
                      + " | ".join(pct(b["drops"][t]) for t in tasks) + " |")
+        partial = [b for b in a["per_block"] if "samples" in b]
+        if partial:
+            counts = sorted({m for b in partial for m in b["samples"].values()})
+            L += ["", T["partial_note"].format(n="/".join(map(str, counts)), m=len(a.get("eliminated", [])))]
     L += ["", f"## {T['plots']}", ""]
     for name in PLOTS:
         if (out / "plots" / f"{name}.png").exists():
@@ -297,6 +317,31 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L.append(f"- `plots/`: {', '.join(p + '.png' for p in PLOTS)}")
     L += ["", f"## {T['usage']}", "", T["repro"].format(out=out), "", "```bash", command, "```", ""]
     return "\n".join(L)
+
+
+def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
+    """The recommendations with their measured speedup, when the run has a latency.json (else nothing)."""
+    from . import latency
+
+    speed = latency.load_speedups(out, a["model"])
+    if not speed:
+        return []
+    first = next(iter(speed.values()))
+    L = [f"### {T['lat_title']}", "", T["lat_text"].format(backend=first["backend"], batch=first["batch"],
+                                                          **latency.load_settings(out)), "",
+         f"| {T['lat_level']} | removed | k | {T['mean']} | {T['lat_speedup']} | {T['lat_ideal']} | {T['lat_prefill']} |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+    for level in ("conservative", "balanced", "aggressive"):
+        r = recs[level]
+        if not r["k"]:
+            L.append(f"| {T[level]} | — | 0 | — | — | — | — |")
+            continue
+        m = speed.get(tuple(r["removed"]))
+        ideal = a["num_blocks"] / (a["num_blocks"] - r["k"])
+        measured = f"{m['decode']:.2f}x ({m['decode_paired']['min']:.2f}–{m['decode_paired']['max']:.2f})" if m else T["lat_none"]
+        prefill = f"{m['prefill']:.2f}x" if m else "—"
+        L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {r['k']} | {pct(r['mean_drop'])} | {measured} | {ideal:.2f}x | {prefill} |")
+    return L + [""]
 
 
 def finding_lines(findings: list[dict], T: dict) -> list[str]:
@@ -329,7 +374,7 @@ def finding_lines(findings: list[dict], T: dict) -> list[str]:
 
 
 # ---- plots ----------------------------------------------------------------------------------
-PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution")
+PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution", "drop_vs_speedup")
 
 
 def plot_all(a: dict, path: list[dict], directory: Path) -> None:
@@ -403,6 +448,10 @@ def command_of(info: dict, out: Path) -> str:
     parts += [f"--seed {s['seed']}", f"--ppl-window {s['ppl_window']}"]
     if s.get("protected"):
         parts.append("--protect " + ",".join(map(str, s["protected"])))
+    if s.get("racing") is False:
+        parts.append("--exact")
+    for name, value in s.get("evolution", {}).items():
+        parts.append(f"--{name} {value}")
     parts += [f"--min-depth {s['min_depth']}", f"--dtype {s['dtype']}", f"--out {out}"]
     return " \\\n    ".join(parts)
 
@@ -431,6 +480,11 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEF
     tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=directory))
     try:
         plot_all(a, path, tmp)
+        from . import latency  # the measured speedups, when the run has a latency.json
+
+        speed = latency.load_speedups(directory, a["model"])
+        if speed:
+            latency.plot_drop_vs_speedup(a["candidates"], speed, tmp / "drop_vs_speedup.png")
         final = directory / "plots"
         old = directory / ".plots-old"
         if final.exists():

@@ -33,6 +33,26 @@ def _quality(metric: str, num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.exp(-ratio) if metric == "perplexity" else ratio  # 1/ppl = exp(-mean NLL)
 
 
+def resample_counts(n: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, replicates]: how often sample i is drawn in replicate b (resampling n with replacement)."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(replicates)]).T.astype(float)
+
+
+def drop_replicates(metric: str, base: tuple[np.ndarray, np.ndarray], cands: tuple[np.ndarray, np.ndarray],
+                    counts: np.ndarray) -> np.ndarray:
+    """[K, B] relative drop of K candidates (per-sample num/den [K, n]) against the baseline's
+    per-sample num/den [n], each column one paired resample `counts` [n, B]."""
+    q0 = _quality(metric, base[0] @ counts, base[1] @ counts)  # [B]
+    q = _quality(metric, cands[0] @ counts, cands[1] @ counts)  # [K, B]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(q0 > 0, 1.0 - q / q0, q0 - q)
+
+
+def per_sample_arrays(per_sample: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(numerator, denominator) arrays from a record's per-sample dict (see module docstring)."""
+    return _per_sample({"per_sample": per_sample}, metric)
+
+
 def bootstrap_mean_drops(store, keys: list[tuple[int, ...]], tasks: dict[str, dict],
                          replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> np.ndarray:
     """[len(keys), replicates] mean relative drop over tasks, one column per paired resample."""
@@ -40,17 +60,11 @@ def bootstrap_mean_drops(store, keys: list[tuple[int, ...]], tasks: dict[str, di
     total = np.zeros((len(keys), replicates))
     for name, info in tasks.items():
         metric = info["metric"]
-        base_num, base_den = _per_sample(store.get((), name), metric)
-        n = len(base_num)
-        # counts[b, i] = how often sample i is drawn in replicate b
-        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(replicates)]).T.astype(float)
-        q0 = _quality(metric, base_num @ counts, base_den @ counts)  # [B]
+        base = _per_sample(store.get((), name), metric)
+        counts = resample_counts(len(base[0]), replicates, rng)
         nums = np.stack([_per_sample(store.get(k, name), metric)[0] for k in keys])
         dens = np.stack([_per_sample(store.get(k, name), metric)[1] for k in keys])
-        q = _quality(metric, nums @ counts, dens @ counts)  # [K, B]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drop = np.where(q0 > 0, 1.0 - q / q0, q0 - q)
-        total += drop
+        total += drop_replicates(metric, base, (nums, dens), counts)
     return total / len(tasks)
 
 

@@ -7,6 +7,9 @@
   fsynced. A record is a single line; a torn last line from a killed process is dropped (and cut
   from the file) on the next open, so every record in the store is whole.
 * Records of `"type": "work"` log the engine's work counters per scoring call.
+* Records of `"type": "part"` hold a candidate's per-sample scores on some samples of a task
+  (racing scores candidates on growing sample subsets; see blockprune.search). A candidate that
+  reaches the end of a race gets a whole record like any other; one eliminated early keeps parts.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Store:
         self.settings = settings
         self.results: dict[tuple[tuple[int, ...], str], dict] = {}
         self.work: list[dict] = []
+        self.parts: dict[tuple[tuple[int, ...], str], list[dict]] = {}
         run_file = self.dir / RUN_FILE
         if run_file.exists():
             try:
@@ -114,6 +118,8 @@ class Store:
     def _index(self, rec: dict) -> None:
         if rec.get("type") == "work":
             self.work.append(rec)
+        elif rec.get("type") == "part":
+            self.parts.setdefault((key_of(rec["removed"]), rec["task"]), []).append(rec)
         else:
             self.results[(key_of(rec["removed"]), rec["task"])] = rec
 
@@ -125,7 +131,7 @@ class Store:
 
     def append(self, records: list[dict]) -> None:
         """Persist records (one line each), then index them. Already-stored ones are skipped."""
-        fresh = [r for r in records if r.get("type") == "work" or (key_of(r["removed"]), r["task"]) not in self.results]
+        fresh = [r for r in records if r.get("type") in ("work", "part") or (key_of(r["removed"]), r["task"]) not in self.results]
         if not fresh:
             return
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fresh)
@@ -138,4 +144,23 @@ class Store:
             self._index(json.loads(json.dumps(r)))
 
     def candidates(self) -> list[tuple[int, ...]]:
+        """Candidates with a whole record for at least one task."""
         return sorted({k for k, _ in self.results}, key=lambda k: (len(k), k))
+
+    def partial_candidates(self) -> list[tuple[int, ...]]:
+        """Candidates scored on only some samples (eliminated by racing, or interrupted)."""
+        return sorted({k for k, t in self.parts if (k, t) not in self.results}, key=lambda k: (len(k), k))
+
+    def samples_of(self, removed: Iterable[int], task: str) -> dict[int, dict]:
+        """{sample index: {per-sample field: value}} of everything stored for (candidate, task)."""
+        key = key_of(removed)
+        out: dict[int, dict] = {}
+        recs = self.parts.get((key, task), [])
+        if (key, task) in self.results:
+            rec = self.results[(key, task)]
+            n = len(next(iter(rec["per_sample"].values())))
+            recs = [{**rec, "samples": list(range(n))}]
+        for rec in recs:
+            for j, i in enumerate(rec["samples"]):
+                out[int(i)] = {f: v[j] for f, v in rec["per_sample"].items()}
+        return out

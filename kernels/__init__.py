@@ -1,7 +1,9 @@
 """Kernels for masked multi-candidate scoring.
 
-Each op lives in its own file next to its pure-torch reference. `scoring_head` dispatches: the
-Triton kernel on CUDA tensors when Triton is available, the reference elsewhere.
+Each op lives in its own file next to its pure-torch reference: `gather_norm` (gather the rows
+that run a block + its pre-norm), `residual_add` (add a block's output to exactly those rows, in
+place) and `scoring_head` (log-sum-exp / target logit / argmax without materialised logits). Each
+dispatches: the Triton kernel on CUDA tensors when Triton is available, the reference elsewhere.
 `BLOCKPRUNE_KERNELS=torch` forces the references, `=triton` forces Triton (an error if absent).
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from .gather_norm import gather_norm_reference
+from .residual_add import residual_add_reference
 from .scoring_head import scoring_head_reference
 
 
@@ -20,6 +24,11 @@ def backend() -> str:
     return value
 
 
+def triton_available() -> bool:
+    """Whether the Triton kernels import (on CPU they run only under TRITON_INTERPRET=1)."""
+    return _triton_gather_norm() is not None
+
+
 def _triton_scoring_head():
     """The Triton kernel, or None when Triton cannot be imported."""
     try:
@@ -29,20 +38,59 @@ def _triton_scoring_head():
     return scoring_head_triton
 
 
+def _triton_gather_norm():
+    try:
+        from .gather_norm_triton import gather_norm_triton
+    except ImportError:
+        return None
+    return gather_norm_triton
+
+
+def _triton_residual_add():
+    try:
+        from .residual_add_triton import residual_add_triton
+    except ImportError:
+        return None
+    return residual_add_triton
+
+
+def _choose(loader, is_cuda: bool, reference):
+    """Triton when forced, or under 'auto' for CUDA tensors when Triton imports; else the reference."""
+    mode = backend()
+    if mode == "triton" or (mode == "auto" and is_cuda):
+        kernel = loader()
+        if kernel is not None:
+            return kernel
+        if mode == "triton":
+            raise RuntimeError("BLOCKPRUNE_KERNELS=triton, but triton cannot be imported")
+    return reference
+
+
 def scoring_head(hidden, weight, targets, bias=None, softcap=None):
     """Per position: (log-sum-exp, target logit, target is argmax). See scoring_head_reference.
 
     Triton when forced (CPU tensors then need TRITON_INTERPRET=1 set before import), or under
     'auto' for CUDA tensors when Triton imports; the reference otherwise.
     """
-    mode = backend()
-    if mode == "triton" or (mode == "auto" and hidden.is_cuda):
-        kernel = _triton_scoring_head()
-        if kernel is not None:
-            return kernel(hidden, weight, targets, bias=bias, softcap=softcap)
-        if mode == "triton":
-            raise RuntimeError("BLOCKPRUNE_KERNELS=triton, but triton cannot be imported")
-    return scoring_head_reference(hidden, weight, targets, bias=bias, softcap=softcap)
+    op = _choose(_triton_scoring_head, hidden.is_cuda, scoring_head_reference)
+    return op(hidden, weight, targets, bias=bias, softcap=softcap)
 
 
-__all__ = ["backend", "scoring_head", "scoring_head_reference"]
+def gather_norm(hidden, idx, weight, bias=None, eps=1e-6, kind="rms", offset=0.0, cast_early=True):
+    """norm(hidden[idx]) as a compact [n, T, D] batch. See gather_norm_reference. Dispatch as
+    scoring_head."""
+    op = _choose(_triton_gather_norm, hidden.is_cuda, gather_norm_reference)
+    return op(hidden, idx, weight, bias=bias, eps=eps, kind=kind, offset=offset, cast_early=cast_early)
+
+
+def residual_add(hidden, idx, out):
+    """hidden[idx] += out in place (distinct rows); returns hidden. See residual_add_reference.
+    Dispatch as scoring_head."""
+    op = _choose(_triton_residual_add, hidden.is_cuda, residual_add_reference)
+    return op(hidden, idx, out)
+
+
+__all__ = [
+    "backend", "gather_norm", "gather_norm_reference", "residual_add", "residual_add_reference",
+    "scoring_head", "scoring_head_reference", "triton_available",
+]

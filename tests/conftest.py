@@ -1,11 +1,13 @@
 import os
 
-# Triton kernels run on CPU only through the interpreter, which must be chosen before any kernel
-# module is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+# Without a GPU, Triton kernels run on CPU only through the interpreter, which must be chosen
+# before any kernel module is imported. With CUDA the compiled kernels are tested.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.manual_seed(0)
 

@@ -1,5 +1,5 @@
 """The Triton scoring head against the pure-torch reference (CPU: via TRITON_INTERPRET=1, set in
-conftest before any kernel module is imported)."""
+conftest before any kernel module is imported; on a CUDA machine the compiled kernel)."""
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from blockprune.kernels.scoring_head_triton import scoring_head_triton  # noqa: 
 from conftest import tiny_model  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_inputs(num_pos, dim, vocab, dtype, with_bias=False, seed=0):
@@ -24,7 +25,8 @@ def make_inputs(num_pos, dim, vocab, dtype, with_bias=False, seed=0):
     targets = torch.randint(0, vocab, (num_pos,), generator=g)
     logits = hidden.double() @ weight.double().T + (bias.double() if with_bias else 0)
     targets[::2] = logits.argmax(-1)[::2]
-    return hidden, weight, targets, bias
+    to = lambda t: t.to(DEVICE) if t is not None else None  # noqa: E731
+    return to(hidden), to(weight), to(targets), to(bias)
 
 
 def full_logits(hidden, weight, bias, softcap):
@@ -85,8 +87,9 @@ def test_non_contiguous():
 
 
 def test_zero_positions():
-    weight = torch.randn(97, 24)
-    lse, tgt, is_max = scoring_head_triton(torch.zeros(0, 24), weight, torch.zeros(0, dtype=torch.long))
+    weight = torch.randn(97, 24, device=DEVICE)
+    lse, tgt, is_max = scoring_head_triton(torch.zeros(0, 24, device=DEVICE), weight,
+                                           torch.zeros(0, dtype=torch.long, device=DEVICE))
     assert lse.shape == tgt.shape == is_max.shape == (0,)
     assert (lse.dtype, tgt.dtype, is_max.dtype) == (torch.float32, torch.float32, torch.bool)
 
@@ -103,11 +106,11 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     kernels.scoring_head(hidden, weight, targets)
     assert calls == [1]
-    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "auto")  # CPU tensors: the reference
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "auto")  # CPU tensors: the reference; CUDA: Triton
     kernels.scoring_head(hidden, weight, targets)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
     kernels.scoring_head(hidden, weight, targets)
-    assert calls == [1]
+    assert calls == [1] * (2 if hidden.is_cuda else 1)
     monkeypatch.setattr(kernels, "_triton_scoring_head", lambda: None)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="triton"):
@@ -117,6 +120,7 @@ def test_dispatch(monkeypatch):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: final-logit softcap
 def test_engine_triton_matches_torch(monkeypatch, arch):
     bm = tiny_model(arch, layers=2)
+    bm.model.to(DEVICE)
     reqs = [Request((5, 17, 40, 99, 7, 3), 2), Request((11, 200, 31, 64), 1)]
     keep = np.ones((2, bm.num_blocks), dtype=bool)
     keep[1, 0] = False

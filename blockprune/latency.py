@@ -1,0 +1,643 @@
+"""Latency of the dense model vs the model without some blocks, measured as inference is served.
+
+For each backend (PyTorch eager, onnxruntime on the exported decoder with past) and batch size,
+every variant (dense, and each removal set) runs the same greedy generation many times:
+
+* **prefill** (time to first token): one forward over the `prompt_len` prompt tokens that fills the
+  KV cache and gives the first new token (PyTorch: `logits_to_keep=1`, the LM head only at the last
+  position; the ONNX graph has no such input and computes logits at every prompt position);
+* **decode**: `gen_len - 1` further steps of one token each with the cache, timed as a whole and
+  divided per token (the first token belongs to the prefill), greedy argmax, no early stop at EOS;
+* tokens/s = batch x decoded tokens / decode time; end to end = batch x gen_len / (prefill + decode).
+
+`warmup` untimed runs per variant, then `reps` timed runs, interleaved: repetition r runs the
+variants in order, r+1 in reverse (A B B A ...), so slow drift of a shared machine hits all alike.
+Statistics over repetitions: min, median, p90, max, mean. Speedup = median(dense) / median(pruned),
+next to the ideal L / (L - k), plus the min/median/max of the paired per-repetition ratios.
+On CUDA every timed region ends with `torch.cuda.synchronize()`.
+
+Memory: on CUDA the peak of `torch.cuda.max_memory_allocated()` over a variant's timed runs. On CPU
+there is no per-model peak: reported are the weights' bytes, the KV cache's bytes at the end of the
+generation (both exact, per variant) and the process's peak resident set size (`ru_maxrss`: the
+whole process, all variants and the Python runtime, monotone over its life).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import models
+
+BACKENDS = ("torch", "onnxruntime")
+LATENCY_FILE = "latency.json"
+MARKDOWN_FILE = "latency.md"
+PLOT_FILE = "latency.png"
+# Settings used after a search (a few seconds per set on SmolLM2 on 2 CPU cores).
+REPORT_SETTINGS = {"prompt_len": 64, "gen_len": 16, "warmup": 1, "reps": 5}
+
+
+class BenchError(Exception):
+    """Bad benchmark input (one-line message)."""
+
+
+# ---- validation -------------------------------------------------------------------------------
+def check_settings(backends: Sequence[str], batches: Sequence[int], prompt_len: int, gen_len: int, warmup: int,
+                   reps: int) -> None:
+    """Checks that need no model (BenchError)."""
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad or not backends:
+        raise BenchError(f"unknown backend(s) {', '.join(bad) or '(none)'}: choose from {', '.join(BACKENDS)}")
+    if not batches or any(b < 1 for b in batches):
+        raise BenchError(f"batch sizes must be at least 1, got {list(batches)}")
+    if prompt_len < 1:
+        raise BenchError(f"--prompt-len must be at least 1, got {prompt_len}")
+    if gen_len < 2:
+        raise BenchError(f"--gen-len must be at least 2 (the first token is the prefill's), got {gen_len}")
+    if reps < 1:
+        raise BenchError(f"--reps must be at least 1, got {reps}")
+    if warmup < 0:
+        raise BenchError(f"--warmup must be at least 0, got {warmup}")
+
+
+def max_positions(bm: models.BlockModel) -> int | None:
+    cfg = bm.model.config
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_lengths(bm: models.BlockModel, prompt_len: int, gen_len: int) -> None:
+    limit = max_positions(bm)
+    if limit is not None and prompt_len + gen_len > limit:
+        raise BenchError(f"--prompt-len + --gen-len = {prompt_len + gen_len} exceeds the model's {limit} positions")
+
+
+def _check_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    out = []
+    for removed in sets:
+        key = tuple(sorted({int(b) for b in removed}))
+        if not key:
+            raise BenchError("give at least one block to remove (the dense model is always measured)")
+        try:
+            models.remove_blocks(bm, key, check_only=True)
+        except models.ModelError as exc:
+            raise BenchError(str(exc)) from None
+        if key not in out:
+            out.append(key)
+    return out
+
+
+# ---- ONNX exports -----------------------------------------------------------------------------
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
+    """The decoder-with-past graph of an export of `bm` without `removed`; BenchError if there is none.
+
+    `directory` is an export directory (with `export_manifest.json` and `onnx/`) or its `onnx/`.
+    """
+    from blockprune.export import MANIFEST
+    from blockprune.export.onnx import DECODER_FILE
+
+    d = Path(directory)
+    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
+    root = d.parent if (d / DECODER_FILE).exists() and not (d / MANIFEST).exists() else d
+    graph = root / "onnx" / DECODER_FILE
+    if not graph.exists():
+        hint = (f"blockprune export --model {bm.name} --remove {','.join(map(str, removed)) or repr('')} "
+                f"--format onnx --kv-cache --out {d}")
+        raise BenchError(f"no ONNX decoder with past for {what} in {d} (write one with: {hint})")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise BenchError(f"{root}: no readable {MANIFEST}, cannot tell which model the export is") from None
+    if not _same_model(str(manifest.get("model")), bm.name):
+        raise BenchError(f"{root} is an export of {manifest.get('model')!r}, not {bm.name!r}")
+    if sorted(manifest.get("removed", [])) != sorted(removed):
+        raise BenchError(f"{root} is an export without blocks {manifest.get('removed')}, not {list(removed)}")
+    if manifest.get("kept_blocks") != bm.num_blocks - len(removed):
+        raise BenchError(f"{root} keeps {manifest.get('kept_blocks')} blocks; {bm.name} without {list(removed)} "
+                         f"keeps {bm.num_blocks - len(removed)}")
+    return graph
+
+
+def _check_onnx_dirs(onnx_dirs: dict | None, bm: models.BlockModel, sets: list[tuple[int, ...]]) -> dict:
+    onnx_dirs = onnx_dirs or {}
+    graphs = {}
+    for key in [(), *sets]:
+        directory = onnx_dirs.get(key)
+        if directory is None:
+            what = "the dense model (--onnx-dense)" if not key else f"blocks {list(key)} removed (--onnx)"
+            raise BenchError(f"onnxruntime needs an export of {what}: blockprune export --model {bm.name} "
+                             f"--remove {','.join(map(str, key)) or repr('')} --format onnx --kv-cache --out DIR")
+        graphs[key] = find_decoder(directory, bm, key)
+    return graphs
+
+
+# ---- runners ----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _weights_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+class TorchRunner:
+    """Greedy generation with the model's own KV cache, as `generate()` does it."""
+
+    backend = "torch"
+
+    def __init__(self, model: torch.nn.Module):
+        from blockprune.export.onnx import _cache_kwarg
+
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.cache_kwarg = _cache_kwarg(model)
+        self.weights_bytes = _weights_bytes(model)
+
+    @torch.inference_mode()
+    def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
+        from blockprune.export.onnx import _output_cache
+
+        ids_t = torch.as_tensor(ids, device=self.device)
+        batch, prompt = ids_t.shape
+        mask = torch.ones((batch, prompt + gen_len), dtype=torch.long, device=self.device)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = self.model(input_ids=ids_t, attention_mask=mask[:, :prompt], use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        cache = _output_cache(out)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        tokens = [token]
+        for step in range(1, gen_len):
+            out = self.model(input_ids=token, attention_mask=mask[:, :prompt + step], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kwarg: cache})
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            cache = _output_cache(out)
+            tokens.append(token)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        kv = 0
+        for layer in getattr(cache, "layers", []) or []:
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    kv += t.numel() * t.element_size()
+        return {"prefill": t1 - t0, "decode": t2 - t1, "tokens": torch.cat(tokens, 1).cpu().numpy(), "kv_bytes": kv}
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class OrtRunner:
+    """Greedy generation with the exported decoder with past: presents fed back as the next past."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, graph: Path, device: torch.device):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()  # the same cores PyTorch uses
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.threads = options.intra_op_num_threads
+        inputs = self.session.get_inputs()
+        self.past = [(i.name, i.shape, _ORT_TYPES.get(i.type, np.float32)) for i in inputs if i.name.startswith("past_key_values.")]
+        self.num_layers = len(self.past) // 2
+        self.weights_bytes = sum(p.stat().st_size for p in graph.parent.glob(graph.name + "*"))
+
+    def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
+        batch, prompt = ids.shape
+        ids = ids.astype(np.int64)
+        mask = np.ones((batch, prompt + gen_len), dtype=np.int64)
+        past = {name: np.zeros((batch, shape[1], 0, shape[3]), dtype=dtype) for name, shape, dtype in self.past}
+        names = [name for name, _, _ in self.past]
+        t0 = time.perf_counter()
+        positions = np.broadcast_to(np.arange(prompt, dtype=np.int64), (batch, prompt))
+        out = self.session.run(None, {"input_ids": ids, "attention_mask": mask[:, :prompt], "position_ids": positions, **past})
+        token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        t1 = time.perf_counter()
+        tokens = [token]
+        for step in range(1, gen_len):
+            past = dict(zip(names, out[1:]))
+            positions = np.full((batch, 1), prompt + step - 1, dtype=np.int64)
+            out = self.session.run(None, {"input_ids": token, "attention_mask": mask[:, :prompt + step],
+                                          "position_ids": positions, **past})
+            token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+            tokens.append(token)
+        t2 = time.perf_counter()
+        return {"prefill": t1 - t0, "decode": t2 - t1, "tokens": np.concatenate(tokens, 1),
+                "kv_bytes": int(sum(a.nbytes for a in out[1:]))}
+
+
+# ---- measuring --------------------------------------------------------------------------------
+def _stats(values: Sequence[float], scale: float = 1.0) -> dict:
+    v = np.asarray(values, dtype=float) * scale
+    return {"min": float(v.min()), "median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+            "max": float(v.max()), "mean": float(v.mean()), "n": int(v.size)}
+
+
+def _peak_rss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def _prompt(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.ndarray:
+    gen = np.random.default_rng(seed)
+    return gen.integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
+
+
+def _measure(runners: dict, ids: np.ndarray, gen_len: int, warmup: int, reps: int, device: torch.device,
+             progress=None) -> dict:
+    """Interleaved runs of every runner: {key: {"runs": [...], "tokens": first tokens, "consistent": bool, ...}}."""
+    keys = list(runners)
+    out = {k: {"runs": [], "tokens": None, "consistent": True, "peak_allocated": 0} for k in keys}
+    for r in range(warmup + reps):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            if device.type == "cuda" and r >= warmup:
+                torch.cuda.reset_peak_memory_stats(device)
+            run = runners[k](ids, gen_len)
+            rec = out[k]
+            if rec["tokens"] is None:
+                rec["tokens"] = run["tokens"]
+            elif not np.array_equal(rec["tokens"], run["tokens"]):
+                rec["consistent"] = False
+            if r >= warmup:
+                rec["runs"].append(run)
+                if device.type == "cuda":
+                    rec["peak_allocated"] = max(rec["peak_allocated"], torch.cuda.max_memory_allocated(device))
+        if progress:
+            progress(r + 1, warmup + reps)
+    return out
+
+
+def _variant_name(removed: Sequence[int]) -> str:
+    return "dense" if not removed else "-" + ",".join(map(str, removed))
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def _versions() -> dict:
+    import transformers
+
+    from . import __version__
+
+    out = {"blockprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: Sequence[str] = ("torch",),
+               batches: Sequence[int] = (1,), prompt_len: int = 128, gen_len: int = 64, warmup: int = 2,
+               reps: int = 10, onnx_dirs: dict | None = None, keep_tokens: bool = False, log=None) -> dict:
+    """Dense vs each removal set in `sets` (the dense model measured once, interleaved with all).
+
+    `onnx_dirs` maps () (dense) and each set (a sorted tuple) to its export directory; needed for
+    the onnxruntime backend. Returns the result dict (see `write`).
+    """
+    backends = list(dict.fromkeys(backends))
+    batches = list(dict.fromkeys(int(b) for b in batches))
+    check_settings(backends, batches, prompt_len, gen_len, warmup, reps)
+    _check_lengths(bm, prompt_len, gen_len)
+    keys = _check_sets(bm, sets)
+    graphs = _check_onnx_dirs(onnx_dirs, bm, keys) if "onnxruntime" in backends else {}
+    device = bm.device
+    L = bm.num_blocks
+    variants = {(): bm}
+    for key in keys:
+        variants[key] = models.remove_blocks(bm, key)
+        got = len(models.find_blocks(variants[key].model)[1])
+        if got != L - len(key):  # the copy really lost the blocks
+            raise BenchError(f"pruned copy has {got} blocks, expected {L - len(key)}")
+    vocab = bm.model.get_input_embeddings().num_embeddings
+    result = {
+        "schema": 1, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": bm.name, "num_blocks": L, "device": str(device), "dtype": str(bm.dtype).replace("torch.", ""),
+        "machine": _machine(), "versions": _versions(),
+        "settings": {"backends": backends, "batches": batches, "prompt_len": prompt_len, "gen_len": gen_len,
+                     "warmup": warmup, "reps": reps, "order": "interleaved: A B ... then reversed, per repetition",
+                     "prompt": "random token ids, seed 0; greedy argmax, no stop at EOS"},
+        "memory_note": ("CUDA: peak torch.cuda.max_memory_allocated over the timed runs" if device.type == "cuda" else
+                        "CPU: weights and final KV cache bytes per variant (exact); process_peak_rss is the whole "
+                        "process's peak resident set (all variants loaded, monotone), not a per-model figure"),
+        "results": [], "speedups": [],
+    }
+    for backend in backends:
+        if backend == "torch":
+            runners = {k: TorchRunner(v.model) for k, v in variants.items()}
+        else:
+            runners = {k: OrtRunner(graphs[k], device) for k in variants}
+            result.setdefault("onnxruntime", {"providers": runners[()].providers, "intra_op_num_threads": runners[()].threads,
+                                              "graphs": {_variant_name(k): str(g) for k, g in graphs.items()}})
+            for k, r in runners.items():
+                if r.num_layers != L - len(k):
+                    raise BenchError(f"{graphs[k]} has {r.num_layers} layers of past, expected {L - len(k)}")
+        for batch in batches:
+            if log:
+                log(f"{backend}, batch {batch}: {len(runners)} variants x ({warmup} warm-up + {reps}) runs "
+                    f"of {prompt_len} + {gen_len} tokens")
+            ids = _prompt(vocab, batch, prompt_len)
+            measured = _measure(runners, ids, gen_len, warmup, reps, device)
+            rows = {}
+            for k, m in measured.items():
+                prefill = [x["prefill"] for x in m["runs"]]
+                per_token = [x["decode"] / (gen_len - 1) for x in m["runs"]]
+                e2e = [x["prefill"] + x["decode"] for x in m["runs"]]
+                row = {
+                    "backend": backend, "batch": batch, "variant": _variant_name(k), "removed": list(k), "k": len(k),
+                    "kept_blocks": L - len(k),
+                    "prefill_ms": _stats(prefill, 1e3),
+                    "decode_ms_per_token": _stats(per_token, 1e3),
+                    "decode_tokens_per_s": batch / float(np.median(per_token)),
+                    "e2e_tokens_per_s": batch * gen_len / float(np.median(e2e)),
+                    "tokens_identical_across_runs": m["consistent"],
+                    "memory": {"weights_mib": runners[k].weights_bytes / 2**20,
+                               "kv_cache_mib": m["runs"][-1]["kv_bytes"] / 2**20},
+                }
+                if device.type == "cuda" and backend == "torch":
+                    row["memory"]["peak_allocated_mib"] = m["peak_allocated"] / 2**20
+                row["memory"]["process_peak_rss_mib"] = _peak_rss_mib()
+                if keep_tokens:
+                    row["tokens"] = m["tokens"].tolist()
+                if backend == "onnxruntime":
+                    torch_row = next((r for r in result["results"] if r["backend"] == "torch" and r["batch"] == batch
+                                      and r["removed"] == list(k)), None)
+                    if torch_row is not None and "_tokens" in torch_row:
+                        row["token_agreement_with_torch"] = float(np.mean(np.asarray(torch_row["_tokens"]) == m["tokens"]))
+                row["_tokens"] = m["tokens"]
+                rows[k] = row
+                result["results"].append(row)
+            dense = measured[()]["runs"]
+            for k in keys:
+                ideal = L / (L - len(k))
+                s = {"backend": backend, "batch": batch, "removed": list(k), "k": len(k), "ideal": ideal}
+                for phase, med in (("prefill", "prefill_ms"), ("decode", "decode_ms_per_token")):
+                    speed = rows[()][med]["median"] / rows[k][med]["median"]
+                    field = "prefill" if phase == "prefill" else "decode"
+                    paired = [d[field] / p[field] for d, p in zip(dense, measured[k]["runs"])]
+                    s[phase] = speed
+                    s[f"{phase}_paired"] = _stats(paired)
+                    s[f"{phase}_fraction_of_ideal"] = speed / ideal
+                    s[f"{phase}_fraction_of_ideal_gain"] = (speed - 1) / (ideal - 1)
+                result["speedups"].append(s)
+    for row in result["results"]:
+        row.pop("_tokens", None)
+    return result
+
+
+def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequence[int]],
+          backends: Sequence[str] = ("torch",), batches: Sequence[int] = (1,), prompt_len: int = 128, gen_len: int = 64,
+          warmup: int = 2, reps: int = 10, onnx_dirs: dict | None = None, device: str | None = None,
+          dtype: torch.dtype = torch.float32, keep_tokens: bool = False, log=None) -> dict:
+    """Dense vs `model` without the `removed` blocks (one set, or a list of sets measured together).
+
+    onnxruntime needs `onnx_dirs={"dense": DIR, "pruned": DIR}` (a list of DIRs, one per set, for several sets).
+    """
+    sets = [list(x) for x in removed] if removed and not isinstance(removed[0], (int, np.integer)) else [list(removed)]
+    check_settings(list(backends), list(batches), prompt_len, gen_len, warmup, reps)
+    onnx_dirs = {k: v for k, v in (onnx_dirs or {}).items() if v}
+    dirs = {}
+    if "onnxruntime" in backends:
+        pruned = onnx_dirs.get("pruned")
+        pruned = [pruned] if isinstance(pruned, (str, Path)) else list(pruned or [])
+        for name, flag, given in (("pruned", "--onnx", pruned), ("dense", "--onnx-dense", [onnx_dirs.get("dense")])):
+            if not all(given) or not given:
+                raise BenchError(f"onnxruntime needs the {name} model's export ({flag} DIR: an export directory written "
+                                 "by `blockprune export --format onnx --kv-cache`)")
+            for d in given:
+                if not Path(d).is_dir():
+                    raise BenchError(f"{flag} {d}: no such directory")
+        if len(pruned) != len(sets):
+            raise BenchError(f"give one --onnx export per removal set ({len(sets)} sets, {len(pruned)} exports)")
+        dirs = {(): onnx_dirs["dense"], **{tuple(sorted({int(b) for b in x})): d for x, d in zip(sets, pruned)}}
+    bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=dtype)
+    return bench_sets(bm, sets, backends, batches, prompt_len, gen_len, warmup, reps, dirs, keep_tokens, log)
+
+
+# ---- output -----------------------------------------------------------------------------------
+def _fmt_stats(s: dict, digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def markdown(result: dict) -> str:
+    st = result["settings"]
+    m = result["machine"]
+    L = [f"# Latency: {result['model']} ({result['num_blocks']} blocks), dense vs pruned", "",
+         f"{result['device']}, {result['dtype']}; {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
+         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + f"; {result['timestamp']}.", "",
+         f"Prompt {st['prompt_len']} tokens, {st['gen_len']} generated (greedy, no EOS stop); {st['warmup']} warm-up + "
+         f"{st['reps']} timed runs per variant, interleaved (A B, then B A). Times are median (min–max) over runs; "
+         "decode excludes the first token (the prefill's). Speedup = median dense / median pruned; ideal = L/(L-k).", "",
+         "| backend | batch | variant | blocks | prefill ms | prefill p90 | decode ms/token | decode p90 | decode tok/s "
+         "| end-to-end tok/s | KV cache MiB |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["results"]:
+        L.append(f"| {r['backend']} | {r['batch']} | {r['variant']} | {r['kept_blocks']} | {_fmt_stats(r['prefill_ms'])} | "
+                 f"{r['prefill_ms']['p90']:.2f} | {_fmt_stats(r['decode_ms_per_token'])} | "
+                 f"{r['decode_ms_per_token']['p90']:.2f} | {r['decode_tokens_per_s']:.1f} | {r['e2e_tokens_per_s']:.1f} | "
+                 f"{r['memory']['kv_cache_mib']:.2f} |")
+    L += ["", "| backend | batch | removed | k | ideal L/(L-k) | prefill speedup | decode speedup | paired decode ratio "
+          "median (min–max) | decode % of ideal | % of ideal gain |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in result["speedups"]:
+        p = s["decode_paired"]
+        L.append(f"| {s['backend']} | {s['batch']} | {s['removed']} | {s['k']} | {s['ideal']:.3f} | {s['prefill']:.3f} | "
+                 f"{s['decode']:.3f} | {p['median']:.3f} ({p['min']:.3f}–{p['max']:.3f}) | "
+                 f"{100 * s['decode_fraction_of_ideal']:.1f}% | {100 * s['decode_fraction_of_ideal_gain']:.0f}% |")
+    L += ["", f"Memory: {result['memory_note']}."]
+    rss = max((r["memory"].get("process_peak_rss_mib", 0) for r in result["results"]), default=0)
+    L.append(f"Process peak RSS: {rss:.0f} MiB.")
+    if "onnxruntime" in result:
+        o = result["onnxruntime"]
+        L.append(f"onnxruntime: providers {', '.join(o['providers'])}, {o['intra_op_num_threads']} intra-op threads; "
+                 "its graph computes logits at every prompt position (no logits_to_keep).")
+    return "\n".join(L) + "\n"
+
+
+def plot(result: dict, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speedups = result["speedups"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    for ax, phase in zip(axes[0], ("prefill", "decode")):
+        labels = [f"{s['backend'][:4]} b{s['batch']}\n-{','.join(map(str, s['removed']))}" for s in speedups]
+        x = np.arange(len(speedups))
+        med = [s[phase] for s in speedups]
+        lo = [s[phase] - s[f"{phase}_paired"]["min"] for s in speedups]
+        hi = [s[f"{phase}_paired"]["max"] - s[phase] for s in speedups]
+        ax.bar(x, med, yerr=np.clip([lo, hi], 0, None), capsize=3, color="tab:blue", label="measured (paired min–max)")
+        ax.scatter(x, [s["ideal"] for s in speedups], marker="_", s=400, color="tab:red", zorder=3, label="ideal L/(L-k)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylabel(f"{phase} speedup vs dense")
+        ax.set_title(f"{phase}: {result['model']}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(result: dict, out: str | Path) -> list[Path]:
+    """latency.json (atomically), latency.md and latency.png into `out`."""
+    from .store import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / LATENCY_FILE, result)
+    atomic_write_text(out / MARKDOWN_FILE, markdown(result))
+    tmp = out / f".{PLOT_FILE}.tmp.png"
+    plot(result, tmp)
+    os.replace(tmp, out / PLOT_FILE)
+    return [out / LATENCY_FILE, out / MARKDOWN_FILE, out / PLOT_FILE]
+
+
+# ---- after a search: the report's measured speedups -------------------------------------------
+def report_candidates(directory: str | Path, tolerance: float) -> list[tuple[int, ...]]:
+    """The best set per k and the three recommendations, as the report will name them."""
+    from . import analysis, report
+    from .store import Store
+
+    a = analysis.build(Store.open_existing(Path(directory)))
+    groups = report.by_k(a["candidates"])
+    sets = [tuple(cs[0]["removed"]) for _, cs in sorted(groups.items())]
+    recs = report.recommendations(groups, tolerance)
+    for level in ("conservative", "balanced", "aggressive"):
+        if recs[level]["k"]:
+            sets.append(tuple(recs[level]["removed"]))
+    return list(dict.fromkeys(sets))
+
+
+def bench_run(directory: str | Path, bm: models.BlockModel, tolerance: float, progress: bool = True,
+              settings: dict | None = None) -> dict:
+    """Bench the report's candidates (PyTorch, batch 1, short settings) into DIR/latency.json."""
+    from .store import atomic_write_json
+
+    settings = {**REPORT_SETTINGS, **(settings or {})}
+    sets = report_candidates(directory, tolerance)
+    log = (lambda msg: print(f"latency: {msg}", file=sys.stderr, flush=True)) if progress else None
+    start = time.perf_counter()
+    result = bench_sets(bm, sets, backends=("torch",), batches=(1,), log=log, **settings)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    atomic_write_json(Path(directory) / LATENCY_FILE, result)
+    return result
+
+
+def load_speedups(directory: str | Path, model: str | None = None) -> dict[tuple[int, ...], dict] | None:
+    """{removed set: speedup record} from DIR/latency.json (PyTorch, the smallest batch), or None."""
+    path = Path(directory) / LATENCY_FILE
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        speedups = result["speedups"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if model is not None and result.get("model") != model:
+        return None
+    rows = [s for s in speedups if s.get("backend") == "torch"] or speedups
+    if not rows:
+        return None
+    batch = min(s["batch"] for s in rows)
+    return {tuple(s["removed"]): s for s in rows if s["batch"] == batch}
+
+
+def load_settings(directory: str | Path) -> dict:
+    """{prompt, gen, reps, device} of DIR/latency.json, for the report's sentence."""
+    result = json.loads((Path(directory) / LATENCY_FILE).read_text(encoding="utf-8"))
+    st = result["settings"]
+    return {"prompt": st["prompt_len"], "gen": st["gen_len"], "reps": st["reps"],
+            "device": f"{result['device']}, {result['machine'].get('gpu') or result['machine']['cpu']}, "
+                      f"{result['machine']['torch_threads']} threads"}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (drop, speedup) not dominated by another (lower-or-equal drop and
+    higher-or-equal speedup, one strictly), ordered by speedup."""
+    front = []
+    for i, (d, s) in enumerate(points):
+        if not any((d2 <= d and s2 >= s and (d2 < d or s2 > s)) for j, (d2, s2) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][1])
+
+
+def plot_drop_vs_speedup(candidates: list[dict], speedups: dict, path: str | Path) -> bool:
+    """Mean drop vs measured decode speedup of every benched set, Pareto front marked; False if none."""
+    drops = {tuple(c["removed"]): c["mean_drop"] for c in candidates}
+    keys = [k for k in speedups if k in drops]
+    if not keys:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(0.0, 1.0)] + [(drops[k], speedups[k]["decode"]) for k in keys]
+    labels = ["dense"] + ["[" + ",".join(map(str, k)) + "]" for k in keys]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([100 * p[0] for p in pts], [p[1] for p in pts], color="tab:blue", label="measured")
+    ax.plot([100 * pts[i][0] for i in front], [pts[i][1] for i in front], "o--", color="tab:red", mfc="none", ms=11,
+            label="Pareto front")
+    for (d, s), lab in zip(pts, labels):
+        ax.annotate(lab, (100 * d, s), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for k in keys:
+        ax.scatter([100 * drops[k]], [speedups[k]["ideal"]], marker="_", s=150, color="grey")
+    ax.set_xlabel("mean drop over tasks (%)")
+    ax.set_ylabel("measured decode speedup vs dense (grey: ideal)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
