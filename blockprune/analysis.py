@@ -69,7 +69,7 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     for rank, b in enumerate(sorted(per_block, key=lambda b: b["mean_drop"]), 1):
         b["rank"] = rank
     work = {"block_rows": 0, "naive_block_rows": 0, "block_tokens": 0, "naive_block_tokens": 0,
-            "head_positions": 0, "naive_head_positions": 0}
+            "head_positions": 0, "naive_head_positions": 0, "reused_block_rows": 0}
     for w in store.work:
         for k in work:
             work[k] += int(w.get(k, 0))
@@ -77,6 +77,13 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
                                "token_ratio": ("block_tokens", "naive_block_tokens"),
                                "head_ratio": ("head_positions", "naive_head_positions")}.items():
         work[name] = round(work[run] / work[naive], 4) if work[naive] else None
+    # racing: candidate-samples scored vs scoring every candidate seen on every sample
+    n_total = sum(t["n"] for t in tasks.values())
+    scored = sum(len(store.samples_of(k, t)) for k in set(store.candidates()) | set(store.partial_candidates()) if k
+                 for t in names)
+    seen = len([k for k in set(store.candidates()) | set(store.partial_candidates()) if k])
+    work["racing"] = {"eliminated": len(eliminated), "candidate_samples": scored, "exact_candidate_samples": seen * n_total,
+                      "ratio": round(scored / (seen * n_total), 4) if seen else None}
     return {
         "model": settings["model"],
         "num_blocks": settings["num_blocks"],
@@ -164,6 +171,12 @@ def summary_markdown(analysis: dict) -> str:
         lines += ["", f"Engine work vs one plain forward per candidate: {w['block_rows']:,} block-row evaluations "
                   f"vs {w['naive_block_rows']:,} ({w['block_ratio']:.2f}x); in tokens {w['token_ratio']:.2f}x; "
                   f"LM-head positions {w['head_ratio']:.2f}x."]
+    r = w.get("racing") or {}
+    if r.get("eliminated"):
+        lines += ["", f"Racing dropped {r['eliminated']} sets early: {r['candidate_samples']:,} candidate-samples scored of "
+                  f"{r['exact_candidate_samples']:,} for scoring every set on every sample ({r['ratio']:.2f}x)."]
+    if w.get("reused_block_rows"):
+        lines += ["", f"States kept across passes saved {w['reused_block_rows']:,} block-row evaluations."]
     lines += ["", "Full data: `cross_dataset_analysis.json`.", ""]
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ class Work:
     naive_block_tokens: int = 0
     head_positions: int = 0
     naive_head_positions: int = 0
+    reused_block_rows: int = 0  # block rows not run because stored states were reused (StateCache)
 
     def add(self, other: "Work") -> None:
         for k, v in asdict(other).items():
@@ -257,10 +258,10 @@ class Engine:
                     break
         return starts
 
-    def _restore(self, keys: list[bytes], prefix: bytes, length: int, like: torch.Tensor) -> torch.Tensor:
-        rows = torch.zeros((len(keys), length, like.shape[-1]), dtype=like.dtype, device=like.device)
-        for j, k in enumerate(keys):
-            state = self.cache.get((k, prefix))
+    @staticmethod
+    def _restore(states: list[torch.Tensor], length: int, like: torch.Tensor) -> torch.Tensor:
+        rows = torch.zeros((len(states), length, like.shape[-1]), dtype=like.dtype, device=like.device)
+        for j, state in enumerate(states):
             rows[j, : state.shape[0]] = state.to(like.device)
         return rows
 
@@ -333,9 +334,11 @@ class Engine:
         waiting: dict[int, dict[bytes, list[int]]] = {}
         for c in np.flatnonzero(starts > 0):
             waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
-        for start, groups in waiting.items():
-            for cands in groups.values():
-                self.cache.hits += int(masks[cands[0], :start].sum()) * batch
+        # take the stored states now: storing new ones during the pass may evict them
+        held = {prefix: [self.cache.get((k, prefix)) for k in keys] for groups in waiting.values() for prefix in groups}
+        saved = sum(int(masks[cands[0], :start].sum()) * batch for start, groups in waiting.items() for cands in groups.values())
+        if self.cache is not None:
+            self.cache.hits += saved
         sample_of_row = torch.arange(batch, device=device)
         micro = max(1, (self.budget // 2) // self._activation_bytes(length))
         if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
@@ -343,11 +346,11 @@ class Engine:
         num_requests_here = sum(len(r.scored) for r in rows)
         request_tokens = sum(len(p) + int(p[0]) + 1 for r in rows for _, p, _ in r.scored)
         work = Work(naive_block_rows=int(masks.sum()) * num_requests_here,
-                    naive_block_tokens=int(masks.sum()) * request_tokens)
+                    naive_block_tokens=int(masks.sum()) * request_tokens, reused_block_rows=saved)
 
         for layer in range(model.num_blocks):
             for prefix, cands in waiting.pop(layer, {}).items():
-                hidden = torch.cat([hidden, self._restore(keys, prefix, length, hidden)])
+                hidden = torch.cat([hidden, self._restore(held.pop(prefix), length, hidden)])
                 nodes.append(np.array(cands))
             in_place: list[int] = []  # nodes whose candidates all keep this block
             forks: list[tuple[int, np.ndarray]] = []  # (node, candidates that keep it)

@@ -9,6 +9,8 @@ CPU under TRITON_INTERPRET=1 (set before this module is imported).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,7 @@ def _scoring_head_kernel(
     P, V, D,
     stride_hp, stride_hd, stride_wv, stride_wd, stride_t, stride_b,
     softcap,
-    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, NATIVE_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -51,12 +53,17 @@ def _scoring_head_kernel(
             h = tl.load(
                 hidden_ptr + offs_p[:, None] * stride_hp + offs_d[None, :] * stride_hd,
                 mask=mask_p[:, None] & mask_d[None, :], other=0.0,
-            ).to(tl.float32)
+            )
             w = tl.load(
                 weight_ptr + offs_v[None, :] * stride_wv + offs_d[:, None] * stride_wd,
                 mask=mask_v[None, :] & mask_d[:, None], other=0.0,
-            ).to(tl.float32)
-            acc = tl.dot(h, w, acc, input_precision="ieee")
+            )
+            if NATIVE_DOT:
+                # fp16/bf16 on a GPU: tensor cores; the products are exact in the fp32 accumulator
+                acc = tl.dot(h, w, acc)
+            else:
+                # fp32 inputs, or the interpreter (whose tl.dot is wrong on bf16): exact fp32
+                acc = tl.dot(h.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
         if HAS_BIAS:
             b = tl.load(bias_ptr + offs_v * stride_b, mask=mask_v, other=0.0).to(tl.float32)
             acc = acc + b[None, :]
@@ -106,10 +113,14 @@ def scoring_head_triton(
     if vocab == 0:
         raise ValueError("empty vocabulary")
 
-    # tl.dot needs every tile dimension >= 16.
+    # tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary tiles, more
+    # warps and pipelining; interpreted: small tiles keep the tests fast.
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    native = (not interpreted and hidden.dtype in (torch.float16, torch.bfloat16) and hidden.dtype == weight.dtype)
     block_p = _block(num_pos, 16, 64)
-    block_v = 64
+    block_v = 64 if interpreted else 128
     block_d = _block(dim, 16, 64)
+    launch = {} if interpreted else {"num_warps": 8, "num_stages": 3}
     grid = (triton.cdiv(num_pos, block_p),)
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
@@ -120,8 +131,8 @@ def scoring_head_triton(
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
             targets.stride(0), bias.stride(0) if bias is not None else 0,
             float(softcap) if softcap is not None else 1.0,
-            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
-            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d,
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, NATIVE_DOT=native,
+            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d, **launch,
         )
     return lse, tgt, is_max.bool()
 

@@ -130,3 +130,18 @@ def test_block_influence_matches_hf_hidden_states(tiny_dir, jsonl_tasks, tmp_pat
     for step in ang.steps:
         s = step[0]
         assert list(s) == list(range(s[0], s[0] + len(s))) and 2 not in s  # consecutive, never protected
+
+
+def test_a_small_state_cache_evicts_without_changing_scores(tiny_dir, jsonl_tasks, tmp_path):
+    plain = evaluator(tiny_dir, jsonl_tasks, tmp_path / "a").engine
+    tiny = evaluator(tiny_dir, jsonl_tasks, tmp_path / "b", reuse_bytes=40_000).engine  # a few rows' states
+    task = evaluator(tiny_dir, jsonl_tasks, tmp_path / "c").tasks[0]
+    rng = np.random.default_rng(0)
+    masks = rng.random((12, plain.model.num_blocks)) < 0.7
+    for _ in range(3):  # later passes find some states, lose others to eviction mid-pass
+        got = tiny.score(task.requests, masks)
+        want = plain.score(task.requests, masks)
+        np.testing.assert_allclose(got.logprob, want.logprob, rtol=1e-5, atol=1e-5)
+        masks = np.concatenate([masks[:6], rng.random((6, plain.model.num_blocks)) < 0.7])
+    assert tiny.cache.bytes <= 40_000
+    assert tiny.cache.hits > 0  # some states were reused, so both paths ran
