@@ -106,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--onnx", action="append", default=None, metavar="DIR",
                    help="export of the pruned model (blockprune export --format onnx --kv-cache); one per --remove")
     b.add_argument("--onnx-dense", default=None, metavar="DIR", help="export of the dense model (blockprune export --remove '' ...)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime (default: torch's)")
     b.add_argument("--out", default=None, help="write latency.json, latency.md and latency.png here")
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
@@ -165,6 +166,7 @@ def _bench(args) -> int:
     result = latency.bench(args.model, args.remove, backends=[x for x in args.backend.split(",") if x],
                            batches=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len, warmup=args.warmup,
                            reps=args.reps, onnx_dirs=onnx_dirs, device=args.device, dtype=api.DTYPES[args.dtype],
+                           threads=args.threads,
                            log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     print(latency.markdown(result))
     if args.out:

@@ -6,14 +6,19 @@ every variant (dense, and each removal set) runs the same greedy generation many
 * **prefill** (time to first token): one forward over the `prompt_len` prompt tokens that fills the
   KV cache and gives the first new token (PyTorch: `logits_to_keep=1`, the LM head only at the last
   position; the ONNX graph has no such input and computes logits at every prompt position);
-* **decode**: `gen_len - 1` further steps of one token each with the cache, timed as a whole and
-  divided per token (the first token belongs to the prefill), greedy argmax, no early stop at EOS;
-* tokens/s = batch x decoded tokens / decode time; end to end = batch x gen_len / (prefill + decode).
+* **decode**: `gen_len - 1` further steps of one token each with the cache (the first token
+  belongs to the prefill), greedy argmax, no early stop at EOS; every step is timed, and the
+  per-token statistics are over all steps of all timed runs (robust to bursts of load from other
+  processes, which hit some steps of a run, not all); the mean step time of each run is kept too;
+* decode tokens/s = batch / median step time; end to end = batch x gen_len / median(prefill + decode).
 
 `warmup` untimed runs per variant, then `reps` timed runs, interleaved: repetition r runs the
 variants in order, r+1 in reverse (A B B A ...), so slow drift of a shared machine hits all alike.
-Statistics over repetitions: min, median, p90, max, mean. Speedup = median(dense) / median(pruned),
-next to the ideal L / (L - k), plus the min/median/max of the paired per-repetition ratios.
+Statistics: min, median, p90, max, mean. Speedup = the median over repetitions of the paired ratio
+dense run r / pruned run r (adjacent in time, so slow drift cancels; for decode, of the runs' median
+step times), with its min and max, next to the ideal L / (L - k) and to the plain ratio of the
+medians. The load average before
+and after is recorded: other processes on the machine show there.
 On CUDA every timed region ends with `torch.cuda.synchronize()`.
 
 Memory: on CUDA the peak of `torch.cuda.max_memory_allocated()` over a variant's timed runs. On CPU
@@ -195,22 +200,25 @@ class TorchRunner:
         cache = _output_cache(out)
         _sync(self.device)
         t1 = time.perf_counter()
-        tokens = [token]
+        prefill = t1 - t0
+        tokens, steps = [token], []
         for step in range(1, gen_len):
             out = self.model(input_ids=token, attention_mask=mask[:, :prompt + step], use_cache=True, logits_to_keep=1,
                              **{self.cache_kwarg: cache})
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             cache = _output_cache(out)
             tokens.append(token)
-        _sync(self.device)
-        t2 = time.perf_counter()
+            _sync(self.device)
+            t2 = time.perf_counter()
+            steps.append(t2 - t1)
+            t1 = t2
         kv = 0
         for layer in getattr(cache, "layers", []) or []:
             for name in ("keys", "values"):
                 t = getattr(layer, name, None)
                 if isinstance(t, torch.Tensor):
                     kv += t.numel() * t.element_size()
-        return {"prefill": t1 - t0, "decode": t2 - t1, "tokens": torch.cat(tokens, 1).cpu().numpy(), "kv_bytes": kv}
+        return {"prefill": prefill, "steps": steps, "tokens": torch.cat(tokens, 1).cpu().numpy(), "kv_bytes": kv}
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -249,7 +257,8 @@ class OrtRunner:
         out = self.session.run(None, {"input_ids": ids, "attention_mask": mask[:, :prompt], "position_ids": positions, **past})
         token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
         t1 = time.perf_counter()
-        tokens = [token]
+        prefill = t1 - t0
+        tokens, steps = [token], []
         for step in range(1, gen_len):
             past = dict(zip(names, out[1:]))
             positions = np.full((batch, 1), prompt + step - 1, dtype=np.int64)
@@ -257,8 +266,10 @@ class OrtRunner:
                                           "position_ids": positions, **past})
             token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
             tokens.append(token)
-        t2 = time.perf_counter()
-        return {"prefill": t1 - t0, "decode": t2 - t1, "tokens": np.concatenate(tokens, 1),
+            t2 = time.perf_counter()
+            steps.append(t2 - t1)
+            t1 = t2
+        return {"prefill": prefill, "steps": steps, "tokens": np.concatenate(tokens, 1),
                 "kv_bytes": int(sum(a.nbytes for a in out[1:]))}
 
 
@@ -320,6 +331,8 @@ def _machine() -> dict:
            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name()
+    if hasattr(os, "getloadavg"):
+        out["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -392,14 +405,16 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
             rows = {}
             for k, m in measured.items():
                 prefill = [x["prefill"] for x in m["runs"]]
-                per_token = [x["decode"] / (gen_len - 1) for x in m["runs"]]
-                e2e = [x["prefill"] + x["decode"] for x in m["runs"]]
+                steps = [t for x in m["runs"] for t in x["steps"]]  # every decode step of every run
+                per_run = [float(np.mean(x["steps"])) for x in m["runs"]]
+                e2e = [x["prefill"] + sum(x["steps"]) for x in m["runs"]]
                 row = {
                     "backend": backend, "batch": batch, "variant": _variant_name(k), "removed": list(k), "k": len(k),
                     "kept_blocks": L - len(k),
                     "prefill_ms": _stats(prefill, 1e3),
-                    "decode_ms_per_token": _stats(per_token, 1e3),
-                    "decode_tokens_per_s": batch / float(np.median(per_token)),
+                    "decode_ms_per_token": _stats(steps, 1e3),
+                    "decode_ms_per_token_run_mean": _stats(per_run, 1e3),
+                    "decode_tokens_per_s": batch / float(np.median(steps)),
                     "e2e_tokens_per_s": batch * gen_len / float(np.median(e2e)),
                     "tokens_identical_across_runs": m["consistent"],
                     "memory": {"weights_mib": runners[k].weights_bytes / 2**20,
@@ -424,25 +439,31 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
                 s = {"backend": backend, "batch": batch, "removed": list(k), "k": len(k), "ideal": ideal}
                 for phase, med in (("prefill", "prefill_ms"), ("decode", "decode_ms_per_token")):
                     speed = rows[()][med]["median"] / rows[k][med]["median"]
-                    field = "prefill" if phase == "prefill" else "decode"
-                    paired = [d[field] / p[field] for d, p in zip(dense, measured[k]["runs"])]
-                    s[phase] = speed
+                    if phase == "prefill":
+                        paired = [d["prefill"] / p["prefill"] for d, p in zip(dense, measured[k]["runs"])]
+                    else:  # per run: median step time, dense over pruned (the runs are adjacent in time)
+                        paired = [float(np.median(d["steps"]) / np.median(p["steps"])) for d, p in zip(dense, measured[k]["runs"])]
+                    s[phase] = float(np.median(paired))  # the headline: drift between runs cancels
                     s[f"{phase}_paired"] = _stats(paired)
-                    s[f"{phase}_fraction_of_ideal"] = speed / ideal
-                    s[f"{phase}_fraction_of_ideal_gain"] = (speed - 1) / (ideal - 1)
+                    s[f"{phase}_ratio_of_medians"] = speed
+                    s[f"{phase}_fraction_of_ideal"] = s[phase] / ideal
+                    s[f"{phase}_fraction_of_ideal_gain"] = (s[phase] - 1) / (ideal - 1)
                 result["speedups"].append(s)
     for row in result["results"]:
         row.pop("_tokens", None)
+    if hasattr(os, "getloadavg"):
+        result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
 def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequence[int]],
           backends: Sequence[str] = ("torch",), batches: Sequence[int] = (1,), prompt_len: int = 128, gen_len: int = 64,
           warmup: int = 2, reps: int = 10, onnx_dirs: dict | None = None, device: str | None = None,
-          dtype: torch.dtype = torch.float32, keep_tokens: bool = False, log=None) -> dict:
+          dtype: torch.dtype = torch.float32, keep_tokens: bool = False, threads: int | None = None, log=None) -> dict:
     """Dense vs `model` without the `removed` blocks (one set, or a list of sets measured together).
 
     onnxruntime needs `onnx_dirs={"dense": DIR, "pruned": DIR}` (a list of DIRs, one per set, for several sets).
+    `threads` sets torch's (and onnxruntime's) thread count for the measurement only; default: as it is.
     """
     sets = [list(x) for x in removed] if removed and not isinstance(removed[0], (int, np.integer)) else [list(removed)]
     check_settings(list(backends), list(batches), prompt_len, gen_len, warmup, reps)
@@ -461,8 +482,16 @@ def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequ
         if len(pruned) != len(sets):
             raise BenchError(f"give one --onnx export per removal set ({len(sets)} sets, {len(pruned)} exports)")
         dirs = {(): onnx_dirs["dense"], **{tuple(sorted({int(b) for b in x})): d for x, d in zip(sets, pruned)}}
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {threads}")
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=dtype)
-    return bench_sets(bm, sets, backends, batches, prompt_len, gen_len, warmup, reps, dirs, keep_tokens, log)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return bench_sets(bm, sets, backends, batches, prompt_len, gen_len, warmup, reps, dirs, keep_tokens, log)
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -477,8 +506,12 @@ def markdown(result: dict) -> str:
          f"{result['device']}, {result['dtype']}; {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
          + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + f"; {result['timestamp']}.", "",
          f"Prompt {st['prompt_len']} tokens, {st['gen_len']} generated (greedy, no EOS stop); {st['warmup']} warm-up + "
-         f"{st['reps']} timed runs per variant, interleaved (A B, then B A). Times are median (min–max) over runs; "
-         "decode excludes the first token (the prefill's). Speedup = median dense / median pruned; ideal = L/(L-k).", "",
+         f"{st['reps']} timed runs per variant, interleaved (A B, then B A). Times are median (min–max): prefill over runs, "
+         "decode over every step of every run (the first token is the prefill's). Speedup = median over runs of "
+         "dense run r / pruned run r (adjacent in time; decode: their median step times), min–max beside it; "
+         "ideal = L/(L-k)."
+         + (f" Load average (1/5/15 min) {m['loadavg_start']} before, {m.get('loadavg_end')} after."
+            if "loadavg_start" in m else ""), "",
          "| backend | batch | variant | blocks | prefill ms | prefill p90 | decode ms/token | decode p90 | decode tok/s "
          "| end-to-end tok/s | KV cache MiB |",
          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -487,13 +520,14 @@ def markdown(result: dict) -> str:
                  f"{r['prefill_ms']['p90']:.2f} | {_fmt_stats(r['decode_ms_per_token'])} | "
                  f"{r['decode_ms_per_token']['p90']:.2f} | {r['decode_tokens_per_s']:.1f} | {r['e2e_tokens_per_s']:.1f} | "
                  f"{r['memory']['kv_cache_mib']:.2f} |")
-    L += ["", "| backend | batch | removed | k | ideal L/(L-k) | prefill speedup | decode speedup | paired decode ratio "
-          "median (min–max) | decode % of ideal | % of ideal gain |",
+    L += ["", "| backend | batch | removed | k | ideal L/(L-k) | prefill speedup (min–max) | decode speedup (min–max) "
+          "| decode ratio of medians | decode % of ideal | % of ideal gain |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in result["speedups"]:
-        p = s["decode_paired"]
-        L.append(f"| {s['backend']} | {s['batch']} | {s['removed']} | {s['k']} | {s['ideal']:.3f} | {s['prefill']:.3f} | "
-                 f"{s['decode']:.3f} | {p['median']:.3f} ({p['min']:.3f}–{p['max']:.3f}) | "
+        p, q = s["decode_paired"], s["prefill_paired"]
+        L.append(f"| {s['backend']} | {s['batch']} | {s['removed']} | {s['k']} | {s['ideal']:.3f} | "
+                 f"{s['prefill']:.3f} ({q['min']:.3f}–{q['max']:.3f}) | {s['decode']:.3f} ({p['min']:.3f}–{p['max']:.3f}) | "
+                 f"{s['decode_ratio_of_medians']:.3f} | "
                  f"{100 * s['decode_fraction_of_ideal']:.1f}% | {100 * s['decode_fraction_of_ideal_gain']:.0f}% |")
     L += ["", f"Memory: {result['memory_note']}."]
     rss = max((r["memory"].get("process_peak_rss_mib", 0) for r in result["results"]), default=0)
@@ -514,12 +548,13 @@ def plot(result: dict, path: str | Path) -> None:
     speedups = result["speedups"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     for ax, phase in zip(axes[0], ("prefill", "decode")):
-        labels = [f"{s['backend'][:4]} b{s['batch']}\n-{','.join(map(str, s['removed']))}" for s in speedups]
+        labels = [f"{'ort' if s['backend'] == 'onnxruntime' else s['backend']} b{s['batch']}\n-{','.join(map(str, s['removed']))}"
+                  for s in speedups]
         x = np.arange(len(speedups))
         med = [s[phase] for s in speedups]
         lo = [s[phase] - s[f"{phase}_paired"]["min"] for s in speedups]
         hi = [s[f"{phase}_paired"]["max"] - s[phase] for s in speedups]
-        ax.bar(x, med, yerr=np.clip([lo, hi], 0, None), capsize=3, color="tab:blue", label="measured (paired min–max)")
+        ax.bar(x, med, yerr=np.clip([lo, hi], 0, None), capsize=3, color="tab:blue", label="measured: paired median (min–max)")
         ax.scatter(x, [s["ideal"] for s in speedups], marker="_", s=400, color="tab:red", zorder=3, label="ideal L/(L-k)")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xticks(x, labels, fontsize=7)
@@ -599,7 +634,7 @@ def load_settings(directory: str | Path) -> dict:
     st = result["settings"]
     return {"prompt": st["prompt_len"], "gen": st["gen_len"], "reps": st["reps"],
             "device": f"{result['device']}, {result['machine'].get('gpu') or result['machine']['cpu']}, "
-                      f"{result['machine']['torch_threads']} threads"}
+                      f"torch threads {result['machine']['torch_threads']}"}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -158,7 +158,8 @@ TEXT = {
         "rule": "Rule", "no_rec": "No set meets this rule.",
         "lat_title": "Measured speed", "lat_level": "recommendation", "lat_speedup": "measured speedup",
         "lat_ideal": "ideal L/(L-k)", "lat_prefill": "prefill speedup", "lat_none": "not measured",
-        "lat_text": ("Decode speedup vs the dense model (median per-token latency, greedy, with the KV cache; {backend}, "
+        "lat_text": ("Decode speedup vs the dense model (per-token latency, greedy, with the KV cache: median over runs of the "
+                     "dense/pruned ratio of adjacent runs, min–max in brackets; {backend}, "
                      "batch {batch}, prompt {prompt} + {gen} tokens, {reps} interleaved runs, {device}) from `latency.json`; "
                      "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front."),
         "rule_conservative": "the largest k with a set whose upper 95% bound of the mean drop is <= {t}",
@@ -202,7 +203,8 @@ TEXT = {
         "rule": "规则", "no_rec": "没有组合满足该规则。",
         "lat_title": "实测速度", "lat_level": "建议", "lat_speedup": "实测加速比",
         "lat_ideal": "理想值 L/(L-k)", "lat_prefill": "预填充加速比", "lat_none": "未测量",
-        "lat_text": ("相对完整模型的解码加速比（每个 token 延迟的中位数，贪心解码，使用 KV cache；{backend}，batch {batch}，"
+        "lat_text": ("相对完整模型的解码加速比（每个 token 的延迟，贪心解码，使用 KV cache：相邻运行的完整/剪枝比值在各次运行上的中位数，"
+                     "括号内为最小–最大；{backend}，batch {batch}，"
                      "提示 {prompt} + 生成 {gen} 个 token，{reps} 次交替运行，{device}），数据来自 `latency.json`；"
                      "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出 Pareto 前沿。"),
         "rule_conservative": "存在平均下降 95% 区间上界 <= {t} 的组合的最大 k",

@@ -48,17 +48,18 @@ def test_torch_bench_decodes_what_generate_decodes_and_prunes_for_real():
         assert not np.array_equal(dense_tokens, pruned_tokens)  # the blocks really are gone
     for x in r["results"]:
         assert x["tokens_identical_across_runs"]
-        for key in ("prefill_ms", "decode_ms_per_token"):
+        for key, n in (("prefill_ms", 2), ("decode_ms_per_token", 2 * 5), ("decode_ms_per_token_run_mean", 2)):
             s = x[key]
-            assert s["n"] == 2 and 0 < s["min"] <= s["median"] <= s["p90"] <= s["max"]
+            assert s["n"] == n and 0 < s["min"] <= s["median"] <= s["p90"] <= s["max"]  # decode: every step of every run
         assert x["decode_tokens_per_s"] == pytest.approx(x["batch"] * 1e3 / x["decode_ms_per_token"]["median"])
     # the KV cache holds prompt + generated - 1 positions for each kept layer: 2 x batch x 2 heads x 12 dims x 4 B
     kv = {(x["batch"], x["kept_blocks"]): x["memory"]["kv_cache_mib"] * 2**20 for x in r["results"]}
     assert kv[(1, 6)] == 6 * 2 * 1 * 2 * 17 * 12 * 4 and kv[(1, 4)] == 4 * 2 * 1 * 2 * 17 * 12 * 4
     (s1, s2) = r["speedups"]
     assert s1["ideal"] == pytest.approx(1.5) and s1["k"] == 2 and s1["removed"] == [1, 3]
-    assert s1["decode"] == pytest.approx(rows[(1, "dense")]["decode_ms_per_token"]["median"]
-                                         / rows[(1, "-1,3")]["decode_ms_per_token"]["median"])
+    assert s1["decode_ratio_of_medians"] == pytest.approx(rows[(1, "dense")]["decode_ms_per_token"]["median"]
+                                                          / rows[(1, "-1,3")]["decode_ms_per_token"]["median"])
+    assert s1["decode"] == s1["decode_paired"]["median"] and s1["decode_paired"]["n"] == 2
     assert s1["decode_fraction_of_ideal"] == pytest.approx(s1["decode"] / 1.5)
     md = latency.markdown(r)
     assert "| torch | 1 | -1,3 | 4 |" in md and "1.500" in md
@@ -70,7 +71,7 @@ def test_interleaving_alternates_the_order():
     def runner(name):
         def run(ids, gen_len):
             calls.append(name)
-            return {"prefill": 1.0, "decode": 1.0, "tokens": np.zeros((1, gen_len)), "kv_bytes": 0}
+            return {"prefill": 1.0, "steps": [1.0] * (gen_len - 1), "tokens": np.zeros((1, gen_len)), "kv_bytes": 0}
         return run
 
     out = latency._measure({"a": runner("a"), "b": runner("b")}, np.zeros((1, 3)), 4, warmup=1, reps=3,
