@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +27,12 @@ from blockprune.engine import Engine
 from blockprune.tasks import load_task
 
 
-@contextmanager
-def without_blocks(bm: models.BlockModel, removed):
-    """Temporarily take blocks out of the block list (no copy; no cache is used)."""
-    parent_path, attr = bm.block_path.rsplit(".", 1)
-    parent = models._get(bm.model, parent_path)
-    full = getattr(parent, attr)
-    setattr(parent, attr, torch.nn.ModuleList([b for i, b in enumerate(full) if i not in set(removed)]))
-    cfg = bm.model.config
-    old = cfg.num_hidden_layers
-    cfg.num_hidden_layers = len(full) - len(removed)
-    try:
-        yield
-    finally:
-        setattr(parent, attr, full)
-        cfg.num_hidden_layers = old
-
-
 @torch.inference_mode()
 def naive_scores(bm, requests, removed, batch=16):
     lp = np.zeros(len(requests))
     gr = np.zeros(len(requests), dtype=bool)
     pad = bm.eos_token_id or 0
-    with without_blocks(bm, removed):
+    with models.without_blocks(bm, removed):
         for s in range(0, len(requests), batch):
             part = requests[s : s + batch]
             length = max(len(r.tokens) for r in part)

@@ -54,7 +54,6 @@ def run_method(bm, tasks, method: str, kwargs: dict, racing: bool, k_max: int, w
         singles = ev.evaluate([(b,) for b in range(bm.num_blocks)])
         order = [k[0] for k in sorted(singles, key=lambda k: (singles[k].mean_drop, k))]
         best = {k: tuple(sorted(order[:k])) for k in range(1, k_max + 1)}
-        extra_rows = extra_tokens = 0
     elif method in oneshot.METHODS:
         sets = oneshot.sets_for(method, bm, tasks, range(bm.num_blocks), k_max)
         seconds = time.perf_counter() - start
@@ -68,15 +67,14 @@ def run_method(bm, tasks, method: str, kwargs: dict, racing: bool, k_max: int, w
     else:
         res = search.run(method, ev, max_remove=k_max, **kwargs)
         best = {len(step[0]): step[0] for step in res.steps}
-        extra_rows = extra_tokens = 0
     seconds = time.perf_counter() - start
     after = {k: sum(w[k] for w in store.work) for k in ("block_rows", "block_tokens")}
     lines = (workdir / "results.jsonl").read_text().splitlines()
     candidates = len({tuple(r["removed"]) for r in map(json.loads, lines) if r.get("type") != "work"}) - 1
     drops = {k: ev.evaluate([s])[s].mean_drop for k, s in best.items()}
     return {"best": best, "drops": drops, "seconds": seconds, "candidates": candidates,
-            "block_rows": after["block_rows"] - before["block_rows"] + extra_rows,
-            "block_tokens": after["block_tokens"] - before["block_tokens"] + extra_tokens}
+            "block_rows": after["block_rows"] - before["block_rows"],
+            "block_tokens": after["block_tokens"] - before["block_tokens"]}
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,6 @@ import statistics
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -345,31 +344,13 @@ def build_model(kind: str, smoke: bool):
     return bm, params
 
 
-@contextmanager
-def without_blocks(bm, removed):
-    """Temporarily take blocks out of the block list (no copy), as bench_engine.py does."""
-    from blockprune import models
-
-    parent_path, attr = bm.block_path.rsplit(".", 1)
-    parent = models._get(bm.model, parent_path)
-    full = getattr(parent, attr)
-    removed = set(removed)
-    setattr(parent, attr, torch.nn.ModuleList([b for i, b in enumerate(full) if i not in removed]))
-    cfg = bm.model.config
-    old = cfg.num_hidden_layers
-    cfg.num_hidden_layers = len(full) - len(removed)
-    try:
-        yield
-    finally:
-        setattr(parent, attr, full)
-        cfg.num_hidden_layers = old
-
-
 @torch.inference_mode()
 def naive_candidate(bm, requests, removed, batch: int = 64) -> np.ndarray:
     """One plain forward per batch of equal-length requests with full logits: per-request log-prob."""
+    from blockprune import models
+
     out = np.zeros(len(requests))
-    with without_blocks(bm, removed):
+    with models.without_blocks(bm, removed):
         for s in range(0, len(requests), batch):
             part = requests[s : s + batch]
             ids = torch.tensor([r.tokens for r in part], device=DEVICE)

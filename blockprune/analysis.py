@@ -79,8 +79,8 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         work[name] = round(work[run] / work[naive], 4) if work[naive] else None
     # racing: candidate-samples scored vs scoring every candidate seen on every sample
     n_total = sum(t["n"] for t in tasks.values())
-    scored = sum(len(store.samples_of(k, t)) for k in set(store.candidates()) | set(store.partial_candidates()) if k
-                 for t in names)
+    scored = sum(tasks[t]["n"] if store.has(k, t) else len(store.samples_of(k, t))
+                 for k in set(store.candidates()) | set(store.partial_candidates()) if k for t in names)
     seen = len([k for k in set(store.candidates()) | set(store.partial_candidates()) if k])
     work["racing"] = {"eliminated": len(eliminated), "candidate_samples": scored, "exact_candidate_samples": seen * n_total,
                       "ratio": round(scored / (seen * n_total), 4) if seen else None}

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from . import evolve, models, report, search
+from . import evolve, models, report, search, versions
 from .engine import Engine
 from .store import Store
 from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
@@ -39,14 +39,6 @@ class SearchOutput:
     recommendations: dict
     result: search.SearchResult
     seconds: float
-
-
-def versions() -> dict:
-    import transformers
-
-    from . import __version__
-
-    return {"blockprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def run_search(

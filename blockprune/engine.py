@@ -103,7 +103,6 @@ class StateCache:
         self.max_bytes = max_bytes
         self.entries: "OrderedDict[tuple[bytes, bytes], torch.Tensor]" = OrderedDict()
         self.bytes = 0
-        self.hits = 0  # block-row evaluations saved
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -266,9 +265,13 @@ class Engine:
         return rows
 
     def _store(self, keys: list[bytes], rows: list[packing.Row], prefix: bytes, hidden: torch.Tensor, first: int) -> None:
-        for j, (k, r) in enumerate(zip(keys, rows)):
-            if (k, prefix) not in self.cache.entries:
-                self.cache.put((k, prefix), hidden[first + j, : len(r)].clone())
+        """Store one node's rows under `prefix`: one copy for the node, each row a view of it."""
+        missing = [j for j, k in enumerate(keys) if (k, prefix) not in self.cache.entries]
+        if not missing:
+            return
+        copy = hidden.index_select(0, torch.tensor(missing, device=hidden.device) + first)
+        for i, j in enumerate(missing):
+            self.cache.put((keys[j], prefix), copy[i, : len(rows[j])])
 
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -335,10 +338,8 @@ class Engine:
         for c in np.flatnonzero(starts > 0):
             waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
         # take the stored states now: storing new ones during the pass may evict them
+        reusing = bool(waiting)
         held = {prefix: [self.cache.get((k, prefix)) for k in keys] for groups in waiting.values() for prefix in groups}
-        saved = sum(int(masks[cands[0], :start].sum()) * batch for start, groups in waiting.items() for cands in groups.values())
-        if self.cache is not None:
-            self.cache.hits += saved
         sample_of_row = torch.arange(batch, device=device)
         micro = max(1, (self.budget // 2) // self._activation_bytes(length))
         if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
@@ -346,7 +347,7 @@ class Engine:
         num_requests_here = sum(len(r.scored) for r in rows)
         request_tokens = sum(len(p) + int(p[0]) + 1 for r in rows for _, p, _ in r.scored)
         work = Work(naive_block_rows=int(masks.sum()) * num_requests_here,
-                    naive_block_tokens=int(masks.sum()) * request_tokens, reused_block_rows=saved)
+                    naive_block_tokens=int(masks.sum()) * request_tokens)
 
         for layer in range(model.num_blocks):
             for prefix, cands in waiting.pop(layer, {}).items():
@@ -380,6 +381,8 @@ class Engine:
                 for n in in_place:  # states at the input of block layer+1, under each node's prefix
                     self._store(keys, rows, masks[nodes[n][0], : layer + 1].tobytes(), hidden, n * batch)
 
+        if reusing:  # what the trie alone would have run, less what ran
+            work.reused_block_rows = trie_block_rows(masks) * batch - work.block_rows
         # Scoring: only at positions that predict a scored token.
         pos_row, pos_t, targets, pos_req = [], [], [], []
         for j, r in enumerate(rows):

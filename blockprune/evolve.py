@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .store import key_of
+
 
 @dataclass
 class Settings:
@@ -37,8 +39,7 @@ def _weights(blocks: Sequence[int], rank: dict[int, int], favour_low: bool, scal
 
 
 def run(ev, allowed: Sequence[int], k_max: int, settings: Settings, seed: int, result):
-    from .search import _rank
-    from .store import key_of
+    from .search import _rank  # search imports this module
 
     rng = np.random.default_rng(seed)
     allowed = list(allowed)

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import models
+from . import models, versions
 
 BACKENDS = ("torch", "onnxruntime")
 LATENCY_FILE = "latency.json"
@@ -164,15 +164,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _weights_bytes(model: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
-
-
 class TorchRunner:
     """Greedy generation with the model's own KV cache, as `generate()` does it."""
 
@@ -184,7 +175,7 @@ class TorchRunner:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.cache_kwarg = _cache_kwarg(model)
-        self.weights_bytes = _weights_bytes(model)
+        self.weights_bytes = models.weights_bytes(model)
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
@@ -336,21 +327,6 @@ def _machine() -> dict:
     return out
 
 
-def _versions() -> dict:
-    import transformers
-
-    from . import __version__
-
-    out = {"blockprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return out
-
-
 def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: Sequence[str] = ("torch",),
                batches: Sequence[int] = (1,), prompt_len: int = 128, gen_len: int = 64, warmup: int = 2,
                reps: int = 10, onnx_dirs: dict | None = None, keep_tokens: bool = False, log=None) -> dict:
@@ -377,7 +353,7 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     result = {
         "schema": 1, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": bm.name, "num_blocks": L, "device": str(device), "dtype": str(bm.dtype).replace("torch.", ""),
-        "machine": _machine(), "versions": _versions(),
+        "machine": _machine(), "versions": versions(),
         "settings": {"backends": backends, "batches": batches, "prompt_len": prompt_len, "gen_len": gen_len,
                      "warmup": warmup, "reps": reps, "order": "interleaved: A B ... then reversed, per repetition",
                      "prompt": "random token ids, seed 0; greedy argmax, no stop at EOS"},

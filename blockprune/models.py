@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -314,6 +315,35 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
         raise ModelError(f"cannot load model {spec!r}: {first}") from None
     model.to(device)
     return wrap(model, tokenizer, spec)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, tied tensors counted once."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@contextmanager
+def without_blocks(bm: BlockModel, removed: Sequence[int]):
+    """Temporarily take blocks out of the model's block list (no copy) for plain forwards without a
+    KV cache: the naive reference loop of tests and benchmarks. `remove_blocks` makes a real copy."""
+    parent_path, attr = bm.block_path.rsplit(".", 1) if "." in bm.block_path else ("", bm.block_path)
+    parent = _get(bm.model, parent_path) if parent_path else bm.model
+    full = getattr(parent, attr)
+    gone = set(removed)
+    setattr(parent, attr, nn.ModuleList([b for i, b in enumerate(full) if i not in gone]))
+    cfg = bm.model.config
+    old = cfg.num_hidden_layers
+    cfg.num_hidden_layers = len(full) - len(gone)
+    try:
+        yield
+    finally:
+        setattr(parent, attr, full)
+        cfg.num_hidden_layers = old
 
 
 # ---- physical removal -------------------------------------------------------------------------

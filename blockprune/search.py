@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import evolve, oneshot
 from .engine import Engine, trie_block_rows
 from .store import Store, key_of
 from .tasks import Task, relative_drop
@@ -354,5 +355,3 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
         ev.engine.retain(ev._masks(beam))  # the next step's children start from the beam's states
     return result
 
-
-from . import evolve, oneshot  # noqa: E402  (they use Evaluator / SearchResult defined above)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from blockprune import versions
 from blockprune.models import BlockModel, remove_blocks
 
 from . import hf
@@ -38,19 +39,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict:
-    import torch
-    import transformers
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__}
-    for name in ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return out
-
-
 def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
                  kv_cache: bool = False) -> dict:
     """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
@@ -68,7 +56,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         raise ExportFailed(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
-                    "formats": list(formats), "parity": {}, "files": [], "versions": _versions()}
+                    "formats": list(formats), "parity": {}, "files": [], "versions": versions()}
         pruned = None
         if "hf" in formats:
             t = time.perf_counter()

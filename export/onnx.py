@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from blockprune.models import weights_bytes
+
 LOGITS_FILE = "model.onnx"
 DECODER_FILE = "decoder_with_past.onnx"
 # Weights above this size go to an external data file beside the graph (protobuf caps a single
@@ -112,15 +114,6 @@ def present_names(num_layers: int) -> list[str]:
     return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
 
-def _weights_bytes(model: nn.Module) -> int:
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def _first_line(exc: BaseException) -> str:
     """The most specific one-line description of an exporter failure (innermost cause first)."""
     while exc.__cause__ is not None:
@@ -155,7 +148,7 @@ def _export(wrapper: nn.Module, args: tuple, path: Path, input_names: list[str],
                           f"{_first_line(exc)}") from exc
     finally:
         registry_log.removeFilter(_no_torchvision_notice)
-    external = _weights_bytes(wrapper.model) > external_data_threshold
+    external = weights_bytes(wrapper.model) > external_data_threshold
     data_file = path.with_name(path.name + ".data")
     if data_file.exists():
         data_file.unlink()  # a stale weights file from an earlier export of the same name

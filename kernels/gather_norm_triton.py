@@ -9,6 +9,8 @@ or on CPU under TRITON_INTERPRET=1 (set before this module is imported).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
@@ -105,7 +107,7 @@ def gather_norm_triton(
     block_m, block_d, num_warps = row_settings(positions, dim, hidden.is_cuda)
     grid = (triton.cdiv(positions, block_m),)
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
-    with torch.cuda.device(hidden.device) if hidden.is_cuda else _nullcontext():
+    with torch.cuda.device(hidden.device) if hidden.is_cuda else nullcontext():
         _gather_norm_kernel[grid](
             hidden, idx, weight, bias_arg, out,
             positions, seq, dim,
@@ -117,11 +119,3 @@ def gather_norm_triton(
             BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
         )
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -9,11 +9,13 @@ CPU under TRITON_INTERPRET=1 (set before this module is imported).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
 
-from .gather_norm_triton import _nullcontext, row_settings
+from .gather_norm_triton import row_settings
 from .residual_add import check_residual_args
 
 
@@ -52,7 +54,7 @@ def residual_add_triton(hidden: torch.Tensor, idx: torch.Tensor, out: torch.Tens
     idx = idx.to(hidden.device)
     block_m, block_d, num_warps = row_settings(positions, dim, hidden.is_cuda)
     grid = (triton.cdiv(positions, block_m),)
-    with torch.cuda.device(hidden.device) if hidden.is_cuda else _nullcontext():
+    with torch.cuda.device(hidden.device) if hidden.is_cuda else nullcontext():
         _residual_add_kernel[grid](
             hidden, idx, out,
             positions, seq, dim,

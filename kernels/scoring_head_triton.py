@@ -9,6 +9,8 @@ CPU under TRITON_INTERPRET=1 (set before this module is imported).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import os
 
 import torch
@@ -123,7 +125,7 @@ def scoring_head_triton(
     launch = {} if interpreted else {"num_warps": 8, "num_stages": 3}
     grid = (triton.cdiv(num_pos, block_p),)
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
-    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         _scoring_head_kernel[grid](
             hidden, weight, targets, bias_arg,
             lse, tgt, is_max,
@@ -135,11 +137,3 @@ def scoring_head_triton(
             BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d, **launch,
         )
     return lse, tgt, is_max.bool()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

