@@ -20,6 +20,7 @@ EXTRAS ?= test,onnx
 BLOCKPRUNE_CACHE ?= $(HOME)/.cache/blockprune
 export BLOCKPRUNE_CACHE
 DEMO_OUT ?= runs/demo
+DEMO_SEED ?= 0
 
 .PHONY: install data demo test test-slow bench clean
 
@@ -39,7 +40,7 @@ $(BLOCKPRUNE_CACHE)/.fetched: $(VENV)/.installed
 data: $(BLOCKPRUNE_CACHE)/.fetched
 
 demo: data
-	$(BIN)/blockprune demo --out $(DEMO_OUT)
+	$(BIN)/blockprune demo --out $(DEMO_OUT) --seed $(DEMO_SEED)
 
 test: data
 	$(BIN)/python -m pytest

@@ -1,17 +1,23 @@
 """Cross-task analysis of a run's store: `cross_dataset_analysis.json` and `SUMMARY.md`.
 
 Every candidate in a blockprune store is scored on every task, so each candidate's mean drop is
-over the same tasks. Drops are relative quality losses (see `tasks.relative_drop`); `std_drop`
-is the sample standard deviation over tasks (ddof=1; 0 with one task).
+over the same tasks. Two drops per task are kept side by side (see `blockprune.scores`):
+`drops`, of the task's ranking score (`--rank-by`; by default the lowest-variance faithful one:
+p_gold, gold_logprob, perplexity, kl), which the mean, the intervals and the recommendations use;
+and `metric_drops`, of the thresholded metric people report (acc, exact_match, perplexity; for a
+KL task the perplexity of its text).
+`std_drop` is the sample standard deviation over tasks (ddof=1; 0 with one task).
+
+Intervals: per task and of the mean, from the paired bootstrap (`stats.bootstrap`), with the
+bootstrap standard error of every task's drop kept for sample-size planning.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import stats
+from . import scores, stats
 from .store import Store
-from .tasks import relative_drop
 
 ANALYSIS_FILE = "cross_dataset_analysis.json"
 SUMMARY_FILE = "SUMMARY.md"
@@ -21,34 +27,76 @@ class AnalysisError(Exception):
     pass
 
 
+def rank_scores(store: Store) -> tuple[dict[str, str], list[str]]:
+    """({task: ranking score}, notes) for a store. A store written before per-sample signals were
+    kept (or lacking one) falls back, per task, to the thresholded metric, with a note saying so."""
+    settings = store.run_info["settings"]
+    tasks = settings["tasks"]
+    kinds = {t: info.get("kind") or _kind_of_metric(info["metric"]) for t, info in tasks.items()}
+    wanted = settings.get("rank_by") or scores.resolve_rank_by(None, kinds)
+    chosen, notes = {}, []
+    for t in tasks:
+        name = wanted.get(t) or scores.BY_KIND[kinds[t]][0]
+        dense = store.results.get(((), t))
+        have = dense["per_sample"] if dense else {}
+        if dense is not None and any(f not in have for f in scores.get(name).fields()):
+            fallback = scores.METRIC[kinds[t]]
+            notes.append(f"{t}: the store has no per-sample {', '.join(f for f in scores.get(name).fields() if f not in have)} "
+                         f"(written before blockprune kept it), so it is ranked by {fallback} instead of {name}")
+            name = fallback
+        chosen[t] = name
+    return chosen, notes
+
+
+def _kind_of_metric(metric: str) -> str:
+    return {"acc": "multiple_choice", "exact_match": "exact_match", "perplexity": "perplexity", "kl": "kl"}[metric]
+
+
+def _task_drops(store: Store, key, name: str, score: str) -> tuple[float, float]:
+    base = stats.per_sample_arrays(store.get((), name)["per_sample"], score)
+    cand = stats.per_sample_arrays(store.get(key, name)["per_sample"], score)
+    value = float(scores.get(score).value(cand[0].sum(), cand[1].sum()))
+    return stats.point_drop(score, base, cand), value
+
+
 def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     """The analysis dict from a store (no model, no re-scoring).
 
-    Adds to each candidate `ci95`, the paired-bootstrap 95% interval of its mean drop, and a
-    per-block single-removal table. The bootstrap replicates are kept (not serialised) under
-    the key `_replicates` for the report's comparisons.
+    Per candidate: per-task scores (thresholded metric and ranking score) and drops, the mean
+    drop over tasks with its 95% interval and one-sided 95%/80% upper bounds, every task's 95%
+    interval and bootstrap standard error; a per-block single-removal table. The replicates are
+    kept (not serialised) under `_replicates` (mean) and `_task_replicates` for the report.
     """
     info = store.run_info
     settings = info["settings"]
-    tasks = settings["tasks"]  # name -> {spec, metric, higher_is_better, n, sample_ids}
+    tasks = settings["tasks"]  # name -> {spec, kind, metric, higher_is_better, n, sample_ids}
     names = list(tasks)
     if not names:
         raise AnalysisError("the run has no tasks")
     if not all(store.has((), t) for t in names):
         raise AnalysisError(f"{store.dir}: the dense baseline is not scored yet; rerun the search to resume it")
+    rank_by, notes = rank_scores(store)
+    kinds = {t: tasks[t].get("kind") or _kind_of_metric(tasks[t]["metric"]) for t in names}
+    metric_of = {t: scores.SHOWN[kinds[t]] for t in names}
     baseline = {t: store.get((), t)["value"] for t in names}
+    rank_baseline = {t: _task_drops(store, (), t, rank_by[t])[1] for t in names}
     candidates = []
     for key in store.candidates():
         if not key or not all(store.has(key, t) for t in names):
             continue  # the baseline, or a candidate interrupted between tasks
-        scores = {t: store.get(key, t)["value"] for t in names}
-        drops = {t: relative_drop(tasks[t]["metric"], baseline[t], scores[t]) for t in names}
+        drops, rank_values, metric_drops = {}, {}, {}
+        for t in names:
+            drops[t], rank_values[t] = _task_drops(store, key, t, rank_by[t])
+            metric_drops[t] = _task_drops(store, key, t, metric_of[t])[0]
         d = np.array(list(drops.values()))
         candidates.append({
             "removed": list(key),
-            "scores": scores,
+            "scores": {t: store.get(key, t)["value"] for t in names},
+            "rank_scores": rank_values,
             "drops": drops,
+            "metric_drops": metric_drops,
             "mean_drop": float(d.mean()),
+            "metric_mean_drop": float(np.mean(list(metric_drops.values()))),
             "std_drop": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
             "min_drop": float(d.min()),
             "max_drop": float(d.max()),
@@ -56,10 +104,15 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         })
     candidates.sort(key=lambda c: (len(c["removed"]), c["mean_drop"], c["removed"]))
     keys = [tuple(c["removed"]) for c in candidates]
-    reps = stats.bootstrap_mean_drops(store, keys, tasks, replicates) if keys else np.zeros((0, replicates))
-    for c, r in zip(candidates, reps):
-        c["ci95"] = list(stats.interval(r))
-    eliminated = _partial(store, tasks, baseline, replicates)
+    task_reps = stats.bootstrap(store, keys, rank_by, replicates)
+    reps = np.mean([task_reps[t] for t in names], axis=0) if keys else np.zeros((0, replicates))
+    for i, c in enumerate(candidates):
+        c["ci95"] = list(stats.interval(reps[i]))
+        c["upper95"] = stats.upper(reps[i], 0.95)
+        c["upper80"] = stats.upper(reps[i], 0.80)
+        c["task_ci95"] = {t: list(stats.interval(task_reps[t][i])) for t in names}
+        c["task_se"] = {t: float(np.std(task_reps[t][i], ddof=1)) for t in names}
+    eliminated = _partial(store, tasks, rank_by, replicates)
     per_block = []
     for c in candidates + eliminated:
         if len(c["removed"]) == 1:
@@ -68,6 +121,43 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     per_block.sort(key=lambda b: b["block"])
     for rank, b in enumerate(sorted(per_block, key=lambda b: b["mean_drop"]), 1):
         b["rank"] = rank
+    return {
+        "model": settings["model"],
+        "num_blocks": settings["num_blocks"],
+        "method": settings.get("method"),
+        "drop_definition": ("per task, the drop of its ranking score: relative quality loss 1 - q/q_dense "
+                            "(q = accuracy, p_gold, exact match, or the per-token geometric-mean probability "
+                            "exp(-NLL) for perplexity and gold_logprob); for kl the KL itself (nats/token)"),
+        "std_definition": "sample standard deviation over tasks (ddof=1)",
+        "rank_by": rank_by,
+        "notes": notes,
+        "tasks": {
+            t: {
+                "spec": tasks[t]["spec"],
+                "kind": tasks[t].get("kind"),
+                "metric": tasks[t]["metric"],
+                "rank_score": rank_by[t],
+                "shown": metric_of[t],
+                "higher_is_better": tasks[t]["higher_is_better"],
+                "baseline": baseline[t],
+                "rank_baseline": rank_baseline[t],
+                "n": tasks[t]["n"],
+                **({"available": tasks[t]["available"]} if "available" in tasks[t] else {}),
+            }
+            for t in names
+        },
+        "ci_definition": (f"paired bootstrap over samples ({replicates} replicates): 95% percentile interval, "
+                          "per task and of the mean over tasks; upper95/upper80: one-sided upper bounds of the mean"),
+        "per_block": per_block,
+        "candidates": candidates,
+        "eliminated": eliminated,
+        "work": _work(store, tasks, names, len(eliminated)),
+        "_replicates": dict(zip(keys, reps)),
+        "_task_replicates": {k: {t: task_reps[t][i] for t in names} for i, k in enumerate(keys)},
+    }
+
+
+def _work(store: Store, tasks: dict, names: list[str], eliminated: int) -> dict:
     work = {"block_rows": 0, "naive_block_rows": 0, "block_tokens": 0, "naive_block_tokens": 0,
             "head_positions": 0, "naive_head_positions": 0, "reused_block_rows": 0}
     for w in store.work:
@@ -79,37 +169,15 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         work[name] = round(work[run] / work[naive], 4) if work[naive] else None
     # racing: candidate-samples scored vs scoring every candidate seen on every sample
     n_total = sum(t["n"] for t in tasks.values())
-    scored = sum(tasks[t]["n"] if store.has(k, t) else len(store.samples_of(k, t))
-                 for k in set(store.candidates()) | set(store.partial_candidates()) if k for t in names)
-    seen = len([k for k in set(store.candidates()) | set(store.partial_candidates()) if k])
-    work["racing"] = {"eliminated": len(eliminated), "candidate_samples": scored, "exact_candidate_samples": seen * n_total,
-                      "ratio": round(scored / (seen * n_total), 4) if seen else None}
-    return {
-        "model": settings["model"],
-        "num_blocks": settings["num_blocks"],
-        "method": settings.get("method"),
-        "drop_definition": "relative quality loss 1 - q/q_dense; q = accuracy, exact match, or 1/perplexity",
-        "std_definition": "sample standard deviation over tasks (ddof=1)",
-        "tasks": {
-            t: {
-                "spec": tasks[t]["spec"],
-                "metric": tasks[t]["metric"],
-                "higher_is_better": tasks[t]["higher_is_better"],
-                "baseline": baseline[t],
-                "n": tasks[t]["n"],
-            }
-            for t in names
-        },
-        "ci_definition": f"paired bootstrap over samples ({replicates} replicates), 95% percentile interval of the mean drop",
-        "per_block": per_block,
-        "candidates": candidates,
-        "eliminated": eliminated,
-        "work": work,
-        "_replicates": dict(zip(keys, reps)),
-    }
+    seen_keys = [k for k in set(store.candidates()) | set(store.partial_candidates()) if k]
+    scored = sum(tasks[t]["n"] if store.has(k, t) else len(store.samples_of(k, t)) for k in seen_keys for t in names)
+    work["racing"] = {"eliminated": eliminated, "candidate_samples": scored,
+                      "exact_candidate_samples": len(seen_keys) * n_total,
+                      "ratio": round(scored / (len(seen_keys) * n_total), 4) if seen_keys else None}
+    return work
 
 
-def _partial(store: Store, tasks: dict, baseline: dict, replicates: int) -> list[dict]:
+def _partial(store: Store, tasks: dict, rank_by: dict[str, str], replicates: int) -> list[dict]:
     """Candidates racing dropped after some samples: drops on the samples they were scored on
     (against the dense model on the same samples), with `samples` = how many per task."""
     out = []
@@ -118,16 +186,16 @@ def _partial(store: Store, tasks: dict, baseline: dict, replicates: int) -> list
         if not all(store.samples_of(key, t) for t in tasks):
             continue
         drops, reps, samples = {}, np.zeros(replicates), {}
-        for t, info in tasks.items():
+        for t in tasks:
             data = store.samples_of(key, t)
             base_data = store.samples_of((), t)
             cols = sorted(data)
             fields = list(data[cols[0]])
-            cand = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, info["metric"])
-            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, info["metric"])
+            cand = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, rank_by[t])
+            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, rank_by[t])
+            drops[t] = stats.point_drop(rank_by[t], base, cand)
             cand = (cand[0][None, :], cand[1][None, :])
-            drops[t] = float(stats.drop_replicates(info["metric"], base, cand, np.ones((len(cols), 1)))[0, 0])
-            reps += stats.drop_replicates(info["metric"], base, cand, stats.resample_counts(len(cols), replicates, rng))[0]
+            reps += stats.drop_replicates(rank_by[t], base, cand, stats.resample_counts(len(cols), replicates, rng))[0]
             samples[t] = len(cols)
         d = np.array(list(drops.values()))
         out.append({"removed": list(key), "drops": drops, "mean_drop": float(d.mean()),
@@ -149,23 +217,26 @@ def summary_markdown(analysis: dict) -> str:
         f"{analysis['num_blocks']} blocks, method `{analysis['method']}`, {len(analysis['candidates'])} candidate sets, "
         f"each scored on all {len(tasks)} tasks.",
         "",
-        "Drop = relative quality loss vs the dense model (1 - q/q_dense; q = accuracy, exact match or 1/perplexity); "
-        "± is the sample std over tasks.",
+        "Drop = per task, the drop of its ranking score (relative quality loss 1 - q/q_dense; for kl the KL in "
+        "nats/token); ± is the sample std over tasks. Each task cell: metric value (ranking-score drop).",
         "",
-        "| task | metric | dense | n |",
-        "| --- | --- | --- | --- |",
+        "| task | metric | dense | ranked by | dense | n |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, t in tasks.items():
-        lines.append(f"| {name} | {t['metric']} | {t['baseline']:.4g} | {t['n']} |")
+        lines.append(f"| {name} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |")
+    for note in analysis.get("notes", []):
+        lines += ["", f"Note: {note}."]
     lines += ["", "## Best set per number of removed blocks", ""]
-    header = "| k | removed | mean drop ± std | " + " | ".join(tasks) + " |"
-    lines += [header, "|" + " --- |" * (3 + len(tasks))]
+    header = "| k | removed | mean drop ± std | 95% interval | " + " | ".join(tasks) + " |"
+    lines += [header, "|" + " --- |" * (4 + len(tasks))]
     by_k: dict[int, dict] = {}
     for c in analysis["candidates"]:
         by_k.setdefault(len(c["removed"]), c)  # sorted by mean drop within k
     for k, c in sorted(by_k.items()):
-        per_task = " | ".join(f"{c['scores'][t]:.4g}" for t in tasks)
-        lines.append(f"| {k} | {_fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | {per_task} |")
+        per_task = " | ".join(f"{c['scores'][t]:.4g} ({c['drops'][t]:.2%})" for t in tasks)
+        lines.append(f"| {k} | {_fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | "
+                     f"{c['ci95'][0]:.2%} – {c['ci95'][1]:.2%} | {per_task} |")
     w = analysis["work"]
     if w.get("naive_block_rows"):
         lines += ["", f"Engine work vs one plain forward per candidate: {w['block_rows']:,} block-row evaluations "

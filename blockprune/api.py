@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,26 +10,32 @@ from typing import Sequence
 
 import torch
 
-from . import evolve, models, report, search, versions
+from . import evolve, models, report, scores, search, versions
 from .engine import Engine
-from .store import Store
+from .store import RUN_FILE, Store, StoreError
 from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The embedded default: a real model and real data from package registries (see blockprune.data).
+# The KL task ranks by KL to the dense model and shows Hamlet's perplexity beside it. Tolerance 10%:
+# the KL task reads it in nats/token, and on SmolLM2 no single block costs less than about 0.09
+# nats/token of KL, so at 5% no removal could pass its per-task guard.
 DEMO = {
     "model": "smollm2-135m",
     "tasks": [
-        "ppl:shakespeare/hamlet#6",
-        "bigbench:general_knowledge#32",
-        "bigbench:emoji_movie#16",
+        "kl:shakespeare/hamlet#10",
+        "bigbench:general_knowledge#30",
+        "bigbench:emoji_movie#40",
     ],
     "method": "beam",
     "beam_width": 2,
-    "max_remove": 3,
+    "max_remove": 2,
     "samples": None,
-    "ppl_window": 128,
+    "ppl_window": 64,
+    "tolerance": 0.10,
+    "held_out": True,
+    "seed": 0,
     "export_formats": ("hf", "onnx"),
 }
 
@@ -68,14 +75,18 @@ def run_search(
     generations: int = 3,
     offspring: int = 16,
     latency: bool = True,
+    rank_by: str | None = None,
+    held_out: bool = False,
+    held_out_samples: int | None = None,
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
     Beam, greedy and evolutionary steps race unless `exact` (see search.Racing): sets that cannot
     reach the beam are dropped after a few samples, the rest are scored on every sample.
     Results go to `out` as they complete; calling again with the same arguments resumes. At the
-    end the report is written and, with `export_formats`, the balanced recommendation is exported
-    to `out/export`.
+    end the report is written; with `held_out` the recommendations are re-scored on samples the
+    search did not use (`blockprune validate`) and the report shows both; with `export_formats`
+    the balanced recommendation is exported to `out/export`. `rank_by`: see scores.resolve_rank_by.
     """
     start = time.perf_counter()
     if not tasks:
@@ -90,12 +101,19 @@ def run_search(
         raise search.SearchError("--candidates-per-pass must be at least 1")
     for spec in tasks:
         check_spec(spec)
+    report.check_options(lang, tolerance)
+    scores.check_rank_by(rank_by)  # score names, before anything is loaded
+    _refuse_old_store(Path(out))
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
+    try:
+        ranking = scores.resolve_rank_by(rank_by, {t.name: t.kind for t in loaded})
+    except scores.ScoreError as exc:
+        raise search.SearchError(str(exc)) from None
     settings = {
         "model": model,
         "num_blocks": bm.num_blocks,
@@ -109,38 +127,57 @@ def run_search(
         "protected": sorted(protected),
         "min_depth": min_depth,
         "racing": not exact,
+        "rank_by": ranking,
         **({"evolution": {"population": population, "generations": generations, "offspring": offspring}}
            if method == "evolutionary" else {}),
         "tasks": {
             t.name: {"spec": spec, "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
-                     "n": t.n, "sample_ids": t.sample_ids}
+                     "n": t.n, "available": t.available, "sample_ids": t.sample_ids}
             for spec, t in zip(tasks, loaded)
         },
     }
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device)})
     engine = Engine(bm, budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
-                                 racing=None if exact else search.Racing())
+                                 racing=None if exact else search.Racing(), rank_by=ranking)
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
                         min_depth=min_depth, max_candidates=max_candidates, seed=seed,
                         evolution=evolve.Settings(population=population, generations=generations, offspring=offspring))
+    analysis = report.build_analysis(out)
     if latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
-        _bench_latency(out, bm, tolerance, progress)
-    recs = report.write_report(out, lang=lang, tolerance=tolerance)
+        _bench_latency(out, bm, tolerance, progress, analysis)
+    if held_out:
+        from . import validate
+
+        if progress:
+            print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
+        validate.validate_run(out, bm, held_out_samples, tolerance)
+    recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
     if export_formats and balanced["k"]:
         export(bm, balanced["removed"], Path(out) / "export", formats=export_formats, kv_cache=kv_cache)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
-def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool) -> None:
-    """Latency is an extra: a failure is reported on one line and the search's report still written."""
-    import sys
+def _refuse_old_store(out: Path) -> None:
+    """A run directory written before blockprune kept per-sample signals cannot be resumed."""
+    import json
 
+    try:
+        settings = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none yet (or corrupt: the store says so)
+    if isinstance(settings, dict) and "rank_by" not in settings:
+        raise StoreError(f"{out} was written by an older blockprune (no per-choice log-probs or ranking scores); "
+                         f"`blockprune report {out}` still reads it, but resuming needs a new --out directory")
+
+
+def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool, analysis: dict) -> None:
+    """Latency is an extra: a failure is reported on one line and the search's report still written."""
     from . import latency
 
     try:
-        latency.bench_run(out, bm, tolerance, progress=progress)
+        latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis)
     except Exception as exc:  # noqa: BLE001
         print(f"blockprune: warning: latency not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
@@ -155,6 +192,22 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
     return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache)
 
 
+def validate(directory: str | Path, samples: int | None = None, device: str | None = None, lang: str = "en",
+             tolerance: float = report.DEFAULT_TOLERANCE) -> dict:
+    """Re-score a run's recommendations on held-out samples (validation.json) and rewrite its report."""
+    from . import validate as validate_mod
+
+    report.check_options(lang, tolerance)
+    if samples is not None and samples < 1:
+        raise search.SearchError("--samples must be at least 1")
+    store = Store.open_existing(Path(directory))
+    settings = store.run_info["settings"]
+    bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
+    result = validate_mod.validate_run(directory, bm, samples, tolerance)
+    report.write_report(directory, lang=lang, tolerance=tolerance)
+    return result
+
+
 def prepare_demo() -> None:
     """Download the embedded default's packages, extract the demo's tasks, convert the model."""
     from . import data
@@ -162,7 +215,7 @@ def prepare_demo() -> None:
     data.fetch_all()
     data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO["tasks"] if spec.startswith("bigbench:")])
     for spec in DEMO["tasks"]:
-        if spec.startswith("ppl:shakespeare/"):
+        if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
             data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
     models.resolve(DEMO["model"])
 

@@ -13,11 +13,12 @@ from .data import DataError
 from .export import ExportFailed
 from .latency import BenchError
 from .models import ModelError
+from .scores import ScoreError
 from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed, BenchError)
+               ExportFailed, BenchError, ScoreError)
 
 
 def _ints(text: str) -> list[int]:
@@ -34,9 +35,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_report_options(p: argparse.ArgumentParser) -> None:
+def _add_report_options(p: argparse.ArgumentParser, tolerance: float = 0.05) -> None:
     p.add_argument("--lang", default="en", choices=["en", "zh"], help="report language (zh: REPORT.zh.md)")
-    p.add_argument("--tolerance", type=float, default=0.05, help="relative drop a recommendation may cost (default 0.05)")
+    p.add_argument("--tolerance", type=float, default=tolerance,
+                   help=f"drop a recommendation may cost on every task: relative for scores, nats/token for kl "
+                        f"(default {tolerance})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
     s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory, or a hub id")
     s.add_argument("--task", action="append", required=True, metavar="SPEC",
-                   help="ppl:shakespeare/<play> | bigbench:<task>[/<subtask>] | jsonl:<path> | hf:<dataset>[@split] (repeat)")
+                   help="ppl:shakespeare/<play> | kl:<text source> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
+                        "hf:<dataset>[@split] (repeat)")
     s.add_argument("--method", default="beam", choices=search.METHODS)
     s.add_argument("--beam-width", type=int, default=3)
     s.add_argument("--max-remove", type=int, default=3, help="K: most blocks removed")
@@ -63,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--population", type=int, default=8, help="evolutionary: sets kept per size")
     s.add_argument("--generations", type=int, default=3, help="evolutionary: generations per size")
     s.add_argument("--offspring", type=int, default=16, help="evolutionary: new sets per generation")
+    s.add_argument("--rank-by", default=None, metavar="SCORES",
+                   help="what search and recommendations rank by: default (per task kind: p_gold, gold_logprob, "
+                        "perplexity, kl), metric (acc, exact_match, perplexity, kl), or SCORE / TASK=SCORE entries, "
+                        "comma-separated")
+    s.add_argument("--held-out", action="store_true",
+                   help="after the search, re-score the recommendations on samples it did not use (as `validate`)")
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     s.add_argument("--export", default="", metavar="FORMATS",
                    help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
@@ -72,10 +82,11 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seed", type=int, default=0, help="seed of the tasks' sample subsets (default 0)")
     d.add_argument("--no-export", action="store_true", help="skip exporting the balanced recommendation")
     d.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
     _add_common(d)
-    _add_report_options(d)
+    _add_report_options(d, tolerance=api.DEMO["tolerance"])
 
     e = sub.add_parser("export", help="write the model without some blocks as a verified HF checkpoint and/or ONNX")
     e.add_argument("--model", required=True)
@@ -111,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
 
+    v = sub.add_parser("validate", help="re-score a run's recommendations on samples the search did not use; update its report")
+    v.add_argument("dir", help="a run directory")
+    v.add_argument("--samples", type=int, default=None, help="held-out samples per task (default: as many as the search used)")
+    v.add_argument("--device", default=None)
+    _add_report_options(v)
+
     sub.add_parser("fetch", help="download the embedded default's model and data into the cache and prepare them")
     return ap
 
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "validate":
+            return _validate(args)
         if args.command == "export":
             manifest = api.export(args.model, args.remove, args.out, formats=[f for f in args.format.split(",") if f],
                                   kv_cache=args.kv_cache, device=args.device, dtype=args.dtype)
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                       lang=args.lang, tolerance=args.tolerance)
         if args.command == "demo":
             out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}),
-                               latency=not args.no_latency, **common)
+                               latency=not args.no_latency, seed=args.seed, **common)
         else:
             out = api.run_search(
                 model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 protected=args.protect, min_depth=args.min_depth, max_candidates=args.max_candidates,
                 candidates_per_pass=args.candidates_per_pass, exact=args.exact, population=args.population,
                 generations=args.generations, offspring=args.offspring,
-                export_formats=[f for f in args.export.split(",") if f], latency=not args.no_latency, **common,
+                export_formats=[f for f in args.export.split(",") if f], latency=not args.no_latency,
+                rank_by=args.rank_by, held_out=args.held_out, **common,
             )
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)
@@ -171,6 +191,17 @@ def _bench(args) -> int:
     print(latency.markdown(result))
     if args.out:
         print("\n".join(f"wrote {f}" for f in latency.write(result, args.out)))
+    return 0
+
+
+def _validate(args) -> int:
+    from pathlib import Path
+
+    result = api.validate(args.dir, samples=args.samples, device=args.device, lang=args.lang, tolerance=args.tolerance)
+    for key, v in result["sets"].items():
+        drops = ", ".join(f"{t} {100 * d:.2f}%" for t, d in v["drops"].items())
+        print(f"[{key}] held-out mean drop {100 * v['mean_drop']:.2f}%: {drops}")
+    print(f"wrote {Path(args.dir) / 'validation.json'} and {Path(args.dir) / _report_name(args.lang)}")
     return 0
 
 

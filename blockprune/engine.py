@@ -12,6 +12,11 @@ candidates disagree forks: the skipping part keeps the current rows and the keep
 freshly computed rows appended. Skipped blocks cost a row nothing. The LM head runs only at scored
 positions, through the chunked scoring head (never a rows x vocabulary logit matrix).
 
+KL to the dense model (`score(..., kl=True)`): the all-keep mask joins every candidate group, so
+the dense model is one more path of the trie (sharing each candidate's kept prefix). At scoring
+time every node's positions are compared with the dense node's at the same positions by the KL
+head, which streams over the vocabulary for both distributions in one pass over the weight.
+
 Memory: candidates are grouped and requests chunked so that the resident hidden states of a chunk
 fit half of the memory budget; block inputs run in micro-batches sized from the other half.
 `Work` counts block-row evaluations against a naive one-forward-per-candidate loop.
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 
 from . import packing
-from .kernels import scoring_head
+from .kernels import kl_head, scoring_head
 from .models import BlockModel
 from .request import Request
 
@@ -65,6 +70,7 @@ class Scores:
     logprob: np.ndarray  # [C, R] float64: sum of log p(token) over scored tokens
     greedy: np.ndarray  # [C, R] bool: every scored token is the argmax
     work: Work
+    kl: np.ndarray | None = None  # [C, R] float64: sum over scored positions of KL(dense || candidate)
 
 
 def default_budget(device: torch.device) -> int:
@@ -280,10 +286,13 @@ class Engine:
         requests: Sequence[Request],
         keep: np.ndarray,
         progress: Callable[[int], None] | None = None,
+        kl: bool = False,
     ) -> Scores:
         """Score every request under every keep-mask row (True = block runs).
 
         `progress(n)` is called after each block with the tokens it processed (padding included).
+        With `kl`, also the summed KL(p_dense || p_candidate) over each request's scored positions
+        (the dense mask is added to each candidate group when it is not already there).
         """
         keep = np.asarray(keep, dtype=bool)
         num_cands, num_blocks = keep.shape
@@ -291,26 +300,35 @@ class Engine:
             raise ValueError(f"masks have {num_blocks} blocks, the model has {self.model.num_blocks}")
         logprob = np.zeros((num_cands, len(requests)), dtype=np.float64)
         greedy = np.zeros((num_cands, len(requests)), dtype=bool)
+        kl_sum = np.zeros((num_cands, len(requests)), dtype=np.float64) if kl else None
         work = Work()
         if num_cands == 0 or not requests:
-            return Scores(logprob, greedy, work)
+            return Scores(logprob, greedy, work, kl_sum)
         rows = packing.pack(requests, self.packing_limit())
-        group_size, chunks = self.plan(rows, num_cands)
+        group_size, chunks = self.plan(rows, num_cands + int(kl))
+        group_size = max(1, group_size - int(kl))  # room for the dense path
+        dense = np.ones((1, num_blocks), dtype=bool)
         # Lexicographic order puts candidates with shared prefixes in the same group.
         order = sorted(range(num_cands), key=lambda c: keep[c].tobytes(), reverse=True)
         for g in range(0, num_cands, group_size):
             cands = np.array(order[g : g + group_size])
+            masks = keep[cands]
+            if kl and not masks.all(axis=1).any():
+                masks = np.concatenate([masks, dense])
             for chunk in chunks:
-                lp, gr, w = self._score_rows([rows[i] for i in chunk], len(requests), keep[cands], progress)
-                logprob[cands] += lp
-                greedy[cands] |= gr
+                lp, gr, w, kls = self._score_rows([rows[i] for i in chunk], len(requests), masks, progress, kl)
+                logprob[cands] += lp[: len(cands)]
+                greedy[cands] |= gr[: len(cands)]
+                if kl:
+                    kl_sum[cands] += kls[: len(cands)]
                 work.add(w)
-        return Scores(logprob, greedy, work)
+        return Scores(logprob, greedy, work, kl_sum)
 
-    def _score_rows(self, rows: list[packing.Row], num_requests: int, masks: np.ndarray, progress
-                    ) -> tuple[np.ndarray, np.ndarray, Work]:
+    def _score_rows(self, rows: list[packing.Row], num_requests: int, masks: np.ndarray, progress, kl: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, Work, np.ndarray | None]:
         """One chunk of rows under every mask. Returns [C, num_requests] arrays that are zero
-        (False) for requests not in these rows."""
+        (False) for requests not in these rows; with `kl` the summed KL to the dense mask's node
+        (which `masks` must contain)."""
         model = self.model
         device = model.device
         batch = len(rows)
@@ -400,14 +418,23 @@ class Engine:
         num_pos, num_seg = len(pos_t_t), len(req_ids)
         lp_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device)
         miss_node = torch.zeros((len(nodes), num_seg), dtype=torch.long, device=device)
+        kl_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device) if kl else None
         head_chunk = max(1, self.head_positions // num_pos)
+        head = dict(bias=getattr(model.head, "bias", None), softcap=model.logit_softcap)
+        if kl:  # the dense model's normed states at the scored positions, shared by every node
+            is_dense = masks.all(axis=1)
+            dense_node = next(n for n, cands in enumerate(nodes) if is_dense[cands].any())
+            dense_h = model.normed(hidden[dense_node * batch + pos_row_t, pos_t_t])
+            dense_index = torch.arange(num_pos, device=device)
         for n0 in range(0, len(nodes), head_chunk):
             node_ids = torch.arange(n0, min(n0 + head_chunk, len(nodes)), device=device)
             h = hidden[(node_ids[:, None] * batch + pos_row_t[None, :]).reshape(-1), pos_t_t.repeat(len(node_ids))]
-            lse, tgt, is_max = scoring_head(
-                model.normed(h), model.head.weight, targets_t.repeat(len(node_ids)),
-                bias=getattr(model.head, "bias", None), softcap=model.logit_softcap,
-            )
+            targets_rep = targets_t.repeat(len(node_ids))
+            if kl:
+                kls, lse, tgt, is_max = kl_head(model.normed(h), dense_h, model.head.weight, targets_rep,
+                                                dense_index=dense_index.repeat(len(node_ids)), **head)
+            else:
+                lse, tgt, is_max = scoring_head(model.normed(h), model.head.weight, targets_rep, **head)
             seg = ((node_ids[:, None] - n0) * num_seg + seg_of_pos[None, :]).reshape(-1)
             flat_lp = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
             flat_lp.index_add_(0, seg, (tgt - lse).double())
@@ -415,12 +442,22 @@ class Engine:
             flat_miss.index_add_(0, seg, (~is_max).long())
             lp_node[n0 : n0 + len(node_ids)] = flat_lp.view(len(node_ids), num_seg)
             miss_node[n0 : n0 + len(node_ids)] = flat_miss.view(len(node_ids), num_seg)
+            if kl:
+                flat_kl = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
+                flat_kl.index_add_(0, seg, kls.double())
+                kl_node[n0 : n0 + len(node_ids)] = flat_kl.view(len(node_ids), num_seg)
         work.head_positions = len(nodes) * num_pos
 
         logprob = np.zeros((len(masks), num_requests))
         greedy = np.zeros((len(masks), num_requests), dtype=bool)
+        kl_out = np.zeros((len(masks), num_requests)) if kl else None
         lp_np, miss_np = lp_node.cpu().numpy(), miss_node.cpu().numpy()
+        kl_np = kl_node.cpu().numpy() if kl else None
         for n, cands in enumerate(nodes):
             logprob[np.ix_(cands, req_ids)] = lp_np[n]
             greedy[np.ix_(cands, req_ids)] = miss_np[n] == 0
-        return logprob, greedy, work
+            if kl:
+                kl_out[np.ix_(cands, req_ids)] = kl_np[n]
+        if kl:  # the dense model against itself: exactly 0, not the rounding of two equal log-sum-exps
+            kl_out[masks.all(axis=1)] = 0.0
+        return logprob, greedy, work, kl_out

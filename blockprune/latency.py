@@ -557,28 +557,24 @@ def write(result: dict, out: str | Path) -> list[Path]:
 
 
 # ---- after a search: the report's measured speedups -------------------------------------------
-def report_candidates(directory: str | Path, tolerance: float) -> list[tuple[int, ...]]:
+def report_candidates(directory: str | Path, tolerance: float, analysis: dict | None = None) -> list[tuple[int, ...]]:
     """The best set per k and the three recommendations, as the report will name them."""
-    from . import analysis, report
+    from . import advice
+    from . import analysis as analysis_mod
     from .store import Store
 
-    a = analysis.build(Store.open_existing(Path(directory)))
-    groups = report.by_k(a["candidates"])
-    sets = [tuple(cs[0]["removed"]) for _, cs in sorted(groups.items())]
-    recs = report.recommendations(groups, tolerance)
-    for level in ("conservative", "balanced", "aggressive"):
-        if recs[level]["k"]:
-            sets.append(tuple(recs[level]["removed"]))
-    return list(dict.fromkeys(sets))
+    a = analysis if analysis is not None else analysis_mod.build(Store.open_existing(Path(directory)))
+    groups = advice.by_k(a["candidates"])
+    return advice.report_sets(groups, advice.recommendations(groups, tolerance))
 
 
 def bench_run(directory: str | Path, bm: models.BlockModel, tolerance: float, progress: bool = True,
-              settings: dict | None = None) -> dict:
+              settings: dict | None = None, analysis: dict | None = None) -> dict:
     """Bench the report's candidates (PyTorch, batch 1, short settings) into DIR/latency.json."""
     from .store import atomic_write_json
 
     settings = {**REPORT_SETTINGS, **(settings or {})}
-    sets = report_candidates(directory, tolerance)
+    sets = report_candidates(directory, tolerance, analysis)
     log = (lambda msg: print(f"latency: {msg}", file=sys.stderr, flush=True)) if progress else None
     start = time.perf_counter()
     result = bench_sets(bm, sets, backends=("torch",), batches=(1,), log=log, **settings)

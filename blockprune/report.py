@@ -6,13 +6,11 @@ with lang="zh") and PNG plots under `plots/`. Everything is written to temporary
 renamed, so a failure leaves the previous report (or none), never half of one.
 
 Rules (documented in the report itself):
-* best per k: lowest mean drop over tasks (ties by block ids); top 5 per k.
-* stepwise: step 1 = best single; step k = best set of size k containing step k-1's set, else the
-  best of size k (marked as a jump).
-* recommendations, with tolerance t (default 5% relative quality loss):
-  conservative = the largest k with a set whose upper 95% bound is <= t (lowest mean drop there);
-  balanced = the largest k whose best set has mean drop <= t;
-  aggressive = the largest k with a set whose lower 95% bound is <= t (t cannot be ruled out).
+* best per k: lowest mean drop over tasks of the ranking scores (ties by block ids); top 5 per k.
+* stepwise path, recommendations (with a per-task guard) and what the samples cannot decide, with
+  the samples that would: `blockprune.advice`.
+* held-out check: when the run has a `validation.json` (`blockprune validate`), every
+  recommendation's drops on samples the search never used, flagged when they leave its interval.
 * critical blocks: single removals whose lower 95% bound is >= 20%.
 * interactions: sets of k >= 2 whose drop differs from the sum of their single drops with a 95%
   interval that excludes 0.
@@ -27,13 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import advice, latency, stats
 from . import analysis as analysis_mod
-from . import stats
+from .advice import by_k, recommendations, stepwise
 from .store import Store, atomic_write_json, atomic_write_text
 
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
+VALIDATION_FILE = "validation.json"
 CRITICAL = 0.20
-DEFAULT_TOLERANCE = 0.05
+DEFAULT_TOLERANCE = advice.DEFAULT_TOLERANCE
 
 
 class ReportError(Exception):
@@ -42,51 +42,6 @@ class ReportError(Exception):
 
 def _key(c: dict) -> tuple[int, ...]:
     return tuple(c["removed"])
-
-
-def by_k(candidates: list[dict]) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
-    for c in candidates:  # already sorted by (k, mean drop, ids)
-        out.setdefault(len(c["removed"]), []).append(c)
-    return out
-
-
-def stepwise(groups: dict[int, list[dict]]) -> list[dict]:
-    path: list[dict] = []
-    prev: dict | None = None
-    for k in sorted(groups):
-        pick = None
-        if prev is not None:
-            pick = next((c for c in groups[k] if set(prev["removed"]) < set(c["removed"])), None)
-        jump = pick is None and prev is not None
-        pick = pick or groups[k][0]
-        path.append({"k": k, "removed": pick["removed"], "mean_drop": pick["mean_drop"], "std_drop": pick["std_drop"],
-                     "ci95": pick["ci95"], "incremental_drop": pick["mean_drop"] - (prev["mean_drop"] if prev else 0.0),
-                     "extends_previous": not jump})
-        prev = pick
-    return path
-
-
-def recommendations(groups: dict[int, list[dict]], tolerance: float) -> dict:
-    def largest(pred, label, rule):
-        for k in sorted(groups, reverse=True):
-            ok = [c for c in groups[k] if pred(c)]
-            if ok:
-                c = ok[0]
-                return {"k": k, "removed": c["removed"], "mean_drop": c["mean_drop"], "std_drop": c["std_drop"],
-                        "ci95": c["ci95"], "drops": c["drops"], "rule": rule}
-        return {"k": 0, "removed": [], "rule": rule, "note": f"no {label} set meets the rule"}
-
-    t = tolerance
-    return {
-        "tolerance": t,
-        "conservative": largest(lambda c: c["ci95"][1] <= t, "conservative",
-                                f"largest k with a set whose upper 95% bound of the mean drop is <= {t:.1%}"),
-        "balanced": largest(lambda c: c is groups[len(c["removed"])][0] and c["mean_drop"] <= t, "balanced",
-                            f"largest k whose best set has mean drop <= {t:.1%}"),
-        "aggressive": largest(lambda c: c["ci95"][0] <= t, "aggressive",
-                              f"largest k with a set whose lower 95% bound is <= {t:.1%}"),
-    }
 
 
 def key_findings(a: dict, groups: dict[int, list[dict]], path: list[dict]) -> list[dict]:
@@ -142,10 +97,14 @@ TEXT = {
         "title": "Block pruning recommendations: {model}",
         "overview": "Overview",
         "overview_text": ("{method} search over the {n} blocks of `{model}`; {c} candidate sets, every one scored on all "
-                          "{t} tasks with the same samples. A drop is the relative loss of quality vs the dense model "
-                          "(1 - q/q_dense; q = accuracy, exact match or 1/perplexity); ± is the sample std over tasks "
+                          "{t} tasks with the same samples. Each task is ranked by a score that uses every sample's full "
+                          "signal (column 'ranked by'): a drop is its relative loss of quality vs the dense model "
+                          "(1 - q/q_dense; q = expected accuracy p_gold, accuracy, or the per-token probability exp(-NLL) "
+                          "behind perplexity and gold_logprob), and for kl the KL to the dense model itself (nats/token, "
+                          "on the same scale for small values). Tables show the ranked drop and, in brackets, the drop of "
+                          "the thresholded metric papers report (acc, exact_match). ± is the sample std over tasks "
                           "(ddof=1); 95% intervals come from a paired bootstrap over samples ({b} replicates)."),
-        "tasks": "Tasks", "task": "task", "metric": "metric", "dense": "dense", "n": "samples",
+        "tasks": "Tasks", "task": "task", "metric": "metric", "dense": "dense", "n": "samples", "ranked": "ranked by",
         "best": "Best set per number of removed blocks", "remove_k": "Remove {k} block{s}",
         "choice": "Best choice: remove {set}", "mean": "Mean drop", "ci": "95% interval",
         "range": "Range over tasks", "per_task": "Per task", "top5": "Top 5",
@@ -162,9 +121,31 @@ TEXT = {
                      "dense/pruned ratio of adjacent runs, min–max in brackets; {backend}, "
                      "batch {batch}, prompt {prompt} + {gen} tokens, {reps} interleaved runs, {device}) from `latency.json`; "
                      "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front."),
-        "rule_conservative": "the largest k with a set whose upper 95% bound of the mean drop is <= {t}",
-        "rule_balanced": "the largest k whose best set has a mean drop <= {t}",
-        "rule_aggressive": "the largest k with a set whose lower 95% bound is <= {t} (the tolerance cannot be ruled out)",
+        "rule_conservative": "the largest k with a set whose every task's upper 95% bound is <= {t}",
+        "rule_balanced": ("the largest k with a set whose one-sided 95% upper bound of the mean drop is <= {t} and no "
+                          "task's lower 95% bound above {t}"),
+        "rule_aggressive": ("the largest k with a set whose one-sided 80% upper bound of the mean drop is <= {t} and no "
+                            "task's lower 95% bound above {t}"),
+        "guard": ("Every rule first requires that no task's own drop is significantly above the tolerance, so a gain on "
+                  "one task cannot hide a loss on another."),
+        "task_ci": "per task (95% interval)",
+        "decide": "What the samples decide",
+        "decide_text": ("For the best set of each size, every task's drop against the tolerance {t}: within (upper 95% bound "
+                        "<= {t}), above (lower bound > {t}) or undecided. For an undecided task: how many samples would "
+                        "make its interval decisive if the drop stayed where it is (from its paired bootstrap variance)."),
+        "v_within": "within", "v_above": "above", "v_undecided": "undecided",
+        "need": "needs about {m} samples (has {n}{avail})", "need_avail": ", {a} available",
+        "need_inf": "sits on the tolerance: no sample size decides it",
+        "cannot": "The samples cannot decide whether {set} is within {t}: {items}.",
+        "held": "Held-out check", "held_text": ("The recommended sets and the dense model re-scored on samples of each task "
+                                                 "that the search did not use ({where}). ⚠ marks a drop outside the "
+                                                 "search's 95% interval."),
+        "held_none": "Not run yet: `blockprune validate {out}` re-scores the recommendations on unused samples.",
+        "held_search": "search", "held_out": "held-out", "held_flag": "⚠ the held-out drop leaves the search's interval",
+        "held_ok": "the held-out drops stay inside the search's intervals",
+        "held_plain": ("{set}: {task} perplexity {dense} → {ppl} ({rise}) on {n} held-out windows, measured by plain "
+                       "transformers with the blocks deleted"),
+        "notes": "Notes",
         "findings": "Key findings", "blocks": "Single-block removal",
         "partial_note": ("† dropped by racing after {n} samples per task (estimate on those samples; the exact search "
                          "`--exact` scores every set on all samples). {m} sets were dropped by racing in all."),
@@ -188,9 +169,12 @@ TEXT = {
         "title": "Block 剪枝建议：{model}",
         "overview": "概述",
         "overview_text": ("对 `{model}` 的 {n} 个 block 进行 {method} 搜索；共 {c} 个候选组合，每个组合都在全部 {t} 个任务的同一批样本上评估。"
-                          "下降指相对于完整模型的质量相对损失（1 - q/q_dense；q 为准确率、精确匹配率或 1/困惑度）；± 为跨任务的样本标准差（ddof=1）；"
+                          "每个任务按利用每个样本完整信号的分数排序（“排序依据”列）：下降指其相对于完整模型的质量相对损失"
+                          "（1 - q/q_dense；q 为期望准确率 p_gold、准确率，或困惑度与 gold_logprob 背后的每 token 概率 exp(-NLL)），"
+                          "kl 任务的下降即相对完整模型的 KL 本身（nats/token，小值时与相对损失同一尺度）。表中给出排序分数的下降，"
+                          "括号内为论文常报告的阈值指标（acc、exact_match）的下降。± 为跨任务的样本标准差（ddof=1）；"
                           "95% 区间来自对样本的配对 bootstrap（{b} 次重采样）。"),
-        "tasks": "任务", "task": "任务", "metric": "指标", "dense": "完整模型", "n": "样本数",
+        "tasks": "任务", "task": "任务", "metric": "指标", "dense": "完整模型", "n": "样本数", "ranked": "排序依据",
         "best": "独立最优策略", "remove_k": "移除 {k} 个 Block{s}",
         "choice": "最佳选择：移除 {set}", "mean": "平均下降", "ci": "95% 区间",
         "range": "跨任务范围", "per_task": "各任务", "top5": "Top 5 选择",
@@ -207,9 +191,24 @@ TEXT = {
                      "括号内为最小–最大；{backend}，batch {batch}，"
                      "提示 {prompt} + 生成 {gen} 个 token，{reps} 次交替运行，{device}），数据来自 `latency.json`；"
                      "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出 Pareto 前沿。"),
-        "rule_conservative": "存在平均下降 95% 区间上界 <= {t} 的组合的最大 k",
-        "rule_balanced": "最佳组合平均下降 <= {t} 的最大 k",
-        "rule_aggressive": "存在 95% 区间下界 <= {t} 的组合的最大 k（无法排除在容差之内）",
+        "rule_conservative": "存在每个任务的 95% 区间上界都 <= {t} 的组合的最大 k",
+        "rule_balanced": "存在平均下降单侧 95% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
+        "rule_aggressive": "存在平均下降单侧 80% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
+        "guard": "每条规则都先要求没有任何任务自身的下降显著高于容差，因此一个任务上的提升无法掩盖另一个任务上的损失。",
+        "task_ci": "各任务（95% 区间）",
+        "decide": "样本能判定什么",
+        "decide_text": ("对每个数量下的最佳组合，逐个任务将下降与容差 {t} 比较：之内（95% 上界 <= {t}）、之上（下界 > {t}）或无法判定。"
+                        "对无法判定的任务：若下降保持不变，需要多少样本才能使区间得出结论（由配对 bootstrap 方差估算）。"),
+        "v_within": "之内", "v_above": "之上", "v_undecided": "无法判定",
+        "need": "约需 {m} 个样本（现有 {n}{avail}）", "need_avail": "，可用 {a}",
+        "need_inf": "恰在容差上：任何样本量都无法判定",
+        "cannot": "样本无法判定 {set} 是否在 {t} 之内：{items}。",
+        "held": "留出样本检验", "held_text": "用搜索未使用的各任务样本重新评估推荐组合与完整模型（{where}）。⚠ 表示下降超出搜索的 95% 区间。",
+        "held_none": "尚未运行：`blockprune validate {out}` 会在未使用的样本上重新评估推荐组合。",
+        "held_search": "搜索", "held_out": "留出", "held_flag": "⚠ 留出样本上的下降超出搜索的区间",
+        "held_ok": "留出样本上的下降均在搜索的区间之内",
+        "held_plain": "{set}：{task} 困惑度 {dense} → {ppl}（{rise}），{n} 个留出窗口，用删除 block 后的普通 transformers 测得",
+        "notes": "说明",
         "findings": "关键发现", "blocks": "单个 Block 移除",
         "partial_note": ("† 在每个任务 {n} 个样本后被 racing 淘汰（基于这些样本的估计；精确搜索 `--exact` 会在全部样本上评估每个组合）。"
                          "共有 {m} 个组合被 racing 淘汰。"),
@@ -240,7 +239,89 @@ def fmt_set(removed) -> str:
     return "[" + ", ".join(str(b) for b in removed) + "]"
 
 
-def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str) -> str:
+def task_cell(c: dict, t: str, tasks: dict) -> str:
+    """A task's ranked drop, with the shown metric's drop in brackets when it is another score."""
+    cell = pct(c["drops"][t])
+    shown = tasks[t].get("shown", tasks[t]["metric"])
+    if tasks[t]["rank_score"] != shown and t in c.get("metric_drops", {}):
+        cell += f" ({shown} {pct(c['metric_drops'][t])})"
+    return cell
+
+
+def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
+    L = [f"### {T['decide']}", "", T["decide_text"].format(t=pct(t)), "",
+         "| k | removed | " + " | ".join(decisions[0]["tasks"]) + " |" if decisions else "",
+         "|" + " --- |" * (2 + len(decisions[0]["tasks"])) if decisions else ""]
+    undecided = []
+    for d in decisions:
+        cells = []
+        for name, e in d["tasks"].items():
+            cell = f"{T['v_' + e['verdict']]} ({pct(e['drop'])})"
+            if e["verdict"] == "undecided":
+                m = e.get("samples_needed")
+                need = T["need_inf"] if m is None else T["need"].format(
+                    m=m, n=e["n"], avail=T["need_avail"].format(a=e["available"]) if "available" in e else "")
+                cell += f": {need}"
+                undecided.append((d, name, need))
+            cells.append(cell)
+        L.append(f"| {d['k']} | {fmt_set(d['removed'])} | " + " | ".join(cells) + " |")
+    L.append("")
+    for d in decisions:
+        items = [f"{name} {need}" for dd, name, need in undecided if dd is d]
+        if items and d["verdict"] == "undecided":
+            L += [T["cannot"].format(set=fmt_set(d["removed"]), t=pct(t), items="; ".join(items)), ""]
+    return L
+
+
+def validation_lines(recs: dict, validation: dict | None, T: dict, out: Path) -> list[str]:
+    L = [f"### {T['held']}", ""]
+    if not validation:
+        return L + [T["held_none"].format(out=out), ""]
+    where = ", ".join(f"{t}: {v['n']}" for t, v in validation["tasks"].items())
+    L += [T["held_text"].format(where=where), "",
+          f"| {T['lat_level']} | removed | {T['mean']} ({T['held_search']}) | {T['mean']} ({T['held_out']}) | "
+          + " | ".join(validation["tasks"]) + " |", "|" + " --- |" * (4 + len(validation["tasks"]))]
+    for level in advice.LEVELS:
+        r = recs[level]
+        if not r["k"]:
+            continue
+        v = validation["sets"].get(",".join(map(str, r["removed"])))
+        if v is None:
+            L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {pct(r['mean_drop'])} | {T['lat_none']} |"
+                     + " |" * len(validation["tasks"]))
+            continue
+        flag = lambda x, lo, hi: " ⚠" if not lo <= x <= hi else ""  # noqa: E731
+        cells = [f"{pct(r['drops'][t])} → {pct(v['drops'][t])}{flag(v['drops'][t], *r['task_ci95'][t])}"
+                 for t in validation["tasks"]]
+        L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {pct(r['mean_drop'])} ({pct(r['ci95'][0])} – "
+                 f"{pct(r['ci95'][1])}) | {pct(v['mean_drop'])}{flag(v['mean_drop'], *r['ci95'])} | " + " | ".join(cells) + " |")
+    flags = held_out_flags(recs, validation)
+    L += ["", T["held_flag"] + ": " + ", ".join(flags) + "." if flags else T["held_ok"] + ".", ""]
+    for key, v in validation["sets"].items():
+        for task, ppl in v.get("plain_perplexity", {}).items():
+            dense = validation["dense"][task]["plain_perplexity"]
+            L.append("- " + T["held_plain"].format(set=fmt_set(v["removed"]), task=task, dense=f"{dense:.2f}",
+                                                   ppl=f"{ppl:.2f}", rise=pct(ppl / dense - 1), n=validation["tasks"][task]["n"]))
+    return L + [""]
+
+
+def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
+    """Recommendations (level names) whose held-out mean or task drop leaves the search's 95% interval."""
+    out = []
+    for level in advice.LEVELS:
+        r = recs[level]
+        v = (validation or {}).get("sets", {}).get(",".join(map(str, r["removed"]))) if r["k"] else None
+        if v is None:
+            continue
+        outside = not r["ci95"][0] <= v["mean_drop"] <= r["ci95"][1] or any(
+            not r["task_ci95"][t][0] <= v["drops"][t] <= r["task_ci95"][t][1] for t in v["drops"] if t in r["task_ci95"])
+        if outside:
+            out.append(level)
+    return out
+
+
+def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
+           decisions: list[dict] | None = None, validation: dict | None = None) -> str:
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
@@ -249,8 +330,12 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
                                    t=len(tasks), b=a.get("replicates", stats.DEFAULT_REPLICATES)), ""]
     if len(tasks) < 2:
         L += [T["one_task"], ""]
-    L += [f"| {T['task']} | {T['metric']} | {T['dense']} | {T['n']} |", "| --- | --- | --- | --- |"]
-    L += [f"| {n} | {t['metric']} | {t['baseline']:.4g} | {t['n']} |" for n, t in tasks.items()]
+    L += [f"| {T['task']} | {T['metric']} | {T['dense']} | {T['ranked']} | {T['dense']} | {T['n']} |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    L += [f"| {n} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |"
+          for n, t in tasks.items()]
+    if a.get("notes"):
+        L += ["", f"**{T['notes']}**:", ""] + [f"- {note}" for note in a["notes"]]
     L += ["", f"## {T['best']}", ""]
     sig = next(f for f in findings if f["kind"] == "best_vs_runner_up")["per_k"]
     for k in range(1, max(groups, default=0) + 1):
@@ -264,12 +349,13 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
               f"- **{T['mean']}**: {pct(c['mean_drop'])} ± {pct(c['std_drop'])}",
               f"- **{T['ci']}**: {pct(c['ci95'][0])} – {pct(c['ci95'][1])}",
               f"- **{T['range']}**: {pct(c['min_drop'])} – {pct(c['max_drop'])}",
-              f"- **{T['per_task']}**: " + ", ".join(f"{t} {pct(d)}" for t, d in c["drops"].items()), ""]
+              f"- **{T['task_ci']}**: " + "; ".join(f"{t} {task_cell(c, t, tasks)} ({pct(c['task_ci95'][t][0])} – "
+                                                    f"{pct(c['task_ci95'][t][1])})" for t in tasks), ""]
         L += [f"**{T['top5']}**:", "", f"| # | removed | {T['mean']} ± std | {T['ci']} | " + " | ".join(tasks) + " |",
               "|" + " --- |" * (4 + len(tasks))]
         for i, x in enumerate(cs[:5], 1):
             L.append(f"| {i} | {fmt_set(x['removed'])} | {pct(x['mean_drop'])} ± {pct(x['std_drop'])} | "
-                     f"{pct(x['ci95'][0])} – {pct(x['ci95'][1])} | " + " | ".join(pct(x["drops"][t]) for t in tasks) + " |")
+                     f"{pct(x['ci95'][0])} – {pct(x['ci95'][1])} | " + " | ".join(task_cell(x, t, tasks) for t in tasks) + " |")
         if k in sig:
             s = sig[k]
             L += ["", T["vs"].format(r=fmt_set(s["runner_up"]), d=pct(s["difference"]), lo=pct(s["ci95"][0]),
@@ -283,16 +369,20 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
                  f"{pct(s['ci95'][0])} – {pct(s['ci95'][1])} | {pct(s['incremental_drop'])} |")
     if any(not s["extends_previous"] for s in path[1:]):
         L += ["", f"\\* {T['jump']}"]
-    L += ["", f"## {T['rec']}", ""]
-    for level in ("conservative", "balanced", "aggressive"):
+    L += ["", f"## {T['rec']}", "", T["guard"], ""]
+    for level in advice.LEVELS:
         r = recs[level]
         L += [f"### {T[level]}", "", f"- **{T['rule']}**: {T['rule_' + level].format(t=pct(recs['tolerance']))}"]
         if r["k"]:
             L += [f"- **{fmt_set(r['removed'])}** (k = {r['k']}): {pct(r['mean_drop'])} ± {pct(r['std_drop'])}, "
-                  f"{T['ci']} {pct(r['ci95'][0])} – {pct(r['ci95'][1])}; " + ", ".join(f"{t} {pct(d)}" for t, d in r["drops"].items())]
+                  f"{T['ci']} {pct(r['ci95'][0])} – {pct(r['ci95'][1])}; " +
+                  "; ".join(f"{t} {pct(d)} ({pct(r['task_ci95'][t][0])} – {pct(r['task_ci95'][t][1])})"
+                            for t, d in r["drops"].items())]
         else:
             L.append(f"- {T['no_rec']}")
         L.append("")
+    L += decision_lines(decisions, recs["tolerance"], T)
+    L += validation_lines(recs, validation, T, out)
     L += latency_lines(recs, T, out, a)
     L += [f"## {T['findings']}", ""]
     for i, line in enumerate(finding_lines(findings, T), 1):
@@ -323,8 +413,6 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
 
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
     """The recommendations with their measured speedup, when the run has a latency.json (else nothing)."""
-    from . import latency
-
     speed = latency.load_speedups(out, a["model"])
     if not speed:
         return []
@@ -333,7 +421,7 @@ def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
                                                           **latency.load_settings(out)), "",
          f"| {T['lat_level']} | removed | k | {T['mean']} | {T['lat_speedup']} | {T['lat_ideal']} | {T['lat_prefill']} |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
-    for level in ("conservative", "balanced", "aggressive"):
+    for level in advice.LEVELS:
         r = recs[level]
         if not r["k"]:
             L.append(f"| {T[level]} | — | 0 | — | — | — | — |")
@@ -458,32 +546,53 @@ def command_of(info: dict, out: Path) -> str:
     return " \\\n    ".join(parts)
 
 
-def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEFAULT_TOLERANCE,
-                 replicates: int = stats.DEFAULT_REPLICATES) -> dict:
-    """(Re)generate every report file of a run directory from its store."""
-    directory = Path(directory)
+def check_options(lang: str, tolerance: float) -> None:
     if lang not in TEXT:
         raise ReportError(f"unknown language {lang!r}: choose en or zh")
     if not 0 < tolerance < 1:
         raise ReportError("--tolerance must be between 0 and 1 (a relative drop, e.g. 0.05)")
-    store = Store.open_existing(directory)
-    a = analysis_mod.build(store, replicates)
+
+
+def build_analysis(directory: str | Path, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
+    """The run's analysis, refused when no candidate is complete."""
+    a = analysis_mod.build(Store.open_existing(Path(directory)), replicates)
     a["replicates"] = replicates
     if not a["candidates"]:
         raise ReportError(f"{directory}: no candidate is scored on every task yet; rerun the search to resume it")
+    return a
+
+
+def load_validation(directory: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((Path(directory) / VALIDATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEFAULT_TOLERANCE,
+                 replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None) -> dict:
+    """(Re)generate every report file of a run directory from its store (or a prebuilt `analysis`)."""
+    directory = Path(directory)
+    check_options(lang, tolerance)
+    store = Store.open_existing(directory)
+    a = analysis if analysis is not None else build_analysis(directory, replicates)
     groups = by_k(a["candidates"])
     path = stepwise(groups)
     recs = recommendations(groups, tolerance)
+    decisions = advice.decisions(groups, a["tasks"], tolerance)
     findings = key_findings(a, groups, path)
+    validation = load_validation(directory)
     best = {k: {"best": cs[0], "top5": cs[:5]} for k, cs in groups.items()}
-    rec_json = {"model": a["model"], "tolerance": tolerance, "independent_best": best, "stepwise": path,
-                "recommendations": recs, "key_findings": findings}
+    rec_json = {"model": a["model"], "tolerance": tolerance, "rank_by": a["rank_by"], "independent_best": best,
+                "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
+                **({"held_out": {"flagged": held_out_flags(recs, validation), "sets": validation["sets"],
+                                 "tasks": validation["tasks"]}} if validation else {})}
     # plots into a temporary folder, swapped in whole
     tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=directory))
     try:
         plot_all(a, path, tmp)
-        from . import latency  # the measured speedups, when the run has a latency.json
-
         speed = latency.load_speedups(directory, a["model"])
         if speed:
             latency.plot_drop_vs_speedup(a["candidates"], speed, tmp / "drop_vs_speedup.png")
@@ -500,5 +609,5 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEF
     atomic_write_json(directory / RECOMMENDATIONS_FILE, rec_json)
     atomic_write_text(directory / analysis_mod.SUMMARY_FILE, analysis_mod.summary_markdown(a))
     atomic_write_text(directory / ("REPORT.zh.md" if lang == "zh" else "REPORT.md"),
-                      render(a, recs, path, findings, lang, directory, command))
+                      render(a, recs, path, findings, lang, directory, command, decisions, validation))
     return rec_json

@@ -11,7 +11,9 @@ Methods (every candidate is scored on every task):
   size, then scored like the others (blockprune.oneshot).
 Beam, greedy and evolutionary steps race (`Racing`): candidates that cannot reach the beam are
 dropped after a few samples; what is kept is scored on every sample of every task.
-Ties in mean drop are broken by the sorted block ids, so a search is deterministic.
+Ties in mean drop are broken by the sorted block ids, so a search is deterministic. A set's drop
+on a task is the drop of the task's ranking score (`--rank-by`, see blockprune.scores: by default
+the lowest-variance faithful one), so ranking and racing use every sample's full signal.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import evolve, oneshot
+from . import evolve, oneshot, scores, stats
 from .engine import Engine, trie_block_rows
 from .store import Store, key_of
-from .tasks import Task, relative_drop
+from .tasks import Task
 
 METHODS = ("sensitivity", "greedy", "beam", "exhaustive", "evolutionary", "block-influence", "angular")
 
@@ -75,9 +77,10 @@ class Evaluator:
     """Scores removal sets on every task through the engine, persisting as it goes."""
 
     def __init__(self, engine: Engine, tasks: Sequence[Task], store: Store, batch_candidates: int = 256,
-                 progress: bool = True, racing: Racing | None = None):
+                 progress: bool = True, racing: Racing | None = None, rank_by: dict[str, str] | None = None):
         self.engine = engine
         self.tasks = list(tasks)
+        self.rank_by = rank_by or scores.resolve_rank_by(None, {t.name: t.kind for t in self.tasks})
         self.store = store
         self.num_blocks = engine.model.num_blocks
         self.batch_candidates = batch_candidates
@@ -116,12 +119,16 @@ class Evaluator:
                 for i in range(0, len(sets), self.batch_candidates):
                     chunk = sets[i : i + self.batch_candidates]
                     start = time.perf_counter()
-                    result = self.engine.score(requests, self._masks(chunk), progress=bar.update if bar else None)
+                    kl = task.kind == "kl"
+                    result = self.engine.score(requests, self._masks(chunk), progress=bar.update if bar else None, kl=kl)
                     seconds = time.perf_counter() - start
                     logprob = np.full((len(chunk), len(task.requests)), np.nan)
                     greedy = np.zeros((len(chunk), len(task.requests)), dtype=bool)
+                    kl_sum = np.full((len(chunk), len(task.requests)), np.nan) if kl else None
                     logprob[:, req_ids], greedy[:, req_ids] = result.logprob, result.greedy
-                    per_sample = task.per_sample(logprob, greedy)
+                    if kl:
+                        kl_sum[:, req_ids] = result.kl
+                    per_sample = task.per_sample(logprob, greedy, kl_sum)
                     records = []
                     if samples is None:
                         values = task.value(per_sample)
@@ -159,12 +166,17 @@ class Evaluator:
         return self._baseline
 
     def _evaluated(self, keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Evaluated]:
-        base = self.baseline
+        self.baseline
         out = {}
         for k in keys:
-            scores = {t.name: self.store.get(k, t.name)["value"] for t in self.tasks}
-            drops = {t.name: relative_drop(t.metric, base[t.name], scores[t.name]) for t in self.tasks}
-            out[k] = Evaluated(k, scores, drops)
+            values, drops = {}, {}
+            for t in self.tasks:
+                score = self.rank_by[t.name]
+                base = stats.per_sample_arrays(self.store.get((), t.name)["per_sample"], score)
+                rec = self.store.get(k, t.name)
+                values[t.name] = rec["value"]
+                drops[t.name] = stats.point_drop(score, base, stats.per_sample_arrays(rec["per_sample"], score))
+            out[k] = Evaluated(k, values, drops)
         return out
 
     def evaluate(self, sets: Sequence[Sequence[int]]) -> dict[tuple[int, ...], Evaluated]:
@@ -232,32 +244,32 @@ class Evaluator:
                     continue
                 data = self.store.samples_of(k, t.name)
                 fields = next(iter(data.values())).keys()
-                per_sample = {f: np.array([data[i][f] for i in range(t.n)]) for f in fields}
+                per_sample = {f: _column([data[i][f] for i in range(t.n)]) for f in fields}
                 records.append(self._record(t, k, per_sample, float(t.value(per_sample))))
         self.store.append(records)
 
     def _survivors(self, keys: list[tuple[int, ...]], subsets: dict[str, np.ndarray], keep: int) -> list[tuple[int, ...]]:
         if len(keys) <= keep:
             return keys
-        from . import stats
-
         rng = np.random.default_rng(0)
         reps = np.zeros((len(keys), self.racing.replicates))
         point = np.zeros(len(keys))
         for t in self.tasks:
             cols = [int(i) for i in subsets[t.name]]
+            score = self.rank_by[t.name]
+            fields = scores.get(score).fields()
             base_data = self.store.samples_of((), t.name)
-            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in base_data[cols[0]]}, t.metric)
+            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, score)
             nums, dens = [], []
             for k in keys:
                 data = self.store.samples_of(k, t.name)
-                num, den = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in data[cols[0]]}, t.metric)
+                num, den = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, score)
                 nums.append(num)
                 dens.append(den)
             cand = (np.stack(nums), np.stack(dens))
             counts = stats.resample_counts(len(cols), self.racing.replicates, rng)
-            reps += stats.drop_replicates(t.metric, base, cand, counts)
-            point += stats.drop_replicates(t.metric, base, cand, np.ones((len(cols), 1)))[:, 0]
+            reps += stats.drop_replicates(score, base, cand, counts)
+            point += stats.drop_replicates(score, base, cand, np.ones((len(cols), 1)))[:, 0]
         reps /= len(self.tasks)
         point /= len(self.tasks)
         order = sorted(range(len(keys)), key=lambda i: (point[i], keys[i]))
@@ -271,6 +283,16 @@ class Evaluator:
             if not np.all(lower > 0):
                 alive.append(keys[i])
         return alive
+
+
+def _column(values: list) -> np.ndarray:
+    """Per-sample values as an array; samples that hold lists (per-choice fields) as an object array."""
+    if values and isinstance(values[0], list):
+        out = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            out[i] = v
+        return out
+    return np.asarray(values)
 
 
 @dataclass

@@ -1,36 +1,36 @@
-"""Paired bootstrap over samples for the drops of a run.
+"""Paired bootstrap over samples for the drops of a run, and sample-size planning.
 
 Every candidate of a run is scored on the same samples of every task, so uncertainty comes from
 which samples were drawn. One bootstrap replicate resamples, per task, that task's samples with
-replacement, and recomputes every candidate's metric, the dense baseline's metric, the relative
-drops and their mean over tasks from the same resample (paired). Percentile intervals over
-`B` replicates give each candidate's 95% interval of its mean drop, and differences between two
-candidates are judged on their replicate-wise differences.
+replacement, and recomputes every candidate's score, the dense baseline's score and the drop
+from the same resample (paired); the mean over tasks uses the same replicate of every task.
+Percentile intervals over `B` replicates give each candidate's 95% interval, per task and of the
+mean, and differences between two candidates are judged on their replicate-wise differences.
 
-Per-sample data by metric: accuracy / exact match: 0/1 per sample (metric = mean);
-perplexity: NLL sum and token count per window (metric = exp(sum NLL / sum tokens)).
+How a score turns per-sample fields into a (numerator, denominator) pair and sums into a drop is
+in `blockprune.scores`.
+
+Sample-size planning: an interval's half-width shrinks as 1/sqrt(n). If a drop d measured on n
+samples has bootstrap standard error se, deciding whether it lies above or below a tolerance t
+at two-sided level 95% needs z * se * sqrt(n / m) < |d - t|, that is
+m = n * (z * se / |d - t|)^2 samples.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import scores
+
 DEFAULT_REPLICATES = 1000
+Z95 = 1.959963984540054
 
 
-def _per_sample(record: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(numerator, denominator) per sample such that metric = f(sum num / sum den)."""
-    ps = record["per_sample"]
-    if metric == "perplexity":
-        return np.asarray(ps["nll"], dtype=float), np.asarray(ps["ntok"], dtype=float)
-    values = ps.get("correct", ps.get("match"))
-    values = np.asarray(values, dtype=float)
-    return values, np.ones_like(values)
-
-
-def _quality(metric: str, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    ratio = num / den
-    return np.exp(-ratio) if metric == "perplexity" else ratio  # 1/ppl = exp(-mean NLL)
+def per_sample_arrays(per_sample: dict, score: str) -> tuple[np.ndarray, np.ndarray]:
+    """(numerator, denominator) per sample of `score` from a record's per-sample dict."""
+    return scores.get(score).arrays(per_sample)
 
 
 def resample_counts(n: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,39 +38,44 @@ def resample_counts(n: int, replicates: int, rng: np.random.Generator) -> np.nda
     return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(replicates)]).T.astype(float)
 
 
-def drop_replicates(metric: str, base: tuple[np.ndarray, np.ndarray], cands: tuple[np.ndarray, np.ndarray],
+def drop_replicates(score: str, base: tuple[np.ndarray, np.ndarray], cands: tuple[np.ndarray, np.ndarray],
                     counts: np.ndarray) -> np.ndarray:
-    """[K, B] relative drop of K candidates (per-sample num/den [K, n]) against the baseline's
-    per-sample num/den [n], each column one paired resample `counts` [n, B]."""
-    q0 = _quality(metric, base[0] @ counts, base[1] @ counts)  # [B]
-    q = _quality(metric, cands[0] @ counts, cands[1] @ counts)  # [K, B]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(q0 > 0, 1.0 - q / q0, q0 - q)
+    """[K, B] drop of K candidates (per-sample num/den [K, n]) against the baseline's per-sample
+    num/den [n], each column one paired resample `counts` [n, B] (a column of ones: the point value)."""
+    sc = scores.get(score)
+    return sc.drop((base[0] @ counts, base[1] @ counts), (cands[0] @ counts, cands[1] @ counts))
 
 
-def per_sample_arrays(per_sample: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(numerator, denominator) arrays from a record's per-sample dict (see module docstring)."""
-    return _per_sample({"per_sample": per_sample}, metric)
+def point_drop(score: str, base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarray]) -> float:
+    """The drop of one candidate on all its samples."""
+    sc = scores.get(score)
+    return float(sc.drop((base[0].sum(), base[1].sum()), (cand[0].sum(), cand[1].sum())))
 
 
-def bootstrap_mean_drops(store, keys: list[tuple[int, ...]], tasks: dict[str, dict],
-                         replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> np.ndarray:
-    """[len(keys), replicates] mean relative drop over tasks, one column per paired resample."""
+def bootstrap(store, keys: list[tuple[int, ...]], rank_by: dict[str, str], replicates: int = DEFAULT_REPLICATES,
+              seed: int = 0) -> dict[str, np.ndarray]:
+    """{task: [len(keys), replicates] drop of the task's ranking score} from paired resamples of
+    each task's samples (one resample per task and replicate, shared by every candidate)."""
     rng = np.random.default_rng(seed)
-    total = np.zeros((len(keys), replicates))
-    for name, info in tasks.items():
-        metric = info["metric"]
-        base = _per_sample(store.get((), name), metric)
+    out = {}
+    for name, score in rank_by.items():
+        base = per_sample_arrays(store.get((), name)["per_sample"], score)
         counts = resample_counts(len(base[0]), replicates, rng)
-        nums = np.stack([_per_sample(store.get(k, name), metric)[0] for k in keys])
-        dens = np.stack([_per_sample(store.get(k, name), metric)[1] for k in keys])
-        total += drop_replicates(metric, base, (nums, dens), counts)
-    return total / len(tasks)
+        pairs = [per_sample_arrays(store.get(k, name)["per_sample"], score) for k in keys]
+        nums = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, len(base[0])))
+        dens = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, len(base[0])))
+        out[name] = drop_replicates(score, base, (nums, dens), counts)
+    return out
 
 
 def interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     lo, hi = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def upper(replicates: np.ndarray, confidence: float) -> float:
+    """One-sided upper bound: the `confidence` quantile of the replicates."""
+    return float(np.quantile(replicates, confidence))
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict:
@@ -79,6 +84,15 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
     lo, hi = interval(diff)
     p = float((np.sum(diff <= 0) + 1) / (len(diff) + 1))  # one-sided bootstrap p-value
     return {"difference": float(np.mean(diff)), "ci95": [lo, hi], "p_value": p, "significant": lo > 0}
+
+
+def samples_needed(n: int, se: float, drop: float, tolerance: float, z: float = Z95) -> int | None:
+    """Samples that would put a 95% interval of half-width z*se*sqrt(n/m) clear of the tolerance;
+    None when the drop sits on the tolerance (no finite sample size decides it)."""
+    margin = abs(drop - tolerance)
+    if margin == 0 or not np.isfinite(se):
+        return None
+    return max(n, int(math.ceil(n * (z * se / margin) ** 2)))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -4,16 +4,26 @@ A task turns its samples into `Request`s for the engine (log-likelihood of a con
 perplexity window, a greedy-match target) and turns the engine's per-request log-probabilities and
 greedy flags back into per-sample scores and one metric. It never sees blocks or candidates.
 
-Kinds and their JSONL rows:
-* multiple choice  `{"context": str, "choices": [str, ...], "label": int}` -> acc (and acc_norm).
-  Context and each choice are tokenized separately (no special tokens) and concatenated; a choice's
-  score is the sum of its tokens' log-probs; acc_norm divides it by the choice's length in bytes.
-* perplexity       `{"text": str}` -> perplexity over fixed windows (see `PerplexityTask`).
+Kinds and their JSONL rows (what each record keeps per sample is listed; see blockprune.scores
+for the scores read from it):
+* multiple choice  `{"context": str, "choices": [str, ...], "label": int}` -> acc (and acc_norm,
+  p_gold). Context and each choice are tokenized separately (no special tokens) and concatenated;
+  a choice's score is the sum of its tokens' log-probs; acc_norm divides it by the choice's length
+  in bytes. p_gold is the model's probability of the gold choice among the choices (a softmax over
+  the summed log-probs: expected accuracy), p_gold_norm the same over the length-normalised
+  scores (soft acc_norm). Kept: correct, correct_norm, p_gold, p_gold_norm, choice_logprob and
+  choice_tokens / choice_bytes / choice_chars.
+* perplexity       `{"text": str}` -> perplexity over fixed windows (see `PerplexityTask`). Kept:
+  nll, ntok per window.
 * exact match      `{"prompt": str, "answers": [str, ...]}` -> exact_match: greedy decoding
   reproduces an answer followed by EOS, checked in one teacher-forced pass (every answer token
-  and the EOS must be the argmax at its position).
+  and the EOS must be the argmax at its position). Kept: match, and the first (gold) answer's
+  gold_logprob (summed over its tokens and the EOS) and gold_tokens.
+* KL to the dense model, from `{"text"}` rows or a play: windows as for perplexity, scored by
+  the mean per-token KL(p_dense || p_candidate) (no labels). Kept: kl, ntok, nll per window.
 
-Task specs: `ppl:shakespeare/<play>`, `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
+Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>`,
+`kl:jsonl:<path>`, `kl:hf:...`), `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
 `hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory). A `#N` suffix
 overrides the number of samples for that task (`bigbench:emoji_movie#30`).
 """
@@ -49,30 +59,21 @@ class Task:
     kind = "base"
     metric = ""
     higher_is_better = True
+    available = 0  # samples the source has (the task uses a seeded subset of them)
 
     @property
     def n(self) -> int:
         return len(self.sample_ids)
 
-    def per_sample(self, logprob: np.ndarray, greedy: np.ndarray) -> dict[str, np.ndarray]:
-        """Engine output [C, R] -> named per-sample arrays [C, N]."""
+    def per_sample(self, logprob: np.ndarray, greedy: np.ndarray, kl: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Engine output [C, R] (log-prob, greedy flag and, for KL tasks, summed KL per request)
+        -> named per-sample arrays [C, N] (object arrays where a sample holds a list)."""
         raise NotImplementedError
 
     def value(self, per_sample: dict[str, np.ndarray]) -> np.ndarray:
         """Per-sample arrays [C, N] (or [N]) -> the task metric per candidate."""
         raise NotImplementedError
 
-
-
-def relative_drop(metric: str, baseline: float, value: float) -> float:
-    """Loss of quality relative to the dense model: 1 - q/q_dense.
-
-    q is the metric on a higher-is-better scale: accuracy or exact match as is, 1/perplexity for
-    perplexity (the per-token geometric-mean probability). 0 = no loss, 1 = all of it lost;
-    negative = better than dense. When the dense quality is 0 the plain difference is used.
-    """
-    q0, q = (1.0 / baseline, 1.0 / value) if metric == "perplexity" else (baseline, value)
-    return 1.0 - q / q0 if q0 > 0 else q0 - q
 
 
 class MultipleChoiceTask(Task):
@@ -84,6 +85,8 @@ class MultipleChoiceTask(Task):
         super().__init__(name, ids)
         self.labels = []
         self.choice_bytes: list[int] = []
+        self.choice_chars: list[int] = []
+        self.choice_tokens: list[int] = []
         for s, row in enumerate(rows):
             ctx = tokenizer(row["context"], add_special_tokens=False).input_ids
             for choice in row["choices"]:
@@ -96,18 +99,31 @@ class MultipleChoiceTask(Task):
                     self.requests.append(Request(tuple(ctx + cont), len(ctx)))
                 self.request_sample.append(s)
                 self.choice_bytes.append(max(1, len(choice.encode("utf-8"))))
+                self.choice_chars.append(max(1, len(choice)))
+                self.choice_tokens.append(len(cont))
             self.labels.append(int(row["label"]))
         self.labels_arr = np.array(self.labels)
         self._bounds = np.searchsorted(np.array(self.request_sample), np.arange(len(rows) + 1))
 
-    def per_sample(self, logprob, greedy):
+    def per_sample(self, logprob, greedy, kl=None):
         norm = logprob / np.array(self.choice_bytes)[None, :]
-        acc, acc_norm = [], []
+        num_cands = logprob.shape[0]
+        acc, acc_norm, p_gold, p_gold_norm = [], [], [], []
+        lists = {f: lists_array(num_cands, self.n) for f in ("choice_logprob", "choice_tokens", "choice_bytes", "choice_chars")}
         for s in range(self.n):
             lo, hi = self._bounds[s], self._bounds[s + 1]
-            acc.append(np.argmax(logprob[:, lo:hi], axis=1) == self.labels[s])
-            acc_norm.append(np.argmax(norm[:, lo:hi], axis=1) == self.labels[s])
-        return {"correct": np.stack(acc, 1).astype(float), "correct_norm": np.stack(acc_norm, 1).astype(float)}
+            y = self.labels[s]
+            acc.append(np.argmax(logprob[:, lo:hi], axis=1) == y)
+            acc_norm.append(np.argmax(norm[:, lo:hi], axis=1) == y)
+            p_gold.append(_softmax_at(logprob[:, lo:hi], y))
+            p_gold_norm.append(_softmax_at(norm[:, lo:hi], y))
+            for c in range(num_cands):
+                lists["choice_logprob"][c, s] = logprob[c, lo:hi].tolist()
+                lists["choice_tokens"][c, s] = self.choice_tokens[lo:hi]
+                lists["choice_bytes"][c, s] = self.choice_bytes[lo:hi]
+                lists["choice_chars"][c, s] = self.choice_chars[lo:hi]
+        return {"correct": np.stack(acc, 1).astype(float), "correct_norm": np.stack(acc_norm, 1).astype(float),
+                "p_gold": np.stack(p_gold, 1), "p_gold_norm": np.stack(p_gold_norm, 1), **lists}
 
     def value(self, per_sample):
         return np.asarray(per_sample["correct"], dtype=float).mean(axis=-1)
@@ -122,20 +138,24 @@ class ExactMatchTask(Task):
         super().__init__(name, ids)
         if eos_token_id is None:
             raise TaskError(f"{name}: exact match needs an EOS token, and the tokenizer has none")
+        self.gold_request: list[int] = []
         for s, row in enumerate(rows):
             prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
             if not prompt:
                 raise TaskError(f"{name}: sample {ids[s]} has an empty prompt")
+            self.gold_request.append(len(self.requests))  # the first answer is the gold one
             for answer in row["answers"]:
                 target = tokenizer(answer, add_special_tokens=False).input_ids + [eos_token_id]
                 self.requests.append(Request(tuple(prompt + target), len(prompt)))
                 self.request_sample.append(s)
 
-    def per_sample(self, logprob, greedy):
+    def per_sample(self, logprob, greedy, kl=None):
         match = np.zeros((greedy.shape[0], self.n))
         for r, s in enumerate(self.request_sample):
             match[:, s] = np.maximum(match[:, s], greedy[:, r])
-        return {"match": match}
+        gold_tokens = np.array([self.requests[r].num_scored for r in self.gold_request], dtype=float)
+        return {"match": match, "gold_logprob": logprob[:, self.gold_request],
+                "gold_tokens": np.broadcast_to(gold_tokens, match.shape).copy()}
 
     def value(self, per_sample):
         return np.asarray(per_sample["match"], dtype=float).mean(axis=-1)
@@ -160,7 +180,7 @@ class PerplexityTask(Task):
             self.requests.append(Request(tuple(w), 1))
             self.request_sample.append(s)
 
-    def per_sample(self, logprob, greedy):
+    def per_sample(self, logprob, greedy, kl=None):
         ntok = np.array([r.num_scored for r in self.requests], dtype=float)
         return {"nll": -logprob, "ntok": np.broadcast_to(ntok, logprob.shape).copy()}
 
@@ -170,15 +190,58 @@ class PerplexityTask(Task):
         return np.exp(nll.sum(axis=-1) / ntok.sum(axis=-1))
 
 
+class KLTask(PerplexityTask):
+    """Mean per-token KL(p_dense || p_candidate) over the windows of a calibration text.
+
+    Needs no labels (EvoPress's objective): the engine scores the dense model in the same pass
+    (its keep-mask is a path of the trie) and compares the two distributions at every scored
+    position. The candidate's perplexity on the text is kept beside it.
+    """
+
+    kind = "kl"
+    metric = "kl"
+    higher_is_better = False
+
+    def per_sample(self, logprob, greedy, kl=None):
+        if kl is None:
+            raise ValueError("a KL task needs the engine's KL output (score(..., kl=True))")
+        out = super().per_sample(logprob, greedy)
+        return {"kl": np.asarray(kl, dtype=float), **out}
+
+    def value(self, per_sample):
+        kl = np.asarray(per_sample["kl"], dtype=float)
+        return kl.sum(axis=-1) / np.asarray(per_sample["ntok"], dtype=float).sum(axis=-1)
+
+
+def _softmax_at(scores: np.ndarray, label: int) -> np.ndarray:
+    """[C, choices] scores -> [C] softmax probability of the label's column."""
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return z[:, label] / z.sum(axis=1)
+
+
+def lists_array(rows: int, cols: int) -> np.ndarray:
+    """An empty [rows, cols] object array, for per-sample fields that hold a list."""
+    return np.empty((rows, cols), dtype=object)
+
+
 # ---- building tasks from specs -----------------------------------------------------------------
-def _select(ids: list[str], rows: list[Any], samples: int | None, seed: int, name: str):
-    """A seeded random subset of `samples` rows (all rows, in order, when samples is None)."""
+def _select(ids: list[str], rows: list[Any], samples: int | None, seed: int, name: str, exclude=()):
+    """A seeded random subset of `samples` rows (all rows, in order, when samples is None).
+
+    `exclude`: sample ids that must not be chosen (held-out validation draws from the rest, with
+    its own seeded order)."""
+    if exclude:
+        gone = set(exclude)
+        pairs = [(i, r) for i, r in zip(ids, rows) if i not in gone]
+        if not pairs:
+            raise TaskError(f"{name}: every sample was used by the search; none is left to hold out")
+        ids, rows = [p[0] for p in pairs], [p[1] for p in pairs]
     if not rows:
         raise TaskError(f"{name}: no samples")
     if samples is None or samples >= len(rows):
         return ids, rows
     order = list(range(len(rows)))
-    random.Random(f"{seed}:{name}").shuffle(order)
+    random.Random(f"{seed}:{name}" + (":held-out" if exclude else "")).shuffle(order)
     keep = sorted(order[:samples])
     return [ids[i] for i in keep], [rows[i] for i in keep]
 
@@ -241,18 +304,22 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window) -> Task:
+def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl=False, exclude=()) -> Task:
     kind = _check_rows(name, rows, where)
+    if kl and kind != "perplexity":
+        raise TaskError(f"{name}: a kl: source needs {{\"text\"}} rows, these are {kind.replace('_', ' ')} rows")
     if kind == "perplexity":
         text = "\n\n".join(r["text"] for r in rows)
-        return _ppl_task(name, text, tokenizer, samples, seed, window)
-    ids, rows = _select(ids, rows, samples, seed, name)
-    if kind == "multiple_choice":
-        return MultipleChoiceTask(name, rows, tokenizer, ids)
-    return ExactMatchTask(name, rows, tokenizer, ids, eos)
+        return _ppl_task(name, text, tokenizer, samples, seed, window, kl, exclude)
+    available = len(rows)
+    ids, rows = _select(ids, rows, samples, seed, name, exclude)
+    task = MultipleChoiceTask(name, rows, tokenizer, ids) if kind == "multiple_choice" else \
+        ExactMatchTask(name, rows, tokenizer, ids, eos)
+    task.available = available
+    return task
 
 
-def _ppl_task(name, text, tokenizer, samples, seed, window) -> PerplexityTask:
+def _ppl_task(name, text, tokenizer, samples, seed, window, kl=False, exclude=()) -> PerplexityTask:
     if window < 2:
         raise TaskError(f"{name}: perplexity window must be at least 2 tokens")
     tokens = tokenizer(text, add_special_tokens=False).input_ids
@@ -260,8 +327,11 @@ def _ppl_task(name, text, tokenizer, samples, seed, window) -> PerplexityTask:
     if not windows:
         raise TaskError(f"{name}: text has {len(tokens)} tokens, fewer than one window of {window}")
     ids = [f"w{i}" for i in range(len(windows))]
-    ids, windows = _select(ids, windows, samples, seed, name)
-    return PerplexityTask(name, windows, ids)
+    available = len(windows)
+    ids, windows = _select(ids, windows, samples, seed, name, exclude)
+    task = (KLTask if kl else PerplexityTask)(name, windows, ids)
+    task.available = available
+    return task
 
 
 def _bigbench_rows(task: dict, name: str) -> list[dict]:
@@ -284,21 +354,28 @@ def _bigbench_rows(task: dict, name: str) -> list[dict]:
     return rows
 
 
-SCHEMES = ("ppl", "bigbench", "jsonl", "hf")
+SCHEMES = ("ppl", "kl", "bigbench", "jsonl", "hf")
 
 
 def check_spec(spec: str) -> None:
     """Syntax of a task spec, checked before anything is loaded."""
     scheme, sep, rest = spec.partition("#")[0].partition(":")
     if not sep or not rest:
-        raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
+        raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, kl:<text source>, "
+                        "bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
     if scheme not in SCHEMES:
         raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected {', '.join(SCHEMES)}")
+    if scheme == "kl":
+        source = rest.partition("#")[0]
+        if not (source.startswith("shakespeare/") or source.startswith("jsonl:") or source.startswith("hf:")):
+            raise TaskError(f"unknown KL text source {source!r} in {spec!r}: expected kl:shakespeare/<play>, "
+                            "kl:jsonl:<path> ({\"text\"} rows) or kl:hf:<dataset>")
 
 
 def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: int | None = None,
-              seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW) -> Task:
-    """Build a task from its spec. Raises TaskError (one line) on any problem."""
+              seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW, exclude=()) -> Task:
+    """Build a task from its spec. Raises TaskError (one line) on any problem. `exclude`: sample
+    ids not to use (held-out validation)."""
     from . import data
 
     check_spec(spec)
@@ -308,6 +385,9 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
             raise TaskError(f"bad sample count {count!r} in task spec: use SPEC#N with N >= 1")
         samples = int(count)
     scheme, _, rest = spec.partition(":")
+    kl = scheme == "kl"
+    if kl:
+        scheme, _, rest = ("ppl", "", rest) if rest.startswith("shakespeare/") else rest.partition(":")
     if scheme == "ppl":
         source, _, play = rest.partition("/")
         if source != "shakespeare" or not play:
@@ -316,7 +396,7 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
             text = data.shakespeare_text(play)
         except data.DataError as exc:
             raise TaskError(str(exc)) from None
-        return _ppl_task(f"shakespeare_{play}", text, tokenizer, samples, seed, ppl_window)
+        return _ppl_task(f"{'kl_' if kl else ''}shakespeare_{play}", text, tokenizer, samples, seed, ppl_window, kl, exclude)
     if scheme == "bigbench":
         task, _, sub = rest.partition("/")
         try:
@@ -326,17 +406,19 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
         name = rest.replace("/", "_")
         rows = _bigbench_rows(raw, rest)
         ids = [str(i) for i in range(len(rows))]
-        return _from_rows(name, rows, [f"example {i}" for i in ids], ids, tokenizer, eos_token_id, samples, seed, ppl_window)
+        return _from_rows(name, rows, [f"example {i}" for i in ids], ids, tokenizer, eos_token_id, samples, seed, ppl_window,
+                          exclude=exclude)
     if scheme == "jsonl":
         path = Path(rest)
         rows = read_jsonl(path)
         where = [f"{path}:{r.pop('_line')}" for r in rows]
         ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
-        return _from_rows(path.stem, rows, where, ids, tokenizer, eos_token_id, samples, seed, ppl_window)
-    return _hf_task(rest, tokenizer, eos_token_id, samples, seed, ppl_window)
+        return _from_rows(f"{'kl_' if kl else ''}{path.stem}", rows, where, ids, tokenizer, eos_token_id, samples, seed,
+                          ppl_window, kl, exclude)
+    return _hf_task(rest, tokenizer, eos_token_id, samples, seed, ppl_window, kl, exclude)
 
 
-def _hf_task(rest: str, tokenizer, eos, samples, seed, window) -> Task:
+def _hf_task(rest: str, tokenizer, eos, samples, seed, window, kl=False, exclude=()) -> Task:
     """`hf:<dataset>[/<config>][@<split>]`: rows already in one of the JSONL layouts."""
     try:
         import datasets
@@ -357,6 +439,7 @@ def _hf_task(rest: str, tokenizer, eos, samples, seed, window) -> Task:
     rows = [dict(r) for r in ds]
     if not rows:
         raise TaskError(f"hf:{rest}: empty dataset")
-    name = path.name if path.exists() else name_part.replace("/", "_")
+    name = ("kl_" if kl else "") + (path.name if path.exists() else name_part.replace("/", "_"))
     ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
-    return _from_rows(name, rows, [f"row {i}" for i in range(len(rows))], ids, tokenizer, eos, samples, seed, window)
+    return _from_rows(name, rows, [f"row {i}" for i in range(len(rows))], ids, tokenizer, eos, samples, seed, window, kl,
+                      exclude)

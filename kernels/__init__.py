@@ -2,8 +2,10 @@
 
 Each op lives in its own file next to its pure-torch reference: `gather_norm` (gather the rows
 that run a block + its pre-norm), `residual_add` (add a block's output to exactly those rows, in
-place) and `scoring_head` (log-sum-exp / target logit / argmax without materialised logits). Each
-dispatches: the Triton kernel on CUDA tensors when Triton is available, the reference elsewhere.
+place), `scoring_head` (log-sum-exp / target logit / argmax without materialised logits) and
+`kl_head` (the same for a pruned candidate plus its KL from the dense model, in one pass over the
+LM head). Each dispatches: the Triton kernel on CUDA tensors when Triton is available, the
+reference elsewhere.
 `BLOCKPRUNE_KERNELS=torch` forces the references, `=triton` forces Triton (an error if absent).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .gather_norm import gather_norm_reference
+from .kl_head import kl_head_reference
 from .residual_add import residual_add_reference
 from .scoring_head import scoring_head_reference
 
@@ -36,6 +39,14 @@ def _triton_scoring_head():
     except ImportError:
         return None
     return scoring_head_triton
+
+
+def _triton_kl_head():
+    try:
+        from .kl_head_triton import kl_head_triton
+    except ImportError:
+        return None
+    return kl_head_triton
 
 
 def _triton_gather_norm():
@@ -76,6 +87,14 @@ def scoring_head(hidden, weight, targets, bias=None, softcap=None):
     return op(hidden, weight, targets, bias=bias, softcap=softcap)
 
 
+def kl_head(hidden, dense_hidden, weight, targets, bias=None, softcap=None, dense_index=None):
+    """Per position: (KL(dense || candidate), log-sum-exp, target logit, target is argmax) for the
+    candidate `hidden`; `dense_index` names each position's row of `dense_hidden`. See
+    kl_head_reference. Dispatch as scoring_head."""
+    op = _choose(_triton_kl_head, hidden.is_cuda, kl_head_reference)
+    return op(hidden, dense_hidden, weight, targets, bias=bias, softcap=softcap, dense_index=dense_index)
+
+
 def gather_norm(hidden, idx, weight, bias=None, eps=1e-6, kind="rms", offset=0.0, cast_early=True):
     """norm(hidden[idx]) as a compact [n, T, D] batch. See gather_norm_reference. Dispatch as
     scoring_head."""
@@ -91,6 +110,6 @@ def residual_add(hidden, idx, out):
 
 
 __all__ = [
-    "backend", "gather_norm", "gather_norm_reference", "residual_add", "residual_add_reference",
-    "scoring_head", "scoring_head_reference", "triton_available",
+    "backend", "gather_norm", "gather_norm_reference", "kl_head", "kl_head_reference", "residual_add",
+    "residual_add_reference", "scoring_head", "scoring_head_reference", "triton_available",
 ]

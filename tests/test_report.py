@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from blockprune import cli, report, stats
+from blockprune import advice, cli, report, stats
 from blockprune.analysis import build
 from blockprune.store import Store
 
@@ -16,7 +16,8 @@ SETTINGS = {"model": "toy", "num_blocks": 4, "method": "beam", "beam_width": 2, 
 
 def make_store(tmp_path, records, tasks):
     st = Store(tmp_path, {**SETTINGS, "tasks": {n: {"spec": f"jsonl:{n}.jsonl", "metric": m, "higher_is_better": m != "perplexity",
-                                                    "n": 10, "sample_ids": [str(i) for i in range(10)], "kind": m}
+                                                    "n": 10, "sample_ids": [str(i) for i in range(10)],
+                                                    "kind": "perplexity" if m == "perplexity" else "multiple_choice"}
                                                 for n, m in tasks.items()}})
     st.append(records)
     return st
@@ -48,6 +49,12 @@ def test_drops_std_and_a_candidate_equal_to_dense(tmp_path):
     assert c2["mean_drop"] == pytest.approx(0.41606, abs=1e-5)  # (0.2 + 0.63212) / 2
     assert c2["std_drop"] == pytest.approx(0.30556, abs=1e-5)  # |0.63212 - 0.2| / sqrt(2), ddof=1
     assert c2["ci95"][0] <= c2["mean_drop"] <= c2["ci95"][1]
+    # per-task intervals are paired: a candidate equal to dense has [0, 0]; one whose correct
+    # answers are a subset of dense's never gains in any resample; perplexity is worse on every window
+    assert c1["task_ci95"] == {"a": [0.0, 0.0], "p": [0.0, 0.0]}
+    assert c2["task_ci95"]["a"][0] >= 0 and c2["task_ci95"]["p"] == pytest.approx([d[1], d[1]])
+    assert a["rank_by"] == {"a": "acc", "p": "perplexity"}  # old-format records: acc, with a note
+    assert any("ranked by acc instead of p_gold" in n for n in a["notes"])
 
 
 def test_paired_bootstrap_is_paired():
@@ -57,7 +64,7 @@ def test_paired_bootstrap_is_paired():
         def get(self, key, task):
             return {"per_sample": {"correct": BASE if key == () else [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]}}
 
-    reps = stats.bootstrap_mean_drops(S(), [(1,)], {"a": {"metric": "acc"}}, replicates=500)[0]
+    reps = stats.bootstrap(S(), [(1,)], {"a": "acc"}, replicates=500)["a"][0]
     assert (reps >= 0).all() and reps.max() <= 1
     assert 0.05 < reps.mean() < 0.35
 
@@ -77,23 +84,13 @@ def cands(*rows):
 
 
 def test_stepwise_follows_the_previous_set_and_falls_back():
-    groups = report.by_k(cands(((3,), 0.01, 0, 0.02), ((1,), 0.02, 0, 0.04),
+    groups = advice.by_k(cands(((3,), 0.01, 0, 0.02), ((1,), 0.02, 0, 0.04),
                                ((1, 2), 0.03, 0, 0.05), ((2, 3), 0.04, 0, 0.06),
                                ((0, 1, 2), 0.10, 0, 0.2)))
-    path = report.stepwise(groups)
+    path = advice.stepwise(groups)
     assert [p["removed"] for p in path] == [[3], [2, 3], [0, 1, 2]]  # [1,2] is better but lacks block 3
     assert [p["extends_previous"] for p in path] == [True, True, False]  # no scored 3-set contains [2, 3]
     assert [round(p["incremental_drop"], 6) for p in path] == [0.01, 0.03, 0.06]
-
-
-def test_recommendation_rules_use_the_intervals():
-    groups = report.by_k(cands(((1,), 0.01, 0.00, 0.03),                       # upper bound <= 5%
-                               ((1, 2), 0.04, 0.01, 0.08),                     # mean <= 5%, upper > 5%
-                               ((1, 2, 3), 0.09, 0.04, 0.15)))                 # only lower bound <= 5%
-    r = report.recommendations(groups, 0.05)
-    assert (r["conservative"]["k"], r["balanced"]["k"], r["aggressive"]["k"]) == (1, 2, 3)
-    r = report.recommendations(groups, 0.005)
-    assert r["conservative"]["k"] == 0 and "no conservative set" in r["conservative"]["note"]
 
 
 def run_dir(tmp_path):

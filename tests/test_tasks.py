@@ -1,14 +1,14 @@
 """Tasks turn samples into requests and per-request scores back into metrics."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from blockprune.engine import Engine
-from blockprune.tasks import (ExactMatchTask, MultipleChoiceTask, PerplexityTask, TaskError, load_task,
-                              relative_drop)
+from blockprune.tasks import ExactMatchTask, KLTask, MultipleChoiceTask, PerplexityTask, TaskError, load_task
 from conftest import CharTokenizer
 
 
@@ -24,6 +24,52 @@ def test_multiple_choice_tokenizes_context_and_choice_separately():
     assert ps["correct"].tolist() == [[0.0]] and ps["correct_norm"].tolist() == [[1.0]]
     lp = np.array([[-4.0, -3.0]])
     assert t.per_sample(lp, np.zeros_like(lp, dtype=bool))["correct"].tolist() == [[1.0]]
+
+
+def test_multiple_choice_keeps_every_choice_and_the_expected_accuracy():
+    tok = CharTokenizer()
+    rows = [{"context": "ab", "choices": [" c", " dé"], "label": 1},  # " dé": 3 characters, 4 bytes
+            {"context": "x", "choices": [" y", " z", " w"], "label": 0}]
+    t = MultipleChoiceTask("mc", rows, tok, ["0", "1"])
+    lp = np.array([[-2.0, -4.0, -1.0, -1.0, -3.0]])
+    ps = t.per_sample(lp, np.zeros_like(lp, dtype=bool))
+    assert ps["choice_logprob"][0].tolist() == [[-2.0, -4.0], [-1.0, -1.0, -3.0]]
+    assert ps["choice_bytes"][0].tolist() == [[2, 4], [2, 2, 2]]
+    assert ps["choice_chars"][0].tolist() == [[2, 3], [2, 2, 2]]
+    assert ps["choice_tokens"][0].tolist() == [[2, 4], [2, 2, 2]]  # byte-level tokenizer
+    # p_gold_norm: sample 0 per-byte scores -1 and -1 -> 1/2; sample 1: -0.5, -0.5, -1.5 ->
+    # e^-0.5 / (2 e^-0.5 + e^-1.5) = 1 / (2 + e^-1) = 0.4223188
+    assert ps["p_gold_norm"][0] == pytest.approx([0.5, 1 / (2 + math.exp(-1))])
+    # p_gold on the summed log-probs: sample 0: e^-4 / (e^-2 + e^-4) = 1 / (1 + e^2) = 0.1192029;
+    # sample 1: e^-1 / (2 e^-1 + e^-3) = 1 / (2 + e^-2) = 0.4683105
+    assert ps["p_gold"][0] == pytest.approx([1 / (1 + math.exp(2)), 1 / (2 + math.exp(-2))])
+
+
+def test_exact_match_keeps_the_gold_answers_log_prob():
+    tok = CharTokenizer()
+    t = ExactMatchTask("em", [{"prompt": "Q:", "answers": [" ab", " b"]}], tok, ["0"], eos_token_id=2)
+    ps = t.per_sample(np.array([[-1.5, -0.2]]), np.array([[False, True]]))
+    # the first answer is the gold one: " ab" + EOS = 4 tokens, log-prob -1.5
+    assert ps["gold_logprob"].tolist() == [[-1.5]] and ps["gold_tokens"].tolist() == [[4.0]]
+    assert ps["match"].tolist() == [[1.0]]
+
+
+def test_kl_task_from_rows_and_too_short_source(tmp_path):
+    tok = CharTokenizer()
+    p = tmp_path / "calib.jsonl"
+    p.write_text(json.dumps({"text": "y" * 40}) + "\n")
+    t = load_task(f"kl:jsonl:{p}", tok, eos_token_id=2, ppl_window=16)
+    assert isinstance(t, KLTask) and t.name == "kl_calib" and t.n == 2
+    ps = t.per_sample(np.array([[-30.0, -15.0]]), np.zeros((1, 2), dtype=bool), kl=np.array([[3.0, 1.5]]))
+    assert t.value(ps) == pytest.approx([4.5 / 30])  # 15 scored tokens per window
+    with pytest.raises(TaskError, match="fewer than one window"):
+        load_task(f"kl:jsonl:{p}", tok, eos_token_id=2, ppl_window=64)
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}) + "\n")
+    with pytest.raises(TaskError, match="needs"):
+        load_task(f"kl:jsonl:{mc}", tok, eos_token_id=2)
+    with pytest.raises(TaskError, match="KL text source"):
+        load_task("kl:bigbench:emoji_movie", tok, eos_token_id=2)
 
 
 def test_perplexity_windows_are_fixed_and_metric_is_token_weighted():
@@ -51,13 +97,6 @@ def test_exact_match_needs_every_answer_token_and_eos():
     assert t.requests[0].tokens == tuple(tok("Q:").input_ids + tok(" a").input_ids + [2])
     greedy = np.array([[False, True], [False, False]])
     assert t.per_sample(np.zeros((2, 2)), greedy)["match"].tolist() == [[1.0], [0.0]]
-
-
-def test_relative_drop_scale():
-    assert relative_drop("acc", 0.5, 0.25) == pytest.approx(0.5)
-    assert relative_drop("perplexity", 40.0, 80.0) == pytest.approx(0.5)  # half the per-token probability
-    assert relative_drop("perplexity", 40.0, 20.0) == pytest.approx(-1.0)
-    assert relative_drop("acc", 0.0, 0.1) == pytest.approx(-0.1)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -1,0 +1,163 @@
+"""Named scores of a task, and how each turns per-sample records into a drop.
+
+A task's stored record keeps what every sample said (per-choice log-probs, the gold answer's
+log-prob, per-window NLL or KL), not only whether it was right. A score reads those fields as a
+per-sample (numerator, denominator) pair; a metric is a function of the two sums, so a paired
+bootstrap resamples the pairs. Three forms:
+
+* `mean`    quality q = sum num / sum den (den = 1 per sample): acc, acc_norm, exact_match, p_gold.
+            drop = 1 - q / q_dense (the plain difference q_dense - q when q_dense = 0).
+* `loglik`  q = exp(-sum NLL / sum tokens), the per-token geometric-mean probability: perplexity
+            (q = 1/ppl) and gold_logprob. drop = 1 - q / q_dense = 1 - exp(-(NLL - NLL_dense) per token).
+* `kl`      mean KL(p_dense || p_candidate) per token, in nats: drop = the KL itself (dense: 0).
+
+How they mix in a mean over tasks: a relative drop of a `loglik` score is 1 - exp(-dNLL) ~ dNLL
+for small losses; the KL is the dNLL of text sampled from the dense model itself, so 1 - exp(-KL)
+is the relative loss of that text's per-token probability and KL ~ that loss for small values. A
+KL of 0.05 nats/token sits on the same scale as a 5% relative drop; large KLs grow faster (a
+relative drop is capped at 1, KL is not), which only makes a harmful set look worse.
+
+Which score ranks (`--rank-by`): by default, per task kind, the lowest-variance faithful one:
+p_gold (expected accuracy: the probability the model puts on the gold choice among the choices,
+a softmax over their summed log-probs, i.e. the soft version of acc), gold_logprob, perplexity
+(NLL), kl. The thresholded metrics (acc, acc_norm, exact_match) are shown beside them in every
+table. p_gold_norm, the softmax over length-normalised (per-byte) scores, i.e. soft acc_norm, is
+kept too, but it is not the default: dividing log-probs by 5-10 bytes flattens the softmax to
+near uniform (SmolLM2 on emoji_movie: 0.209 with 5 choices), which shrinks every drop 3-4x
+against accuracy's (block 2 removed: acc -23%, p_gold_norm -6%), so a 5% tolerance on it would
+pass a set that loses a fifth of the accuracy. p_gold keeps accuracy's scale with a smaller
+standard error (README, "How candidates are compared").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ScoreError(Exception):
+    """A score that does not exist, or that a task (or an old store) does not have."""
+
+
+@dataclass(frozen=True)
+class Score:
+    name: str
+    form: str  # mean | loglik | kl
+    num: str  # per-sample field of the numerator
+    den: str | None  # per-sample field of the denominator (None: 1 per sample)
+    negate: bool  # the numerator field holds a log-prob (loglik wants an NLL)
+    what: str
+
+    def fields(self) -> tuple[str, ...]:
+        return (self.num,) if self.den is None else (self.num, self.den)
+
+    def arrays(self, per_sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(numerator, denominator) per sample from a record's per-sample dict."""
+        missing = [f for f in self.fields() if f not in per_sample]
+        if missing:
+            raise ScoreError(f"score {self.name!r} needs per-sample {', '.join(missing)}, which the record lacks")
+        num = np.asarray(per_sample[self.num], dtype=float)
+        if self.negate:
+            num = -num
+        den = np.ones_like(num) if self.den is None else np.asarray(per_sample[self.den], dtype=float)
+        return num, den
+
+    def quality(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        """Higher-is-better quality from the sums (for `kl`: minus the KL)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = num / den
+        if self.form == "loglik":
+            return np.exp(-ratio)
+        return -ratio if self.form == "kl" else ratio
+
+    def value(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        """The score as people read it: accuracy, perplexity, mean log-prob per token, KL per token."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = num / den
+        if self.name == "perplexity":
+            return np.exp(ratio)
+        return -ratio if self.form == "loglik" else ratio
+
+    def drop(self, base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Drop of candidate sums against the dense model's sums (any broadcastable shapes)."""
+        q = self.quality(*cand)
+        if self.form == "kl":
+            return -q
+        q0 = self.quality(*base)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(q0 > 0, 1.0 - q / np.where(q0 > 0, q0, 1.0), q0 - q)
+
+
+SCORES = {s.name: s for s in [
+    Score("p_gold", "mean", "p_gold", None, False,
+          "expected accuracy: probability on the gold choice (softmax over the choices' summed log-probs)"),
+    Score("p_gold_norm", "mean", "p_gold_norm", None, False,
+          "soft acc_norm: softmax over the choices' length-normalised (per-byte) log-probs"),
+    Score("acc", "mean", "correct", None, False, "accuracy (argmax of the choices' summed log-probs)"),
+    Score("acc_norm", "mean", "correct_norm", None, False, "accuracy of the length-normalised log-probs"),
+    Score("exact_match", "mean", "match", None, False, "greedy decoding reproduces an answer"),
+    Score("gold_logprob", "loglik", "gold_logprob", "gold_tokens", True,
+          "mean log-prob per token of the gold answer (and EOS)"),
+    Score("perplexity", "loglik", "nll", "ntok", False, "perplexity (NLL per token)"),
+    Score("kl", "kl", "kl", "ntok", False, "KL(dense || candidate) per token, nats"),
+]}
+
+# Per task kind: the scores it has; the first ranks by default; SHOWN is the one shown beside it
+# (the thresholded metric papers report; for KL the text's perplexity).
+BY_KIND = {
+    "multiple_choice": ("p_gold", "p_gold_norm", "acc", "acc_norm"),
+    "exact_match": ("gold_logprob", "exact_match"),
+    "perplexity": ("perplexity",),
+    "kl": ("kl", "perplexity"),
+}
+METRIC = {"multiple_choice": "acc", "exact_match": "exact_match", "perplexity": "perplexity", "kl": "kl"}
+SHOWN = {**METRIC, "kl": "perplexity"}
+
+
+def get(name: str) -> Score:
+    try:
+        return SCORES[name]
+    except KeyError:
+        raise ScoreError(f"unknown score {name!r}: choose from {', '.join(SCORES)}") from None
+
+
+def check_rank_by(spec: str | None) -> None:
+    """The score names of a `--rank-by` value, checked before any task is loaded."""
+    for entry in [e.strip() for e in (spec or "").split(",") if e.strip()]:
+        task, sep, name = entry.rpartition("=")
+        if (sep and not task) or (not sep and name in ("default", "metric")):
+            if sep:
+                raise ScoreError(f"--rank-by {entry!r}: expected TASK=SCORE")
+            continue
+        get(name)
+
+
+def resolve_rank_by(spec: str | None, kinds: dict[str, str]) -> dict[str, str]:
+    """{task: score} from a `--rank-by` value and the tasks' kinds.
+
+    `spec`: empty/None or `default` (each kind's lowest-variance faithful score), `metric` (each
+    kind's thresholded metric), or comma-separated entries `SCORE` (every task that has it) and
+    `TASK=SCORE` (one task). A score no named task has, or an unknown task, is an error.
+    """
+    chosen = {t: BY_KIND[k][0] for t, k in kinds.items()}
+    for entry in [e.strip() for e in (spec or "").split(",") if e.strip()]:
+        task, sep, name = entry.rpartition("=")
+        if not sep and name in ("default", "metric"):
+            chosen.update({t: BY_KIND[k][0] if name == "default" else METRIC[k] for t, k in kinds.items()})
+            continue
+        get(name)
+        if sep:
+            if task not in kinds:
+                raise ScoreError(f"--rank-by {entry!r}: no task named {task!r} (tasks: {', '.join(kinds)})")
+            if name not in BY_KIND[kinds[task]]:
+                raise ScoreError(f"--rank-by {entry!r}: task {task} ({kinds[task]}) has no score {name!r}; "
+                                 f"it has {', '.join(BY_KIND[kinds[task]])}")
+            chosen[task] = name
+            continue
+        having = [t for t, k in kinds.items() if name in BY_KIND[k]]
+        if not having:
+            raise ScoreError(f"--rank-by {name!r}: no task has this score (tasks' kinds: {', '.join(sorted(set(kinds.values())))})")
+        chosen.update({t: name for t in having})
+    return chosen
+

@@ -1,0 +1,102 @@
+"""Held-out validation of a run's advice: `blockprune validate RUN [--samples N]`.
+
+A recommendation chosen as the best of many sets on one sample subset is optimistic on that
+subset (the winner's curse). This re-scores the run's recommended sets and the dense model on
+samples of each task that the search never used (the run's sample ids are excluded; the rest are
+drawn with their own seeded order), computes their drops with the same ranking scores, and
+writes `validation.json`; the report then shows the held-out drops beside the search's and flags
+a recommendation whose held-out drop leaves the search's 95% interval.
+
+Perplexity and KL tasks (whose text's perplexity is kept) are also checked outside the engine: the blocks are deleted from a copy of the
+model (`models.remove_blocks`, as the export does) and each held-out window runs through plain
+transformers; the perplexity it gives is stored beside the engine's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import advice, models, report, stats
+from .engine import Engine
+from .store import Store, atomic_write_json
+from .tasks import load_task
+
+VALIDATION_FILE = report.VALIDATION_FILE
+
+
+def _set_key(removed) -> str:
+    return ",".join(str(int(b)) for b in removed)
+
+
+def recommended_sets(directory: str | Path, tolerance: float) -> tuple[dict, list[tuple[int, ...]]]:
+    a = report.build_analysis(directory)
+    recs = advice.recommendations(advice.by_k(a["candidates"]), tolerance)
+    sets = list(dict.fromkeys(tuple(recs[level]["removed"]) for level in advice.LEVELS if recs[level]["k"]))
+    return a, sets
+
+
+@torch.inference_mode()
+def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ...]]) -> float:
+    """Perplexity of the model with `removed` deleted, one plain forward per window (token 0 is context)."""
+    pruned = models.remove_blocks(bm, removed) if removed else bm
+    nll, count = 0.0, 0
+    for w in windows:
+        ids = torch.tensor([w], device=bm.device)
+        logits = pruned.model(input_ids=ids).logits[0, :-1].double()
+        nll -= torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None]).sum().item()
+        count += len(w) - 1
+    return float(np.exp(nll / count))
+
+
+def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
+                 tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True) -> dict:
+    """Score the recommendations and dense on held-out samples; write DIR/validation.json."""
+    directory = Path(directory)
+    store = Store.open_existing(directory)
+    settings = store.run_info["settings"]
+    if settings["num_blocks"] != bm.num_blocks:
+        raise report.ReportError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
+                                 f"this one has {bm.num_blocks}")
+    a, sets = recommended_sets(directory, tolerance)
+    if not sets:
+        raise report.ReportError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
+    engine = Engine(bm)
+    keys = [()] + sets
+    masks = np.ones((len(keys), bm.num_blocks), dtype=bool)
+    for i, s in enumerate(keys):
+        masks[i, list(s)] = False
+    out = {"tolerance": tolerance, "seed": settings["seed"], "tasks": {}, "dense": {}, "sets": {}}
+    per_set = {k: {"removed": list(k), "drops": {}, "metric_drops": {}, "values": {}} for k in sets}
+    for name, info in settings["tasks"].items():
+        spec = info["spec"].partition("#")[0]
+        n = samples or info["n"]
+        task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
+                         exclude=info["sample_ids"])
+        if task.name != name:
+            raise report.ReportError(f"task {spec} now loads as {task.name}, the run calls it {name}")
+        kl = task.kind == "kl"
+        res = engine.score(task.requests, masks, kl=kl)
+        per_sample = task.per_sample(res.logprob, res.greedy, res.kl)
+        score, metric = a["rank_by"][name], a["tasks"][name]["shown"]
+        arrays = {sc: stats.per_sample_arrays(per_sample, sc) for sc in {score, metric}}
+        values = task.value(per_sample)
+        out["tasks"][name] = {"n": task.n, "sample_ids": task.sample_ids, "score": score, "metric": metric}
+        out["dense"][name] = {"value": float(values[0])}
+        for i, k in enumerate(sets, 1):
+            drop = {sc: stats.point_drop(sc, (num[0], den[0]), (num[i], den[i])) for sc, (num, den) in arrays.items()}
+            per_set[k]["drops"][name] = drop[score]
+            per_set[k]["metric_drops"][name] = drop[metric]
+            per_set[k]["values"][name] = float(values[i])
+        if plain_check and task.kind in ("perplexity", "kl"):
+            windows = [r.tokens for r in task.requests]
+            out["dense"][name]["plain_perplexity"] = plain_perplexity(bm, (), windows)
+            for k in sets:
+                per_set[k].setdefault("plain_perplexity", {})[name] = plain_perplexity(bm, k, windows)
+    for k in sets:
+        per_set[k]["mean_drop"] = float(np.mean(list(per_set[k]["drops"].values())))
+        out["sets"][_set_key(k)] = per_set[k]
+    atomic_write_json(directory / VALIDATION_FILE, out)
+    return out

@@ -1,0 +1,180 @@
+"""Fused Triton KL scoring head: per position, KL(p_dense || p_candidate) plus the candidate's
+log-sum-exp, target logit and target-is-argmax, with each LM-head tile read once for both models.
+
+Same signature (less `chunk`) and outputs as `kl_head_reference` (the ground truth). Each program
+owns BLOCK_P positions (and their dense rows, read through `dense_index` when given) and walks the
+vocabulary BLOCK_V rows at a time; every [BLOCK_D, BLOCK_V] weight tile feeds two fp32 dots, the
+dense and the candidate hidden states, so only one tile of logits per model ever exists. Online
+log-sum-exps for both, the KL cross term rescaled with the dense running max. Runs on CUDA, or on
+CPU under TRITON_INTERPRET=1 (set before this module is imported).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .kl_head import check_kl_args
+
+
+@triton.jit
+def _tanh(x):
+    # libdevice is unavailable in the interpreter: tanh from exp, stable for large |x|.
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _kl_head_kernel(
+    hidden_ptr, dense_ptr, weight_ptr, targets_ptr, bias_ptr, index_ptr,
+    kl_ptr, lse_ptr, tgt_ptr, max_ptr,
+    P, V, D,
+    stride_hp, stride_hd, stride_dp, stride_dd, stride_wv, stride_wd, stride_t, stride_b,
+    stride_i, softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_INDEX: tl.constexpr, NATIVE_DOT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    targets = tl.load(targets_ptr + offs_p * stride_t, mask=mask_p, other=-1).to(tl.int64)
+    if HAS_INDEX:
+        # each position's dense row; masked positions read row 0, never stored
+        rows = tl.load(index_ptr + offs_p * stride_i, mask=mask_p, other=0).to(tl.int64)
+    else:
+        rows = offs_p.to(tl.int64)
+
+    # candidate (b): online log-sum-exp, target logit
+    run_max = tl.full((BLOCK_P,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((BLOCK_P,), tl.float32)
+    tgt_logit = tl.zeros((BLOCK_P,), tl.float32)
+    # dense (a): online log-sum-exp and sum_v e^(a - max_a) * (a - b), rescaled together
+    max_a = tl.full((BLOCK_P,), float("-inf"), tl.float32)
+    sum_a = tl.zeros((BLOCK_P,), tl.float32)
+    cross = tl.zeros((BLOCK_P,), tl.float32)
+
+    for v0 in range(0, V, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V)
+        mask_v = offs_v < V
+        acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
+        acc_a = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            mask_pd = mask_p[:, None] & mask_d[None, :]
+            h = tl.load(hidden_ptr + offs_p[:, None] * stride_hp + offs_d[None, :] * stride_hd,
+                        mask=mask_pd, other=0.0)
+            hd = tl.load(dense_ptr + rows[:, None] * stride_dp + offs_d[None, :] * stride_dd,
+                         mask=mask_pd, other=0.0)
+            w = tl.load(
+                weight_ptr + offs_v[None, :] * stride_wv + offs_d[:, None] * stride_wd,
+                mask=mask_v[None, :] & mask_d[:, None], other=0.0,
+            )
+            if NATIVE_DOT:
+                # fp16/bf16 on a GPU: tensor cores; the products are exact in the fp32 accumulator
+                acc = tl.dot(h, w, acc)
+                acc_a = tl.dot(hd, w, acc_a)
+            else:
+                # fp32 inputs, or the interpreter (whose tl.dot is wrong on bf16): exact fp32
+                w32 = w.to(tl.float32)
+                acc = tl.dot(h.to(tl.float32), w32, acc, input_precision="ieee")
+                acc_a = tl.dot(hd.to(tl.float32), w32, acc_a, input_precision="ieee")
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + offs_v * stride_b, mask=mask_v, other=0.0).to(tl.float32)
+            acc = acc + b[None, :]
+            acc_a = acc_a + b[None, :]
+        if HAS_SOFTCAP:
+            acc = _tanh(acc / softcap) * softcap
+            acc_a = _tanh(acc_a / softcap) * softcap
+        logits = tl.where(mask_v[None, :], acc, float("-inf"))
+        dense = tl.where(mask_v[None, :], acc_a, float("-inf"))
+
+        new_max = tl.maximum(run_max, tl.max(logits, axis=1))
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        run_max = new_max
+        hit = offs_v[None, :] == targets[:, None]
+        tgt_logit += tl.sum(tl.where(hit, logits, 0.0), axis=1)
+
+        new_max_a = tl.maximum(max_a, tl.max(dense, axis=1))
+        scale = tl.exp(max_a - new_max_a)  # 0 on the first tile (max_a = -inf)
+        e = tl.exp(dense - new_max_a[:, None])  # 0 on masked columns
+        sum_a = sum_a * scale + tl.sum(e, axis=1)
+        # masked columns would give 0 * (-inf - -inf) = nan: use the finite accumulators there
+        cross = cross * scale + tl.sum(tl.where(mask_v[None, :], e * (acc_a - acc), 0.0), axis=1)
+        max_a = new_max_a
+
+    lse = run_max + tl.log(run_sum)
+    lse_a = max_a + tl.log(sum_a)
+    kl = tl.maximum(cross / sum_a - lse_a + lse, 0.0)
+    tl.store(kl_ptr + offs_p, kl, mask=mask_p)
+    tl.store(lse_ptr + offs_p, lse, mask=mask_p)
+    tl.store(tgt_ptr + offs_p, tgt_logit, mask=mask_p)
+    tl.store(max_ptr + offs_p, (tgt_logit >= run_max).to(tl.int8), mask=mask_p)
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def kl_head_triton(
+    hidden: torch.Tensor,
+    dense_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    dense_index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [P, D] (candidate), dense_hidden [P, D] (or [Q, D] with dense_index [P] naming each
+    position's dense row), weight [V, D], targets [P] -> (kl [P] fp32, lse [P] fp32,
+    target_logit [P] fp32, is_argmax [P] bool). See `kl_head_reference`.
+
+    dense_index values are not range-checked (that would synchronise the GPU): each must lie in
+    [0, Q), as for indexing dense_hidden."""
+    check_kl_args(hidden, dense_hidden, weight, targets, bias, dense_index)
+    num_pos, dim = hidden.shape
+    vocab = weight.shape[0]
+    device = hidden.device
+    kl = torch.empty(num_pos, dtype=torch.float32, device=device)
+    lse = torch.empty(num_pos, dtype=torch.float32, device=device)
+    tgt = torch.empty(num_pos, dtype=torch.float32, device=device)
+    is_max = torch.empty(num_pos, dtype=torch.int8, device=device)
+    if num_pos == 0:
+        return kl, lse, tgt, is_max.bool()
+
+    # tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary tiles, more
+    # warps and pipelining; interpreted: small tiles keep the tests fast. Two logit tiles are live
+    # (dense and candidate), so BLOCK_P stops at 64 as in the scoring head.
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    native = (not interpreted and hidden.dtype in (torch.float16, torch.bfloat16)
+              and hidden.dtype == dense_hidden.dtype == weight.dtype)
+    block_p = _block(num_pos, 16, 64)
+    block_v = 64 if interpreted else 128
+    block_d = _block(dim, 16, 64)
+    launch = {} if interpreted else {"num_warps": 8, "num_stages": 3}
+    grid = (triton.cdiv(num_pos, block_p),)
+    bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
+    if dense_index is not None:
+        dense_index = dense_index.to(device)
+    index_arg = dense_index if dense_index is not None else targets  # never read without HAS_INDEX
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        _kl_head_kernel[grid](
+            hidden, dense_hidden, weight, targets, bias_arg, index_arg,
+            kl, lse, tgt, is_max,
+            num_pos, vocab, dim,
+            hidden.stride(0), hidden.stride(1), dense_hidden.stride(0), dense_hidden.stride(1),
+            weight.stride(0), weight.stride(1),
+            targets.stride(0), bias.stride(0) if bias is not None else 0,
+            dense_index.stride(0) if dense_index is not None else 0,
+            float(softcap) if softcap is not None else 1.0,
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
+            HAS_INDEX=dense_index is not None, NATIVE_DOT=native,
+            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d, **launch,
+        )
+    return kl, lse, tgt, is_max.bool()
