@@ -76,8 +76,9 @@ stage "tests (compiled kernels)"
 if have pytest; then
   T=$(( $(left) < 330 ? $(left) - 250 : 180 ))
   if [ "$T" -gt 20 ]; then
-    timeout -k 5 "$T" "$PY" -m pytest "$REPO/tests/test_kernel_ops.py" "$REPO/tests/test_kernels.py" -q \
-      -p no:cacheprovider --rootdir "$REPO" --junitxml "$OUT/tests.xml" || { echo "tests: exit $?"; status=1; }
+    timeout -k 5 "$T" "$PY" -m pytest "$REPO/tests/test_kernel_ops.py" "$REPO/tests/test_kernels.py" \
+      "$REPO/tests/test_kl_head.py" -q -p no:cacheprovider --rootdir "$REPO" --junitxml "$OUT/tests.xml" \
+      || { echo "tests: exit $?"; status=1; }
   else
     echo "tests skipped: not enough time"
   fi

@@ -11,10 +11,13 @@ Sections (each skipped when the time budget cannot fit it; results are written a
    torch.compile of the same reference: GB/s and the fraction of copy bandwidth (target >= 0.8).
 3. head: the fused scoring head vs materialised logits + cross-entropy at vocabularies 49152 and
    128256: time and peak memory (targets: peak <= 1/8, time <= 1.2x).
-4. headline: candidate-sample rows scored per second vs the fraction of blocks kept, for the engine
+4. kl_head: the fused KL head (KL(dense || candidate) + the scoring-head outputs) vs materialised
+   fp32 logits of both models + log_softmax, in the engine's layout (Q = positions / 8 dense rows,
+   dense_index = arange(Q) repeated 8 times): time, peak memory and max |KL diff|; at most ~40 s.
+5. headline: candidate-sample rows scored per second vs the fraction of blocks kept, for the engine
    (fused kernels; and its plain-block path), the naive one-forward-per-candidate loop and
    dense-then-select (every row through every block, masked), on a random SmolLM2-135M config.
-5. beam: one width-16 beam step (children of 16 random 2-block sets) on a perplexity task and a
+6. beam: one width-16 beam step (children of 16 random 2-block sets) on a perplexity task and a
    multiple-choice task, engine vs the naive loop, on the SmolLM2-135M config and a ~1B Llama
    config (hidden 2048, 16 layers, intermediate 8192, vocabulary 128256); target >= 10x on ~1B.
 
@@ -310,6 +313,82 @@ def bench_head(rec: Recorder, smoke: bool, clock: Clock) -> None:
             torch.cuda.empty_cache()
 
 
+# ---- 4: KL head -------------------------------------------------------------------------------------
+KL_HEAD_SECONDS = 40.0  # the most this section may take of the budget
+KL_HEAD_NODES = 8  # candidate positions per dense row, as in the engine's trie layout
+
+
+def materialised_kl(hidden, dense_hidden, dense_index, weight):
+    """Without the fused head: full fp32 logits for the candidate and for dense[dense_index],
+    log_softmax of both, KL(p_dense || p_cand) = sum p_d (log p_d - log p_c)."""
+    logp_c = torch.log_softmax((hidden @ weight.T).float(), -1)
+    logp_d = torch.log_softmax((dense_hidden[dense_index] @ weight.T).float(), -1)
+    return (logp_d.exp() * (logp_d - logp_c)).sum(-1)
+
+
+def bench_kl_head(rec: Recorder, smoke: bool, clock: Clock) -> None:
+    from blockprune.kernels.kl_head_triton import kl_head_triton
+
+    deadline = time.monotonic() + KL_HEAD_SECONDS
+
+    def out_of_time() -> bool:
+        if clock.left() < 15 or deadline - time.monotonic() < 5:
+            rec.note("kl_head", "stopped early: time budget")
+            return True
+        return False
+
+    configs = [(16, 24, 97)] if smoke else [(4096, 576, 49152), (4096, 2048, 128256)]  # (positions, hidden, vocab)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    for positions, dim, vocab in configs:
+        if out_of_time():
+            return
+        num_dense = positions // KL_HEAD_NODES
+        g = torch.Generator().manual_seed(0)
+        dense = torch.randn(num_dense, dim, generator=g)
+        dense_index = torch.arange(num_dense).repeat(KL_HEAD_NODES)  # node-major copies of the dense rows
+        # candidates: the dense rows plus a perturbation, as a pruned model's hidden states would be
+        hidden = (dense[dense_index] + 0.5 * torch.randn(positions, dim, generator=g)).to(DEVICE, dtype)
+        dense = dense.to(DEVICE, dtype)
+        dense_index = dense_index.to(DEVICE)
+        weight = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(DEVICE, dtype)
+        targets = torch.randint(0, vocab, (positions,), generator=g).to(DEVICE)
+        variants = {
+            "triton": lambda: kl_head_triton(hidden, dense, weight, targets, dense_index=dense_index),
+            "reference_chunked": lambda: kernels.kl_head_reference(hidden, dense, weight, targets,
+                                                                   dense_index=dense_index),
+            "materialised": lambda: materialised_kl(hidden, dense, dense_index, weight),
+        }
+        kl = variants["triton"]()[0]
+        kl_mat = variants["materialised"]()
+        err = (kl - kl_mat).abs().max().item()
+        mean_kl = kl_mat.mean().item()
+        del kl, kl_mat
+        measured = {}
+        for impl, fn in variants.items():
+            if out_of_time():
+                return
+            t = timeit(fn, min_time=0.02 if smoke else 0.2, reps=3)
+            peak = peak_bytes(fn)
+            measured[impl] = (t, peak)
+            row = {"positions": positions, "dense_rows": num_dense, "hidden": dim, "vocab": vocab,
+                   "dtype": str(dtype).replace("torch.", ""), "impl": impl, "ms": t * 1e3,
+                   "peak_MB": peak / 2**20 if peak is not None else None,
+                   "logits_fp32_MB": 2 * positions * vocab * 4 / 2**20}
+            if impl == "triton":
+                row.update(max_kl_diff_vs_materialised=err, mean_kl=mean_kl)
+            rec.add("kl_head", row)
+        t_mat, p_mat = measured["materialised"]
+        for impl in ("triton", "reference_chunked"):
+            t, p = measured[impl]
+            rec.add("kl_head_vs_materialised", {
+                "vocab": vocab, "impl": impl, "time_ratio": t / t_mat,
+                "peak_fraction": p / p_mat if (p is not None and p_mat) else None,
+                "max_kl_diff_vs_materialised": err if impl == "triton" else None})
+        del hidden, dense, weight, variants
+        if CUDA:
+            torch.cuda.empty_cache()
+
+
 # ---- models -----------------------------------------------------------------------------------------
 class _Tok:
     eos_token_id = 0
@@ -443,7 +522,7 @@ def _naive_rate(bm, requests, keep, cap_s: float) -> tuple[float, int, np.ndarra
     return (time.perf_counter() - t0) / len(scores), len(scores), np.array(scores)
 
 
-# ---- 4: headline ------------------------------------------------------------------------------------
+# ---- 5: headline ------------------------------------------------------------------------------------
 def bench_headline(rec: Recorder, smoke: bool, clock: Clock) -> None:
     bm, params = build_model("smollm2-135m", smoke)
     vocab, num_blocks = bm.head.weight.shape[0], bm.num_blocks
@@ -485,7 +564,7 @@ def bench_headline(rec: Recorder, smoke: bool, clock: Clock) -> None:
         torch.cuda.empty_cache()
 
 
-# ---- 5: beam step -----------------------------------------------------------------------------------
+# ---- 6: beam step -----------------------------------------------------------------------------------
 def beam_children(num_blocks: int, width: int, k: int, seed: int) -> list[tuple[int, ...]]:
     rng = np.random.default_rng(seed)
     parents: set[tuple[int, ...]] = set()
@@ -556,6 +635,12 @@ def summarize(out: Path) -> str:
         peak = f"{row['peak_fraction']:.3f}" if row["peak_fraction"] is not None else "n/a"
         lines.append(f"head vocab {row['vocab']:<6} {row['impl']:<17} time x{row['time_ratio']:.2f} of matmul+CE "
                      f"(target <= 1.2), peak memory {peak} of it (target <= 0.125)")
+    for row in sec.get("kl_head_vs_materialised", []):
+        peak = f"{row['peak_fraction']:.3f}" if row["peak_fraction"] is not None else "n/a"
+        diff = row.get("max_kl_diff_vs_materialised")
+        lines.append(f"kl head vocab {row['vocab']:<6} {row['impl']:<17} time x{row['time_ratio']:.2f} of "
+                     f"materialised KL, peak memory {peak} of it"
+                     + (f", max |KL diff| {diff:.2e}" if diff is not None else ""))
     for row in sec.get("headline", []):
         lines.append(f"headline kept {row['kept_fraction']:.2f} {row['method']:<20} {row['rows_per_s']:10.1f} rows/s")
     for row in sec.get("beam", []):
@@ -572,7 +657,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results/gpu"))
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for all sections (default 330)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU works; Triton interpreted)")
-    ap.add_argument("--only", default="copy,ops,head,headline,beam-smollm2,beam-1b",
+    ap.add_argument("--only", default="copy,ops,head,kl_head,headline,beam-smollm2,beam-1b",
                     help="comma-separated sections to run")
     ap.add_argument("--summarize", metavar="DIR", help="print the figures of an earlier run's gpu_bench.json")
     args = ap.parse_args()
@@ -595,6 +680,7 @@ def main() -> int:
         ("copy", 5, lambda: copy_gbs.__setitem__(0, bench_copy(rec, args.smoke))),
         ("ops", 20, lambda: bench_ops(rec, args.smoke, copy_gbs[0] or float("nan"), clock)),
         ("head", 20, lambda: bench_head(rec, args.smoke, clock)),
+        ("kl_head", 20, lambda: bench_kl_head(rec, args.smoke, clock)),
         ("headline", 40, lambda: bench_headline(rec, args.smoke, clock)),
         ("beam-1b", 45, lambda: bench_beam(rec, args.smoke, clock, "llama-1b")),
         ("beam-smollm2", 30, lambda: bench_beam(rec, args.smoke, clock, "smollm2-135m")),

@@ -35,11 +35,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_report_options(p: argparse.ArgumentParser, tolerance: float = 0.05) -> None:
+def _add_report_options(p: argparse.ArgumentParser, tolerance: float | None = 0.05) -> None:
     p.add_argument("--lang", default="en", choices=["en", "zh"], help="report language (zh: REPORT.zh.md)")
     p.add_argument("--tolerance", type=float, default=tolerance,
-                   help=f"drop a recommendation may cost on every task: relative for scores, nats/token for kl "
-                        f"(default {tolerance})")
+                   help="drop a recommendation may cost on every task: relative for scores, nats/token for kl "
+                        f"(default {tolerance if tolerance is not None else 'the one the run was searched with'})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--from-seed", action="store_true",
                    help="read <dataset>/<split>/exp3_accuracy_sensitivity_v2_results.json files of the system blockprune replaces")
     r.add_argument("--out", default=None, help="with --from-seed: where to write (default: DIR/analysis)")
-    _add_report_options(r)
+    _add_report_options(r, tolerance=None)
 
     b = sub.add_parser("bench", help="latency of the dense model vs the model without some blocks (prefill, decode, tokens/s)")
     b.add_argument("--model", required=True)
@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("dir", help="a run directory")
     v.add_argument("--samples", type=int, default=None, help="held-out samples per task (default: as many as the search used)")
     v.add_argument("--device", default=None)
-    _add_report_options(v)
+    _add_report_options(v, tolerance=None)
 
     sub.add_parser("fetch", help="download the embedded default's model and data into the cache and prepare them")
     return ap

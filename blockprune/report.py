@@ -128,7 +128,9 @@ TEXT = {
                             "task's lower 95% bound above {t}"),
         "guard": ("Every rule first requires that no task's own drop is significantly above the tolerance, so a gain on "
                   "one task cannot hide a loss on another."),
-        "task_ci": "per task (95% interval)",
+        "task_ci": "per task [95% interval]",
+        "guard_fail": ("✗ fails the per-task guard: {tasks} significantly above {t}, so no recommendation can "
+                       "take this set (sets marked ✗ below likewise)"),
         "decide": "What the samples decide",
         "decide_text": ("For the best set of each size, every task's drop against the tolerance {t}: within (upper 95% bound "
                         "<= {t}), above (lower bound > {t}) or undecided. For an undecided task: how many samples would "
@@ -141,7 +143,8 @@ TEXT = {
                                                  "that the search did not use ({where}). ⚠ marks a drop outside the "
                                                  "search's 95% interval."),
         "held_none": "Not run yet: `blockprune validate {out}` re-scores the recommendations on unused samples.",
-        "held_search": "search", "held_out": "held-out", "held_flag": "⚠ the held-out drop leaves the search's interval",
+        "held_search": "search", "held_out": "held-out",
+        "held_flag": "⚠ a held-out drop leaves the search's interval (worse: above it, the advice was optimistic; better: below it)",
         "held_ok": "the held-out drops stay inside the search's intervals",
         "held_plain": ("{set}: {task} perplexity {dense} → {ppl} ({rise}) on {n} held-out windows, measured by plain "
                        "transformers with the blocks deleted"),
@@ -195,7 +198,8 @@ TEXT = {
         "rule_balanced": "存在平均下降单侧 95% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
         "rule_aggressive": "存在平均下降单侧 80% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
         "guard": "每条规则都先要求没有任何任务自身的下降显著高于容差，因此一个任务上的提升无法掩盖另一个任务上的损失。",
-        "task_ci": "各任务（95% 区间）",
+        "task_ci": "各任务 [95% 区间]",
+        "guard_fail": "✗ 未通过逐任务检查：{tasks} 显著高于 {t}，任何建议都不会采用该组合（下表中标 ✗ 的组合同样如此）",
         "decide": "样本能判定什么",
         "decide_text": ("对每个数量下的最佳组合，逐个任务将下降与容差 {t} 比较：之内（95% 上界 <= {t}）、之上（下界 > {t}）或无法判定。"
                         "对无法判定的任务：若下降保持不变，需要多少样本才能使区间得出结论（由配对 bootstrap 方差估算）。"),
@@ -205,7 +209,8 @@ TEXT = {
         "cannot": "样本无法判定 {set} 是否在 {t} 之内：{items}。",
         "held": "留出样本检验", "held_text": "用搜索未使用的各任务样本重新评估推荐组合与完整模型（{where}）。⚠ 表示下降超出搜索的 95% 区间。",
         "held_none": "尚未运行：`blockprune validate {out}` 会在未使用的样本上重新评估推荐组合。",
-        "held_search": "搜索", "held_out": "留出", "held_flag": "⚠ 留出样本上的下降超出搜索的区间",
+        "held_search": "搜索", "held_out": "留出",
+        "held_flag": "⚠ 留出样本上的下降超出搜索的区间（worse：高于区间，建议偏乐观；better：低于区间）",
         "held_ok": "留出样本上的下降均在搜索的区间之内",
         "held_plain": "{set}：{task} 困惑度 {dense} → {ppl}（{rise}），{n} 个留出窗口，用删除 block 后的普通 transformers 测得",
         "notes": "说明",
@@ -239,13 +244,21 @@ def fmt_set(removed) -> str:
     return "[" + ", ".join(str(b) for b in removed) + "]"
 
 
-def task_cell(c: dict, t: str, tasks: dict) -> str:
-    """A task's ranked drop, with the shown metric's drop in brackets when it is another score."""
-    cell = pct(c["drops"][t])
+def shown_note(c: dict, t: str, tasks: dict) -> str:
+    """` (acc 8.33%)`: the shown metric's drop when the task is ranked by another score."""
     shown = tasks[t].get("shown", tasks[t]["metric"])
     if tasks[t]["rank_score"] != shown and t in c.get("metric_drops", {}):
-        cell += f" ({shown} {pct(c['metric_drops'][t])})"
-    return cell
+        return f" ({shown} {pct(c['metric_drops'][t])})"
+    return ""
+
+
+def task_cell(c: dict, t: str, tasks: dict) -> str:
+    """A task's ranked drop, with the shown metric's drop in brackets when it is another score."""
+    return pct(c["drops"][t]) + shown_note(c, t, tasks)
+
+
+def guard_failures(c: dict, t: float) -> list[str]:
+    return [name for name, (lo, _) in c["task_ci95"].items() if lo > t]
 
 
 def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
@@ -306,17 +319,20 @@ def validation_lines(recs: dict, validation: dict | None, T: dict, out: Path) ->
 
 
 def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
-    """Recommendations (level names) whose held-out mean or task drop leaves the search's 95% interval."""
+    """Recommendations whose held-out mean or task drop leaves the search's 95% interval, as
+    `level (worse)` when a held-out drop is above its interval (the advice was optimistic), else
+    `level (better)`."""
     out = []
     for level in advice.LEVELS:
         r = recs[level]
         v = (validation or {}).get("sets", {}).get(",".join(map(str, r["removed"]))) if r["k"] else None
         if v is None:
             continue
-        outside = not r["ci95"][0] <= v["mean_drop"] <= r["ci95"][1] or any(
-            not r["task_ci95"][t][0] <= v["drops"][t] <= r["task_ci95"][t][1] for t in v["drops"] if t in r["task_ci95"])
-        if outside:
-            out.append(level)
+        pairs = [(v["mean_drop"], r["ci95"])] + [(v["drops"][t], r["task_ci95"][t]) for t in v["drops"] if t in r["task_ci95"]]
+        if any(d > hi for d, (lo, hi) in pairs):
+            out.append(f"{level} (worse)")
+        elif any(d < lo for d, (lo, hi) in pairs):
+            out.append(f"{level} (better)")
     return out
 
 
@@ -349,12 +365,16 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
               f"- **{T['mean']}**: {pct(c['mean_drop'])} ± {pct(c['std_drop'])}",
               f"- **{T['ci']}**: {pct(c['ci95'][0])} – {pct(c['ci95'][1])}",
               f"- **{T['range']}**: {pct(c['min_drop'])} – {pct(c['max_drop'])}",
-              f"- **{T['task_ci']}**: " + "; ".join(f"{t} {task_cell(c, t, tasks)} ({pct(c['task_ci95'][t][0])} – "
-                                                    f"{pct(c['task_ci95'][t][1])})" for t in tasks), ""]
+              f"- **{T['task_ci']}**: " + "; ".join(f"{t} {pct(c['drops'][t])} [{pct(c['task_ci95'][t][0])} – "
+                                                    f"{pct(c['task_ci95'][t][1])}]{shown_note(c, t, tasks)}" for t in tasks)]
+        if not advice.guard(c, recs["tolerance"]):
+            L.append(f"- {T['guard_fail'].format(t=pct(recs['tolerance']), tasks=', '.join(guard_failures(c, recs['tolerance'])))}")
+        L.append("")
         L += [f"**{T['top5']}**:", "", f"| # | removed | {T['mean']} ± std | {T['ci']} | " + " | ".join(tasks) + " |",
               "|" + " --- |" * (4 + len(tasks))]
         for i, x in enumerate(cs[:5], 1):
-            L.append(f"| {i} | {fmt_set(x['removed'])} | {pct(x['mean_drop'])} ± {pct(x['std_drop'])} | "
+            mark = "" if advice.guard(x, recs["tolerance"]) else " ✗"
+            L.append(f"| {i} | {fmt_set(x['removed'])}{mark} | {pct(x['mean_drop'])} ± {pct(x['std_drop'])} | "
                      f"{pct(x['ci95'][0])} – {pct(x['ci95'][1])} | " + " | ".join(task_cell(x, t, tasks) for t in tasks) + " |")
         if k in sig:
             s = sig[k]
@@ -546,6 +566,14 @@ def command_of(info: dict, out: Path) -> str:
     return " \\\n    ".join(parts)
 
 
+def run_tolerance(directory: str | Path) -> float:
+    """The tolerance a run was searched with (recorded in run.json), else the default."""
+    try:
+        return float(Store.open_existing(Path(directory)).run_info.get("tolerance", DEFAULT_TOLERANCE))
+    except (TypeError, ValueError):
+        return DEFAULT_TOLERANCE
+
+
 def check_options(lang: str, tolerance: float) -> None:
     if lang not in TEXT:
         raise ReportError(f"unknown language {lang!r}: choose en or zh")
@@ -571,10 +599,13 @@ def load_validation(directory: Path) -> dict | None:
         return None
 
 
-def write_report(directory: str | Path, lang: str = "en", tolerance: float = DEFAULT_TOLERANCE,
+def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None,
                  replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None) -> dict:
-    """(Re)generate every report file of a run directory from its store (or a prebuilt `analysis`)."""
+    """(Re)generate every report file of a run directory from its store (or a prebuilt `analysis`);
+    `tolerance` None: the one the run was searched with."""
     directory = Path(directory)
+    if tolerance is None:
+        tolerance = run_tolerance(directory)
     check_options(lang, tolerance)
     store = Store.open_existing(directory)
     a = analysis if analysis is not None else build_analysis(directory, replicates)

@@ -336,8 +336,6 @@ def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), mi
     return allowed
 
 
-# How many of a step's best sets racing keeps scoring to the end: the beam, and the report's top 5.
-REPORT_TOP = 5
 
 
 def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, protected: Sequence[int] = (),
@@ -369,7 +367,8 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
         children = list(dict.fromkeys(key_of(p + (b,)) for p in beam for b in allowed if b not in p))
         if not children:
             break
-        res = ev.evaluate(children) if method == "sensitivity" else ev.race(children, keep=max(width, REPORT_TOP))
+        # racing keeps scoring to the end only what can still reach the beam
+        res = ev.evaluate(children) if method == "sensitivity" else ev.race(children, keep=width)
         ranked = _rank(res)
         result.evaluated.extend(res)
         beam = ranked[:width]

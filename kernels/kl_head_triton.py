@@ -20,14 +20,7 @@ import triton
 import triton.language as tl
 
 from .kl_head import check_kl_args
-
-
-@triton.jit
-def _tanh(x):
-    # libdevice is unavailable in the interpreter: tanh from exp, stable for large |x|.
-    t = tl.exp(-2.0 * tl.abs(x))
-    y = (1.0 - t) / (1.0 + t)
-    return tl.where(x < 0, -y, y)
+from .scoring_head_triton import _block, _tanh
 
 
 @triton.jit
@@ -116,10 +109,6 @@ def _kl_head_kernel(
     tl.store(lse_ptr + offs_p, lse, mask=mask_p)
     tl.store(tgt_ptr + offs_p, tgt_logit, mask=mask_p)
     tl.store(max_ptr + offs_p, (tgt_logit >= run_max).to(tl.int8), mask=mask_p)
-
-
-def _block(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
 def kl_head_triton(

@@ -46,3 +46,16 @@ def test_kl_with_candidate_groups_and_dense_in_the_set():
     assert np.abs(res.kl[0]).max() < 1e-5  # dense vs itself
     for c, s in enumerate(sets[1:], 1):
         np.testing.assert_allclose(res.kl[c], naive_kl(bm, reqs, s), rtol=1e-4, atol=1e-6)
+
+
+def test_engine_kl_with_the_triton_kernel_matches_torch(monkeypatch):
+    """The engine's KL through the Triton KL head (interpreted on CPU) equals the torch reference."""
+    bm = tiny_model("llama", layers=3)
+    reqs = random_requests(np.random.default_rng(5), 2, hi=12)
+    keep = masks_for([(0,), (2,), (1, 2)], 3)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
+    ref = Engine(bm).score(reqs, keep, kl=True)
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
+    out = Engine(bm).score(reqs, keep, kl=True)
+    np.testing.assert_allclose(out.kl, ref.kl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.logprob, ref.logprob, rtol=1e-5, atol=1e-5)

@@ -150,3 +150,16 @@ def test_one_task_run_says_std_is_undefined(tmp_path):
     make_store(tmp_path, recs, {"a": "acc"})
     report.write_report(tmp_path, replicates=100)
     assert "Only one task" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_held_out_flags_by_hand():
+    rec = {"k": 1, "removed": [3], "ci95": [0.01, 0.05], "task_ci95": {"a": [0.0, 0.06], "b": [0.02, 0.04]}}
+    none = {"k": 0, "removed": []}
+    recs = {"conservative": none, "balanced": rec, "aggressive": rec}
+    inside = {"sets": {"3": {"mean_drop": 0.03, "drops": {"a": 0.05, "b": 0.03}}}}
+    assert report.held_out_flags(recs, inside) == []
+    worse_task = {"sets": {"3": {"mean_drop": 0.03, "drops": {"a": 0.07, "b": 0.03}}}}  # a above its 6%
+    assert report.held_out_flags(recs, worse_task) == ["balanced (worse)", "aggressive (worse)"]
+    better = {"sets": {"3": {"mean_drop": 0.005, "drops": {"a": 0.01, "b": 0.03}}}}  # mean below its 1%
+    assert report.held_out_flags(recs, better) == ["balanced (better)", "aggressive (better)"]
+    assert report.held_out_flags(recs, None) == []
