@@ -52,8 +52,8 @@ def _kind_of_metric(metric: str) -> str:
     return {"acc": "multiple_choice", "exact_match": "exact_match", "perplexity": "perplexity", "kl": "kl"}[metric]
 
 
-def _task_drops(store: Store, key, name: str, score: str) -> tuple[float, float]:
-    base = stats.per_sample_arrays(store.get((), name)["per_sample"], score)
+def _task_drops(store: Store, key, name: str, score: str, base: tuple) -> tuple[float, float]:
+    """(drop, value) of `score` for a candidate on a task, against the dense per-sample `base`."""
     cand = stats.per_sample_arrays(store.get(key, name)["per_sample"], score)
     value = float(scores.get(score).value(cand[0].sum(), cand[1].sum()))
     return stats.point_drop(score, base, cand), value
@@ -79,15 +79,17 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     kinds = {t: tasks[t].get("kind") or _kind_of_metric(tasks[t]["metric"]) for t in names}
     metric_of = {t: scores.SHOWN[kinds[t]] for t in names}
     baseline = {t: store.get((), t)["value"] for t in names}
-    rank_baseline = {t: _task_drops(store, (), t, rank_by[t])[1] for t in names}
+    dense = {(t, sc): stats.per_sample_arrays(store.get((), t)["per_sample"], sc)
+             for t in names for sc in {rank_by[t], metric_of[t]}}
+    rank_baseline = {t: _task_drops(store, (), t, rank_by[t], dense[t, rank_by[t]])[1] for t in names}
     candidates = []
     for key in store.candidates():
         if not key or not all(store.has(key, t) for t in names):
             continue  # the baseline, or a candidate interrupted between tasks
         drops, rank_values, metric_drops = {}, {}, {}
         for t in names:
-            drops[t], rank_values[t] = _task_drops(store, key, t, rank_by[t])
-            metric_drops[t] = _task_drops(store, key, t, metric_of[t])[0]
+            drops[t], rank_values[t] = _task_drops(store, key, t, rank_by[t], dense[t, rank_by[t]])
+            metric_drops[t] = _task_drops(store, key, t, metric_of[t], dense[t, metric_of[t]])[0]
         d = np.array(list(drops.values()))
         candidates.append({
             "removed": list(key),

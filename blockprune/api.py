@@ -151,7 +151,7 @@ def run_search(
 
         if progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        validate.validate_run(out, bm, held_out_samples, tolerance)
+        validate.validate_run(out, bm, held_out_samples, tolerance, analysis=analysis)
     recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
     if export_formats and balanced["k"]:

@@ -436,16 +436,16 @@ class Engine:
             else:
                 lse, tgt, is_max = scoring_head(model.normed(h), model.head.weight, targets_rep, **head)
             seg = ((node_ids[:, None] - n0) * num_seg + seg_of_pos[None, :]).reshape(-1)
+            if kl:
+                flat_kl = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
+                flat_kl.index_add_(0, seg, kls.double())
+                kl_node[n0 : n0 + len(node_ids)] = flat_kl.view(len(node_ids), num_seg)
             flat_lp = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
             flat_lp.index_add_(0, seg, (tgt - lse).double())
             flat_miss = torch.zeros(len(node_ids) * num_seg, dtype=torch.long, device=device)
             flat_miss.index_add_(0, seg, (~is_max).long())
             lp_node[n0 : n0 + len(node_ids)] = flat_lp.view(len(node_ids), num_seg)
             miss_node[n0 : n0 + len(node_ids)] = flat_miss.view(len(node_ids), num_seg)
-            if kl:
-                flat_kl = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
-                flat_kl.index_add_(0, seg, kls.double())
-                kl_node[n0 : n0 + len(node_ids)] = flat_kl.view(len(node_ids), num_seg)
         work.head_positions = len(nodes) * num_pos
 
         logprob = np.zeros((len(masks), num_requests))

@@ -167,15 +167,16 @@ class Evaluator:
 
     def _evaluated(self, keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Evaluated]:
         self.baseline
+        base = {t.name: stats.per_sample_arrays(self.store.get((), t.name)["per_sample"], self.rank_by[t.name])
+                for t in self.tasks}
         out = {}
         for k in keys:
             values, drops = {}, {}
             for t in self.tasks:
                 score = self.rank_by[t.name]
-                base = stats.per_sample_arrays(self.store.get((), t.name)["per_sample"], score)
                 rec = self.store.get(k, t.name)
                 values[t.name] = rec["value"]
-                drops[t.name] = stats.point_drop(score, base, stats.per_sample_arrays(rec["per_sample"], score))
+                drops[t.name] = stats.point_drop(score, base[t.name], stats.per_sample_arrays(rec["per_sample"], score))
             out[k] = Evaluated(k, values, drops)
         return out
 

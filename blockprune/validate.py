@@ -31,8 +31,9 @@ def _set_key(removed) -> str:
     return ",".join(str(int(b)) for b in removed)
 
 
-def recommended_sets(directory: str | Path, tolerance: float) -> tuple[dict, list[tuple[int, ...]]]:
-    a = report.build_analysis(directory)
+def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | None = None
+                     ) -> tuple[dict, list[tuple[int, ...]]]:
+    a = analysis if analysis is not None else report.build_analysis(directory)
     recs = advice.recommendations(advice.by_k(a["candidates"]), tolerance)
     sets = list(dict.fromkeys(tuple(recs[level]["removed"]) for level in advice.LEVELS if recs[level]["k"]))
     return a, sets
@@ -52,15 +53,17 @@ def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ..
 
 
 def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
-                 tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True) -> dict:
-    """Score the recommendations and dense on held-out samples; write DIR/validation.json."""
+                 tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True,
+                 analysis: dict | None = None) -> dict:
+    """Score the recommendations and dense on held-out samples; write DIR/validation.json.
+    `analysis`: the run's, when the caller has built it already."""
     directory = Path(directory)
     store = Store.open_existing(directory)
     settings = store.run_info["settings"]
     if settings["num_blocks"] != bm.num_blocks:
         raise report.ReportError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
                                  f"this one has {bm.num_blocks}")
-    a, sets = recommended_sets(directory, tolerance)
+    a, sets = recommended_sets(directory, tolerance, analysis)
     if not sets:
         raise report.ReportError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
     engine = Engine(bm)
