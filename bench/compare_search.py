@@ -70,7 +70,7 @@ def run_method(bm, tasks, method: str, kwargs: dict, racing: bool, k_max: int, w
     seconds = time.perf_counter() - start
     after = {k: sum(w[k] for w in store.work) for k in ("block_rows", "block_tokens")}
     lines = (workdir / "results.jsonl").read_text().splitlines()
-    candidates = len({tuple(r["removed"]) for r in map(json.loads, lines) if r.get("type") != "work"}) - 1
+    candidates = len({tuple(r["removed"]) for r in map(json.loads, lines) if r.get("type") is None}) - 1
     drops = {k: ev.evaluate([s])[s].mean_drop for k, s in best.items()}
     return {"best": best, "drops": drops, "seconds": seconds, "candidates": candidates,
             "block_rows": after["block_rows"] - before["block_rows"],

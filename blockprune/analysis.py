@@ -115,6 +115,10 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         c["task_ci95"] = {t: list(stats.interval(task_reps[t][i])) for t in names}
         c["task_se"] = {t: float(np.std(task_reps[t][i], ddof=1)) for t in names}
     eliminated = _partial(store, tasks, rank_by, replicates)
+    warnings = _dense_zero(tasks, names, baseline, rank_baseline, rank_by, metric_of)
+    incomplete = _incomplete(store, names)
+    if incomplete:
+        warnings.insert(0, incomplete["message"])
     per_block = []
     for c in candidates + eliminated:
         if len(c["removed"]) == 1:
@@ -133,6 +137,9 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         "std_definition": "sample standard deviation over tasks (ddof=1)",
         "rank_by": rank_by,
         "notes": notes,
+        "warnings": warnings,
+        "complete": incomplete is None,
+        **({"missing": incomplete["missing"]} if incomplete else {}),
         "tasks": {
             t: {
                 "spec": tasks[t]["spec"],
@@ -157,6 +164,39 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         "_replicates": dict(zip(keys, reps)),
         "_task_replicates": {k: {t: task_reps[t][i] for t in names} for i, k in enumerate(keys)},
     }
+
+
+def _dense_zero(tasks: dict, names: list[str], baseline: dict, rank_baseline: dict, rank_by: dict,
+                metric_of: dict) -> list[str]:
+    """Tasks on which the dense model scores 0: a relative drop from 0 is 0 whatever the candidate does."""
+    out = []
+    for t in names:
+        if not tasks[t]["higher_is_better"]:
+            continue
+        if rank_baseline[t] == 0:
+            out.append(f"{t}: the dense model's {rank_by[t]} is 0, so every drop on it is 0% and it cannot rank "
+                       "anything; remove the task or rank it by another score (--rank-by)")
+        elif baseline[t] == 0 and metric_of[t] != rank_by[t]:
+            out.append(f"{t}: the dense model's {tasks[t]['metric']} is 0, so its {tasks[t]['metric']} drops are 0% "
+                       f"and say nothing; the ranking uses {rank_by[t]} (dense {rank_baseline[t]:.3g})")
+    return out
+
+
+def _incomplete(store: Store, names: list[str]) -> dict | None:
+    """None for a finished search (or a store too old to say); else which planned sets lack records."""
+    if store.done or not store.tracked:
+        return None
+    missing = set(store.missing())
+    for key in store.candidates():
+        if not all(store.has(key, t) or store.samples_of(key, t) for t in names):
+            missing.add(key)
+    missing = sorted(missing, key=lambda k: (len(k), k))
+    shown = ", ".join(_fmt_set(k) for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    message = ("the search has not finished (interrupted, or still running): "
+               + (f"{len(missing)} planned set(s) have no complete record: {shown}" if missing
+                  else "no planned set lacks a record, but later steps were never planned")
+               + "; rerun the search command to resume it")
+    return {"missing": [list(k) for k in missing], "message": message}
 
 
 def _work(store: Store, tasks: dict, names: list[str], eliminated: int) -> dict:
@@ -229,6 +269,8 @@ def summary_markdown(analysis: dict) -> str:
         lines.append(f"| {name} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |")
     for note in analysis.get("notes", []):
         lines += ["", f"Note: {note}."]
+    for warning in analysis.get("warnings", []):
+        lines += ["", f"⚠ Warning: {warning}."]
     lines += ["", "## Best set per number of removed blocks", ""]
     header = "| k | removed | mean drop ± std | 95% interval | " + " | ".join(tasks) + " |"
     lines += [header, "|" + " --- |" * (4 + len(tasks))]

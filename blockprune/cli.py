@@ -13,19 +13,26 @@ from .data import DataError
 from .export import ExportFailed
 from .latency import BenchError
 from .models import ModelError
+from .rundir import PathError
 from .scores import ScoreError
 from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed, BenchError, ScoreError)
+               ExportFailed, BenchError, ScoreError, PathError)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block ids, got {text!r}") from None
+def _int_list(what: str):
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    return parse
+
+
+_ints = _int_list("block ids")
+_sizes = _int_list("batch sizes")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--format", default="hf", help="comma-separated: hf, onnx (default hf)")
     e.add_argument("--kv-cache", action="store_true", help="also export the ONNX decoder with past key values")
+    e.add_argument("--force", action="store_true",
+                   help="replace what --out holds (by default only a new or empty directory, or an export of the same "
+                        "request, is written; a search run directory never is)")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
 
@@ -109,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--remove", type=_ints, action="append", required=True,
                    help="block ids, e.g. 4,13 (repeat to measure several sets against one dense run)")
     b.add_argument("--backend", default="torch", help="comma-separated: torch, onnxruntime (default torch)")
-    b.add_argument("--batch", type=_ints, default=[1], help="comma-separated batch sizes (default 1)")
+    b.add_argument("--batch", type=_sizes, default=[1], help="comma-separated batch sizes (default 1)")
     b.add_argument("--prompt-len", type=int, default=128)
     b.add_argument("--gen-len", type=int, default=64, help="generated tokens; the first one is the prefill's")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs per variant")
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "export":
             manifest = api.export(args.model, args.remove, args.out, formats=[f for f in args.format.split(",") if f],
-                                  kv_cache=args.kv_cache, device=args.device, dtype=args.dtype)
+                                  kv_cache=args.kv_cache, device=args.device, dtype=args.dtype, force=args.force)
             print(json.dumps({"out": args.out, "parity": manifest["parity"]}, indent=2))
             return 0
         common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
@@ -167,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system that refused us (read-only, full, gone): one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"blockprune: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("blockprune: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -182,6 +196,10 @@ def _report_name(lang: str) -> str:
 def _bench(args) -> int:
     from . import latency
 
+    from .rundir import check_out
+
+    if args.out:
+        check_out(args.out)  # before minutes of measuring
     onnx_dirs = {"pruned": args.onnx, "dense": args.onnx_dense}
     result = latency.bench(args.model, args.remove, backends=[x for x in args.backend.split(",") if x],
                            batches=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len, warmup=args.warmup,
@@ -218,7 +236,7 @@ def _report(args) -> int:
             raise ReportError(str(exc)) from None
         print("\n".join(f"wrote {f}" for f in files))
         return 0
-    report.write_report(args.dir, lang=args.lang, tolerance=args.tolerance)
+    api.write_report(args.dir, lang=args.lang, tolerance=args.tolerance)
     print(f"wrote {Path(args.dir) / _report_name(args.lang)}")
     return 0
 

@@ -63,7 +63,11 @@ def cache_dir() -> Path:
     """The cache root: $BLOCKPRUNE_CACHE, else ~/.cache/blockprune (created on demand)."""
     env = os.environ.get("BLOCKPRUNE_CACHE")
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "blockprune"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the cache {root}: {exc.strerror or exc} "
+                        "(set BLOCKPRUNE_CACHE to a writable directory)") from None
     return root
 
 
@@ -148,6 +152,14 @@ def fetch(name: str, quiet: bool = False) -> Path:
 
 def fetch_all(quiet: bool = False) -> dict[str, Path]:
     """Fetch every package in PACKAGES; return name -> archive path."""
+    try:
+        return _fetch_all(quiet)
+    except OSError as exc:
+        raise DataError(f"cannot write the cache {cache_dir()}: {exc.strerror or exc} "
+                        "(set BLOCKPRUNE_CACHE to a writable directory)") from None
+
+
+def _fetch_all(quiet: bool = False) -> dict[str, Path]:
     return {name: fetch(name, quiet=quiet) for name in PACKAGES}
 
 

@@ -416,6 +416,9 @@ class Engine:
         req_ids = np.unique(np.concatenate(pos_req))
         seg_of_pos = torch.from_numpy(np.searchsorted(req_ids, np.concatenate(pos_req))).to(device)
         num_pos, num_seg = len(pos_t_t), len(req_ids)
+        # nodes left empty (every candidate restored from stored states, or moved to a fork) score nothing
+        live = [n for n, cands in enumerate(nodes) if len(cands)]
+        live_t = torch.tensor(live, dtype=torch.long, device=device)
         lp_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device)
         miss_node = torch.zeros((len(nodes), num_seg), dtype=torch.long, device=device)
         kl_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device) if kl else None
@@ -426,8 +429,8 @@ class Engine:
             dense_node = next(n for n, cands in enumerate(nodes) if is_dense[cands].any())
             dense_h = model.normed(hidden[dense_node * batch + pos_row_t, pos_t_t])
             dense_index = torch.arange(num_pos, device=device)
-        for n0 in range(0, len(nodes), head_chunk):
-            node_ids = torch.arange(n0, min(n0 + head_chunk, len(nodes)), device=device)
+        for n0 in range(0, len(live), head_chunk):
+            node_ids = live_t[n0 : n0 + head_chunk]
             h = hidden[(node_ids[:, None] * batch + pos_row_t[None, :]).reshape(-1), pos_t_t.repeat(len(node_ids))]
             targets_rep = targets_t.repeat(len(node_ids))
             if kl:
@@ -435,18 +438,19 @@ class Engine:
                                                 dense_index=dense_index.repeat(len(node_ids)), **head)
             else:
                 lse, tgt, is_max = scoring_head(model.normed(h), model.head.weight, targets_rep, **head)
-            seg = ((node_ids[:, None] - n0) * num_seg + seg_of_pos[None, :]).reshape(-1)
+            local = torch.arange(len(node_ids), device=device)
+            seg = (local[:, None] * num_seg + seg_of_pos[None, :]).reshape(-1)
             if kl:
                 flat_kl = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
                 flat_kl.index_add_(0, seg, kls.double())
-                kl_node[n0 : n0 + len(node_ids)] = flat_kl.view(len(node_ids), num_seg)
+                kl_node[node_ids] = flat_kl.view(len(node_ids), num_seg)
             flat_lp = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
             flat_lp.index_add_(0, seg, (tgt - lse).double())
             flat_miss = torch.zeros(len(node_ids) * num_seg, dtype=torch.long, device=device)
             flat_miss.index_add_(0, seg, (~is_max).long())
-            lp_node[n0 : n0 + len(node_ids)] = flat_lp.view(len(node_ids), num_seg)
-            miss_node[n0 : n0 + len(node_ids)] = flat_miss.view(len(node_ids), num_seg)
-        work.head_positions = len(nodes) * num_pos
+            lp_node[node_ids] = flat_lp.view(len(node_ids), num_seg)
+            miss_node[node_ids] = flat_miss.view(len(node_ids), num_seg)
+        work.head_positions = len(live) * num_pos
 
         logprob = np.zeros((len(masks), num_requests))
         greedy = np.zeros((len(masks), num_requests), dtype=bool)

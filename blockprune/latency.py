@@ -128,8 +128,10 @@ def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence
     root = d.parent if (d / DECODER_FILE).exists() and not (d / MANIFEST).exists() else d
     graph = root / "onnx" / DECODER_FILE
     if not graph.exists():
+        # never suggest writing over what the directory holds (an HF export, a user's files)
+        target = d if not d.exists() or (d.is_dir() and not any(d.iterdir())) else d.parent / f"{d.name}-onnx"
         hint = (f"blockprune export --model {bm.name} --remove {','.join(map(str, removed)) or repr('')} "
-                f"--format onnx --kv-cache --out {d}")
+                f"--format onnx --kv-cache --out {target}")
         raise BenchError(f"no ONNX decoder with past for {what} in {d} (write one with: {hint})")
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))

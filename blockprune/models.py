@@ -129,6 +129,17 @@ class BlockModel:
         return self.head.weight.device
 
     @property
+    def max_positions(self) -> int | None:
+        """Tokens one sequence may hold (the config's position limit), None when it states none."""
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.head.weight.dtype
 
@@ -279,8 +290,57 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The device a --device value names, refused in one line when unknown or absent here."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                             f"{'no GPU visible' if torch.version.cuda else 'a CPU-only build'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ModelError(f"--device {device}: blockprune runs on cpu, cuda or mps, not {dev.type}")
+    return dev
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or spec.endswith("/") or "\\" in spec
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def resolve(spec: str) -> str:
-    """Map a --model value to a path or hub id for from_pretrained (converting embedded ones)."""
+    """Map a --model value to a path or hub id for from_pretrained (converting embedded ones).
+    What cannot be a model is refused in one line that says where it was looked for, without
+    waiting on a hub that cannot be reached."""
     if spec in EMBEDDED:
         from . import data
 
@@ -288,6 +348,24 @@ def resolve(spec: str) -> str:
         if not (target / "config.json").exists():
             _convert_smollm2(target)
         return str(target)
+    where = f"(--model takes an embedded name: {', '.join(EMBEDDED)}; a local Hugging Face directory; or a hub id)"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"cannot load model {spec!r}: the directory has no config.json, so it is not a Hugging "
+                             "Face model directory")
+        return str(path)
+    if path.exists():
+        raise ModelError(f"cannot load model {spec!r}: it is a file; {where}")
+    if _looks_like_path(spec):
+        raise ModelError(f"cannot load model {spec!r}: no such directory {where}")
+    if _hub_cached(spec):
+        return spec
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        raise ModelError(f"cannot load model {spec!r}: not an embedded name, not a local directory, not in the "
+                         f"Hugging Face cache, and the hub is {'off (HF_HUB_OFFLINE)' if offline else 'unreachable'} "
+                         f"{where}")
     return spec
 
 
@@ -296,9 +374,8 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    device = check_device(device)
     path = resolve(spec)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         try:

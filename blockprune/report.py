@@ -28,6 +28,7 @@ import numpy as np
 from . import advice, latency, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
+from .rundir import chmod_like_user
 from .store import Store, atomic_write_json, atomic_write_text
 
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
@@ -148,7 +149,7 @@ TEXT = {
         "held_ok": "the held-out drops stay inside the search's intervals",
         "held_plain": ("{set}: {task} perplexity {dense} → {ppl} ({rise}) on {n} held-out windows, measured by plain "
                        "transformers with the blocks deleted"),
-        "notes": "Notes",
+        "notes": "Notes", "warning": "Warning",
         "findings": "Key findings", "blocks": "Single-block removal",
         "partial_note": ("† dropped by racing after {n} samples per task (estimate on those samples; the exact search "
                          "`--exact` scores every set on all samples). {m} sets were dropped by racing in all."),
@@ -213,7 +214,7 @@ TEXT = {
         "held_flag": "⚠ 留出样本上的下降超出搜索的区间（worse：高于区间，建议偏乐观；better：低于区间）",
         "held_ok": "留出样本上的下降均在搜索的区间之内",
         "held_plain": "{set}：{task} 困惑度 {dense} → {ppl}（{rise}），{n} 个留出窗口，用删除 block 后的普通 transformers 测得",
-        "notes": "说明",
+        "notes": "说明", "warning": "警告",
         "findings": "关键发现", "blocks": "单个 Block 移除",
         "partial_note": ("† 在每个任务 {n} 个样本后被 racing 淘汰（基于这些样本的估计；精确搜索 `--exact` 会在全部样本上评估每个组合）。"
                          "共有 {m} 个组合被 racing 淘汰。"),
@@ -341,7 +342,9 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
-    L = [f"# {T['title'].format(model=a['model'])}", "", f"## {T['overview']}", "",
+    L = [f"# {T['title'].format(model=a['model'])}", ""]
+    L += [f"> ⚠ **{T['warning']}**: {w}\n" for w in a.get("warnings", [])]
+    L += [f"## {T['overview']}", "",
          T["overview_text"].format(method=a["method"], n=a["num_blocks"], model=a["model"], c=len(a["candidates"]),
                                    t=len(tasks), b=a.get("replicates", stats.DEFAULT_REPLICATES)), ""]
     if len(tasks) < 2:
@@ -620,8 +623,12 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
                 "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
                 **({"held_out": {"flagged": held_out_flags(recs, validation), "sets": validation["sets"],
                                  "tasks": validation["tasks"]}} if validation else {})}
-    # plots into a temporary folder, swapped in whole
+    # plots into a temporary folder, swapped in whole; the caller holds the run's lock, so a
+    # `.plots-*` folder already here is what a killed report left behind
+    for stale in directory.glob(".plots-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=directory))
+    chmod_like_user(tmp, directory=True)
     try:
         plot_all(a, path, tmp)
         speed = latency.load_speedups(directory, a["model"])

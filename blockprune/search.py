@@ -184,6 +184,7 @@ class Evaluator:
         """Score every set on all samples of every task (exact)."""
         self.baseline
         keys = list(dict.fromkeys(key_of(s) for s in sets))
+        self.store.plan(keys)
         self._score_missing(keys)
         return self._evaluated(keys)
 
@@ -200,6 +201,7 @@ class Evaluator:
             return self.evaluate(sets)
         self.baseline
         keys = list(dict.fromkeys(key_of(s) for s in sets))
+        self.store.plan(keys)
         orders = {t.name: self.sample_order(t) for t in self.tasks}
         schedules = {t.name: self.racing.schedule(t.n) for t in self.tasks}
         rounds = max(len(s) for s in schedules.values())
@@ -321,6 +323,8 @@ def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), mi
         raise SearchError(f"--max-remove {max_remove} must be less than the number of blocks ({num_blocks})")
     if not 0 <= min_depth <= num_blocks:
         raise SearchError(f"--min-depth must be in 0..{num_blocks}")
+    if min_depth >= num_blocks:
+        raise SearchError(f"--min-depth {min_depth} keeps all {num_blocks} blocks: nothing can be removed")
     if method == "beam" and beam_width < 1:
         raise SearchError("--beam-width must be at least 1")
     allowed = [b for b in range(num_blocks) if b not in set(protected)]
@@ -346,7 +350,7 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
     sensitivity, exhaustive and the one-shot baselines score their sets exactly."""
     num_blocks = ev.num_blocks
     allowed = validate(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
-    k_max = 1 if method == "sensitivity" else min(max_remove, num_blocks - min_depth, len(allowed))
+    k_max = min(1 if method == "sensitivity" else max_remove, num_blocks - min_depth, len(allowed))
     result = SearchResult(method)
     if method == "exhaustive":
         for k in range(1, k_max + 1):

@@ -7,6 +7,14 @@
   fsynced. A record is a single line; a torn last line from a killed process is dropped (and cut
   from the file) on the next open, so every record in the store is whole.
 * Records of `"type": "work"` log the engine's work counters per scoring call.
+* Every record carries `"run"`, a fingerprint of the settings it was scored under: a store can
+  tell its own records from another run's, and a run.json lost after the fact is rebuilt only
+  when every record proves it was scored under the settings asked for now.
+* A line that is not a whole record of this run (bad JSON, the wrong shape, an unknown task) is
+  skipped with a warning naming it; its candidate is then simply missing and is scored again.
+* Records of `"type": "plan"` list the sets a search step is about to score, and `"type": "done"`
+  marks a search that finished: a report on a store without it says the run is incomplete and
+  which planned sets have no record.
 * Records of `"type": "part"` hold a candidate's per-sample scores on some samples of a task
   (racing scores candidates on growing sample subsets; see blockprune.search). A candidate that
   reaches the end of a race gets a whole record like any other; one eliminated early keeps parts.
@@ -14,14 +22,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import tempfile
+from numbers import Real
 from pathlib import Path
 from typing import Iterable
 
+from .rundir import LOCK_FILE, chmod_like_user
+
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
+
+
+_WARNED: set[str] = set()
 
 
 class StoreError(Exception):
@@ -38,6 +54,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        chmod_like_user(tmp)  # mkstemp makes 0600; the user's umask decides, as for results.jsonl
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,28 +65,80 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def fingerprint(settings: dict) -> str:
+    """A short identity of a run's settings (as stored in JSON)."""
+    canonical = json.dumps(json.loads(json.dumps(settings)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _ids(value) -> bool:
+    return isinstance(value, list) and all(isinstance(b, int) and not isinstance(b, bool) for b in value)
+
+
+def _shape_error(rec, tasks: dict | None) -> str | None:
+    """Why `rec` is not a record this store can use, or None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    kind = rec.get("type")
+    if kind in ("work", "done"):
+        return None
+    if kind == "plan":
+        ok = isinstance(rec.get("sets"), list) and all(_ids(s) for s in rec["sets"])
+        return None if ok else "a plan without a list of block-id lists"
+    if kind not in (None, "part"):
+        return f"unknown record type {kind!r}"
+    if not _ids(rec.get("removed")):
+        return "'removed' is not a list of block ids"
+    if not isinstance(rec.get("task"), str) or (tasks is not None and rec["task"] not in tasks):
+        return f"unknown task {rec.get('task')!r}"
+    per = rec.get("per_sample")
+    if not isinstance(per, dict) or not per or not all(isinstance(v, list) for v in per.values()):
+        return "'per_sample' is not a mapping of lists"
+    lengths = {len(v) for v in per.values()}
+    if kind == "part":
+        samples = rec.get("samples")
+        if not _ids(samples) or lengths != {len(samples)}:
+            return "a part whose 'samples' do not match its per-sample lists"
+    else:
+        n = tasks.get(rec["task"], {}).get("n") if tasks else None
+        if len(lengths) != 1 or (isinstance(n, int) and lengths != {n}):
+            return "per-sample lists of the wrong length"
+        if not isinstance(rec.get("value"), Real) or isinstance(rec.get("value"), bool):
+            return "'value' is not a number"
+    return None
+
+
 def key_of(removed: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(int(b) for b in removed))
 
 
 class Store:
-    def __init__(self, directory: Path, settings: dict, extra: dict | None = None):
+    def __init__(self, directory: Path, settings: dict, extra: dict | None = None, readonly: bool = False):
         """Open (or create) the store in `directory` for `settings`.
 
         `settings` are what the scores depend on, and the search that produced them; `extra`
-        (versions, timestamps) is recorded but not compared.
+        (versions, timestamps) is recorded but not compared. `readonly`: never write (reports).
         """
         self.dir = Path(directory)
         self.settings = settings
+        self.run_id = fingerprint(settings)
+        self.readonly = readonly
         self.results: dict[tuple[tuple[int, ...], str], dict] = {}
         self.work: list[dict] = []
         self.parts: dict[tuple[tuple[int, ...], str], list[dict]] = {}
+        self.planned: list[tuple[int, ...]] = []
+        self.done = False
+        self.tracked = False  # records carry run fingerprints (older stores cannot say if they finished)
+        self.skipped: list[str] = []
         run_file = self.dir / RUN_FILE
+        results_file = self.dir / RESULTS_FILE
         if run_file.exists():
             try:
                 stored = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 raise StoreError(f"{run_file} is corrupt; use a new --out directory") from None
+            if not isinstance(stored, dict):
+                raise StoreError(f"{run_file} is corrupt; use a new --out directory")
             diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             if diff:
                 raise StoreError(
@@ -77,7 +146,18 @@ class Store:
                     "rerun with the same settings to resume, or use a new --out directory"
                 )
             self._load()
+        elif results_file.exists():
+            # run.json is gone: the records may say whose they are
+            self._load(adopt=True)
+            atomic_write_json(run_file, {"settings": settings, **(extra or {})})
+            print(f"blockprune: warning: {run_file} was missing; rebuilt it from results.jsonl, whose "
+                  f"{len(self.results)} records were all scored under these settings", file=sys.stderr)
         else:
+            stray = sorted(p.name for p in self.dir.iterdir() if p.name != LOCK_FILE) if self.dir.is_dir() else []
+            if stray:
+                raise StoreError(f"--out {self.dir} is not empty and is not a blockprune run directory "
+                                 f"(holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}); "
+                                 "give a new or empty directory")
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_file, {"settings": settings, **(extra or {})})
 
@@ -85,40 +165,78 @@ class Store:
     def open_existing(cls, directory: Path) -> "Store":
         """Open a finished or interrupted run for reading (reports)."""
         run_file = Path(directory) / RUN_FILE
+        if not Path(directory).is_dir():
+            raise StoreError(f"{directory} is not a directory")
         if not run_file.exists():
             raise StoreError(f"{directory} is not a blockprune run directory (no {RUN_FILE})")
         try:
             settings = json.loads(run_file.read_text(encoding="utf-8"))["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             raise StoreError(f"{run_file} is corrupt") from None
-        return cls(directory, settings)
+        except OSError as exc:
+            raise StoreError(f"cannot read {run_file}: {exc.strerror or exc}") from None
+        if not isinstance(settings, dict) or not isinstance(settings.get("tasks", {}), dict):
+            raise StoreError(f"{run_file} is corrupt")
+        return cls(directory, settings, readonly=True)
 
     @property
     def run_info(self) -> dict:
         return json.loads((self.dir / RUN_FILE).read_text(encoding="utf-8"))
 
-    def _load(self) -> None:
+    def _load(self, adopt: bool = False) -> None:
+        """Index results.jsonl. `adopt`: run.json is missing, so every record must carry this
+        run's fingerprint (else the store is refused: nothing says what the records were scored under)."""
         path = self.dir / RESULTS_FILE
         if not path.exists():
             return
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
         good_end = raw.rfind(b"\n") + 1  # a torn last line (no newline) is dropped
-        if good_end < len(raw):
+        if good_end < len(raw) and not self.readonly:
             with open(path, "r+b") as f:
                 f.truncate(good_end)
+        tasks = self.settings.get("tasks") if isinstance(self.settings.get("tasks"), dict) else None
         for lineno, line in enumerate(raw[:good_end].splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise StoreError(f"{path}:{lineno}: corrupt record; use a new --out directory") from None
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                self._skip(path, lineno, "not valid JSON")
+                continue
+            why = _shape_error(rec, tasks)
+            if why is None and rec.get("run", self.run_id if not adopt else None) != self.run_id:
+                if adopt:
+                    raise StoreError(f"{self.dir} has {RESULTS_FILE} but no {RUN_FILE}, and its line {lineno} was not "
+                                     "scored under these settings; restore run.json or use a new --out directory")
+                why = f"scored under other settings (run {rec.get('run')}, this run is {self.run_id})"
+            if why is not None:
+                if adopt:
+                    raise StoreError(f"{self.dir} has {RESULTS_FILE} but no {RUN_FILE}, and its line {lineno} is "
+                                     f"unusable ({why}); use a new --out directory")
+                self._skip(path, lineno, why)
+                continue
             self._index(rec)
 
+    def _skip(self, path: Path, lineno: int, why: str) -> None:
+        msg = f"{path}:{lineno}: skipped a record ({why}); its candidate is scored again on resume"
+        self.skipped.append(msg)
+        if msg not in _WARNED:  # a report opens the store several times: say it once
+            _WARNED.add(msg)
+            print(f"blockprune: warning: {msg}", file=sys.stderr)
+
     def _index(self, rec: dict) -> None:
-        if rec.get("type") == "work":
+        kind = rec.get("type")
+        self.tracked = self.tracked or "run" in rec
+        if kind == "work":
             self.work.append(rec)
-        elif rec.get("type") == "part":
+        elif kind == "plan":
+            self.planned.extend(key_of(s) for s in rec["sets"])
+        elif kind == "done":
+            self.done = True
+        elif kind == "part":
             self.parts.setdefault((key_of(rec["removed"]), rec["task"]), []).append(rec)
         else:
             self.results[(key_of(rec["removed"]), rec["task"])] = rec
@@ -131,7 +249,10 @@ class Store:
 
     def append(self, records: list[dict]) -> None:
         """Persist records (one line each), then index them. Already-stored ones are skipped."""
-        fresh = [r for r in records if r.get("type") in ("work", "part") or (key_of(r["removed"]), r["task"]) not in self.results]
+        if self.readonly:
+            raise StoreError(f"{self.dir}: the store was opened for reading")
+        fresh = [{**r, "run": self.run_id} for r in records
+                 if r.get("type") in ("work", "part", "plan", "done") or (key_of(r["removed"]), r["task"]) not in self.results]
         if not fresh:
             return
         payload = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fresh)
@@ -142,6 +263,26 @@ class Store:
         for r in fresh:
             # index what a reader of the file would get back, so resumed and fresh runs agree
             self._index(json.loads(json.dumps(r)))
+
+    def plan(self, sets: Iterable[Iterable[int]]) -> None:
+        """Record the sets a search step is about to score (a report can then name the missing ones)."""
+        keys = [key_of(s) for s in sets]
+        new = [list(k) for k in dict.fromkeys(keys) if k not in set(self.planned)]
+        if new:
+            self.append([{"type": "plan", "sets": new}])
+
+    def finish(self) -> None:
+        if not self.done:
+            self.append([{"type": "done"}])
+
+    def missing(self) -> list[tuple[int, ...]]:
+        """Planned sets with no whole record on some task and no racing part either (never scored)."""
+        tasks = list(self.settings.get("tasks", {}))
+        out = []
+        for k in dict.fromkeys(self.planned):
+            if any((k, t) not in self.results and (k, t) not in self.parts for t in tasks):
+                out.append(k)
+        return out
 
     def candidates(self) -> list[tuple[int, ...]]:
         """Candidates with a whole record for at least one task."""

@@ -265,8 +265,11 @@ def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
             ch = row["choices"]
             if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
                 raise TaskError(f"{name}: {loc}: 'choices' must be a list of at least 2 strings")
-            if not isinstance(row["label"], int) or not 0 <= row["label"] < len(ch):
-                raise TaskError(f"{name}: {loc}: 'label' must be an integer index into choices")
+            label = row["label"]
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(ch):
+                got = f"the boolean {str(label).lower()}" if isinstance(label, bool) else repr(label)
+                raise TaskError(f"{name}: {loc}: 'label' must be an integer index into choices (0..{len(ch) - 1}), "
+                                f"not {got}")
             if not isinstance(row["context"], str):
                 raise TaskError(f"{name}: {loc}: 'context' must be a string")
         elif kind == "perplexity":
@@ -287,18 +290,25 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise TaskError(f"jsonl task file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{lineno}: a row must be a JSON object")
-            row["_line"] = lineno
-            rows.append(row)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TaskError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for lineno, data in enumerate(raw.splitlines(), 1):
+        try:
+            line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {exc.start + 1})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}:{lineno}: a row must be a JSON object")
+        row["_line"] = lineno
+        rows.append(row)
     if not rows:
         raise TaskError(f"{path}: empty task file")
     return rows

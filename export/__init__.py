@@ -2,7 +2,9 @@
 
 `export_model(bm, removed, out)` writes into a temporary directory beside `out` and renames it
 into place only when every requested format has been written and verified, so a failed or
-interrupted export leaves nothing behind. `export_manifest.json` lists the files (sha256, size),
+interrupted export leaves nothing behind. `out` must be new, empty, or an earlier export of the
+same request (model, removed blocks, formats); anything else (a user's files, another export) is
+refused unless `force`, and a search run's directory is refused always. `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
 """
 
@@ -19,6 +21,8 @@ from typing import Sequence
 
 from blockprune import versions
 from blockprune.models import BlockModel, remove_blocks
+from blockprune.rundir import PathError, chmod_like_user
+from blockprune.rundir import check_out as check_out_dir
 
 from . import hf
 from .onnx import ExportError
@@ -39,24 +43,62 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
-                 kv_cache: bool = False) -> dict:
-    """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
-    removed = sorted({int(b) for b in removed})
+def check_formats(formats: Sequence[str]) -> list[str]:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportFailed(f"unknown export format(s) {', '.join(bad) or '(none)'}: choose from {', '.join(FORMATS)}")
-    remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
+    return list(dict.fromkeys(formats))
+
+
+def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_cache: bool) -> dict:
+    return {"model": model, "removed": sorted({int(b) for b in removed}), "formats": sorted(set(formats)),
+            "kv_cache": bool(kv_cache and "onnx" in formats)}
+
+
+def check_out(out: str | Path, request: dict, force: bool = False) -> Path:
+    """Refuse (one line, nothing written) an --out that would lose a user's files."""
     out = Path(out)
+    try:
+        check_out_dir(out)
+    except PathError as exc:
+        raise ExportFailed(str(exc)) from None
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    from blockprune.store import RESULTS_FILE, RUN_FILE
+
+    if (out / RUN_FILE).exists() or (out / RESULTS_FILE).exists():
+        raise ExportFailed(f"--out {out} is a search run directory; export into a new directory (e.g. {out / 'export'})")
+    try:
+        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        old_request = old.get("request") or request_of(old["model"], old["removed"], old["formats"], False)
+        old_request = {**old_request, "kv_cache": bool(old_request.get("kv_cache"))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        old_request = None
+    if force or old_request == request:
+        return out
+    what = ("an export of another request" if old_request is not None
+            else "not empty and not a blockprune export")
+    raise ExportFailed(f"--out {out} is {what}; give a new directory, or --force to replace it")
+
+
+def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
+                 kv_cache: bool = False, force: bool = False) -> dict:
+    """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
+    removed = sorted({int(b) for b in removed})
+    formats = check_formats(formats)
+    remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
+    request = request_of(bm.name, removed, formats, kv_cache)
+    out = check_out(out, request, force)
     start = time.perf_counter()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        chmod_like_user(tmp, directory=True)
     except OSError as exc:
         raise ExportFailed(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
-                    "formats": list(formats), "parity": {}, "files": [], "versions": versions()}
+                    "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
         pruned = None
         if "hf" in formats:
             t = time.perf_counter()
@@ -83,6 +125,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        out = check_out(out, request, force)  # again: the directory may have changed while we verified
         if out.exists():
             old = out.parent / f".{out.name}.old"
             shutil.rmtree(old, ignore_errors=True)

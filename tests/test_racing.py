@@ -147,3 +147,25 @@ def test_a_small_state_cache_evicts_without_changing_scores(tiny_dir, jsonl_task
         masks = np.concatenate([masks[:6], rng.random((6, plain.model.num_blocks)) < 0.7])
     assert tiny.cache.bytes <= 40_000
     assert reused > 0  # some states were reused, so both paths ran
+
+
+def test_children_restored_from_stored_states_count_head_positions_once(tiny_dir, jsonl_tasks, tmp_path):
+    """Every child starts from the parent's stored states, so the trie's root node is empty: it
+    must cost no LM-head positions (a resumed search reported 1.21x the naive loop before)."""
+    plain = evaluator(tiny_dir, jsonl_tasks, tmp_path / "a").engine
+    reuse = evaluator(tiny_dir, jsonl_tasks, tmp_path / "b", reuse_bytes=2**28).engine
+    task = evaluator(tiny_dir, jsonl_tasks, tmp_path / "c").tasks[1]
+    L = plain.model.num_blocks
+    parent = np.ones((1, L), dtype=bool)
+    parent[0, 1] = False
+    children = np.repeat(parent, L - 2, axis=0)
+    for i, j in enumerate(range(2, L)):  # all children share the parent's prefix through block 1
+        children[i, j] = False
+    reuse.score(task.requests, parent)
+    reuse.retain(parent)
+    got = reuse.score(task.requests, children)
+    want = plain.score(task.requests, children)
+    np.testing.assert_allclose(got.logprob, want.logprob, rtol=1e-5, atol=1e-5)
+    scored = sum(r.num_scored for r in task.requests)
+    assert got.work.head_positions == want.work.head_positions == len(children) * scored
+    assert got.work.head_positions <= got.work.naive_head_positions

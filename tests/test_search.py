@@ -32,7 +32,7 @@ def test_beam_keeps_the_best_children_and_scores_each_set_once(tiny_dir, jsonl_t
         best = sorted(everything, key=lambda k: (everything[k], k))[:2]
         assert step == best
     records = [json.loads(line) for line in (tmp_path / "run" / RESULTS_FILE).read_text().splitlines()]
-    keys = [(tuple(r["removed"]), r["task"]) for r in records if r.get("type") != "work"]
+    keys = [(tuple(r["removed"]), r["task"]) for r in records if r.get("type") is None]
     assert len(keys) == len(set(keys))  # nothing scored twice
     assert len({k for k, _ in keys}) == len(set(result.evaluated)) + 1  # + the dense baseline
 
@@ -76,7 +76,7 @@ def test_exhaustive_refuses_too_many_candidates(tiny_dir, jsonl_tasks, tmp_path)
 
 def test_store_drops_a_torn_last_line_and_refuses_other_settings(tmp_path):
     st = Store(tmp_path, {"a": 1})
-    st.append([{"removed": [1], "task": "t", "value": 0.5}])
+    st.append([{"removed": [1], "task": "t", "value": 0.5, "per_sample": {"correct": [1, 0]}}])
     with open(tmp_path / RESULTS_FILE, "a") as f:
         f.write('{"removed": [2], "task": "t", "va')  # killed mid-write
     again = Store(tmp_path, {"a": 1})
