@@ -78,6 +78,7 @@ def run_search(
     rank_by: str | None = None,
     held_out: bool = False,
     held_out_samples: int | None = None,
+    sets: Sequence[Sequence[int]] = (),
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
@@ -104,6 +105,11 @@ def run_search(
         raise search.SearchError("--ppl-window must be at least 2 tokens")
     if method not in search.METHODS:
         raise search.SearchError(f"unknown method {method!r}: choose one of {', '.join(search.METHODS)}")
+    sets = [tuple(sorted(int(b) for b in s)) for s in sets]
+    if method == "given" and not sets:
+        raise search.SearchError("--method given needs --sets '17,18,19;4,13' or --sets-file FILE")
+    if sets and method != "given":
+        raise search.SearchError(f"--sets are scored by --method given, not {method}")
     for spec in tasks:
         check_spec(spec)
     report.check_options(lang, tolerance)
@@ -119,15 +125,17 @@ def run_search(
         return _search_locked(
             model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
             max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance, export_formats,
-            kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start)
+            kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start,
+            sets)
 
 
 def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
                    max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
-                   held_out_samples, start) -> SearchOutput:
+                   held_out_samples, start, sets) -> SearchOutput:
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
+    search.check_sets(sets, bm.num_blocks, protected, min_depth)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
@@ -154,19 +162,24 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         "rank_by": ranking,
         **({"evolution": {"population": population, "generations": generations, "offspring": offspring}}
            if method == "evolutionary" else {}),
+        **({"sets": [list(x) for x in sorted(set(sets), key=lambda x: (len(x), x))]} if method == "given" else {}),
+        # leading special tokens (BOS) every request starts with; absent when the tokenizer adds none
+        **({"prefix_tokens": loaded[0].prefix} if loaded[0].prefix else {}),
         "tasks": {
             t.name: {"spec": spec, "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
                      "n": t.n, "available": t.available, "sample_ids": t.sample_ids}
             for spec, t in zip(tasks, loaded)
         },
     }
-    store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance})
+    store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
+                                              "prefix_tokens": loaded[0].prefix})
     engine = Engine(bm, budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
                                  racing=None if exact else search.Racing(), rank_by=ranking)
     result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
                         min_depth=min_depth, max_candidates=max_candidates, seed=seed,
-                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring))
+                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
+                        sets=sets)
     store.finish()
     analysis = report.build_analysis(out)
     for note in analysis.get("warnings", []):

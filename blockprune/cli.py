@@ -58,7 +58,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--task", action="append", required=True, metavar="SPEC",
                    help="ppl:shakespeare/<play> | kl:<text source> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
                         "hf:<dataset>[@split] (repeat)")
-    s.add_argument("--method", default="beam", choices=search.METHODS)
+    s.add_argument("--method", default="beam", choices=search.METHODS,
+                   help="given: score exactly --sets / --sets-file (and dense) on every task")
+    s.add_argument("--sets", default=None, metavar="SETS",
+                   help="with --method given: removal sets, ';'-separated, e.g. '17,18,19;4,13'")
+    s.add_argument("--sets-file", default=None, metavar="FILE",
+                   help="with --method given: one set per line, or another run's pruning_recommendations.json")
     s.add_argument("--beam-width", type=int, default=3)
     s.add_argument("--max-remove", type=int, default=3, help="K: most blocks removed")
     s.add_argument("--samples", type=int, default=50, help="samples per task (seeded subset); 0 = all")
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}),
                                latency=not args.no_latency, seed=args.seed, **common)
         else:
+            sets = search.parse_sets(args.sets) if args.sets else []
+            if args.sets_file:
+                sets += search.read_sets_file(args.sets_file)
             out = api.run_search(
                 model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
                 max_remove=args.max_remove, samples=args.samples or None, seed=args.seed, ppl_window=args.ppl_window,
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 candidates_per_pass=args.candidates_per_pass, exact=args.exact, population=args.population,
                 generations=args.generations, offspring=args.offspring,
                 export_formats=[f for f in args.export.split(",") if f], latency=not args.no_latency,
-                rank_by=args.rank_by, held_out=args.held_out, **common,
+                rank_by=args.rank_by, held_out=args.held_out, sets=sets, **common,
             )
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)

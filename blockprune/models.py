@@ -256,22 +256,33 @@ def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
 
 
 # ---- loading ----------------------------------------------------------------------------------
-def _convert_smollm2(target: Path) -> None:
-    """Dequantise the registry GGUF once and save it as a plain HF checkpoint in `target`."""
+def _from_gguf(path: Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a GGUF file, dequantised by transformers' GGUF reader and rebuilt as a
+    plain model from its config (a GGUF-loaded model is not serialisable as it is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import data
-
     quiet_transformers()
-    directory, filename = data.smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        text = str(exc).strip()
+        raise ModelError(f"cannot load GGUF {path}: {text.splitlines()[0] if text else type(exc).__name__}") from None
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the GGUF loader marks it; a plain checkpoint has none
-    config.name_or_path = EMBEDDED["smollm2-135m"]
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf_model.state_dict())
+    return plain.to(dtype), tokenizer
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the registry GGUF once and save it as a plain HF checkpoint in `target`."""
+    from . import data
+
+    directory, filename = data.smollm2_gguf()
+    plain, tokenizer = _from_gguf(Path(directory) / filename)
+    plain.config.name_or_path = EMBEDDED["smollm2-135m"]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
@@ -348,15 +359,18 @@ def resolve(spec: str) -> str:
         if not (target / "config.json").exists():
             _convert_smollm2(target)
         return str(target)
-    where = f"(--model takes an embedded name: {', '.join(EMBEDDED)}; a local Hugging Face directory; or a hub id)"
+    where = (f"(--model takes an embedded name: {', '.join(EMBEDDED)}; a local Hugging Face directory; a .gguf file; "
+             "or a hub id)")
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"cannot load model {spec!r}: the directory has no config.json, so it is not a Hugging "
                              "Face model directory")
         return str(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return str(path)
     if path.exists():
-        raise ModelError(f"cannot load model {spec!r}: it is a file; {where}")
+        raise ModelError(f"cannot load model {spec!r}: it is a file, not a .gguf; {where}")
     if _looks_like_path(spec):
         raise ModelError(f"cannot load model {spec!r}: no such directory {where}")
     if _hub_cached(spec):
@@ -376,6 +390,10 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
     quiet_transformers()
     device = check_device(device)
     path = resolve(spec)
+    if path.lower().endswith(".gguf") and Path(path).is_file():
+        model, tokenizer = _from_gguf(Path(path), dtype)
+        model.to(device)
+        return wrap(model, tokenizer, spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         try:

@@ -565,6 +565,8 @@ def command_of(info: dict, out: Path) -> str:
         parts.append("--exact")
     for name, value in s.get("evolution", {}).items():
         parts.append(f"--{name} {value}")
+    if s.get("sets"):
+        parts.append("--sets '" + ";".join(",".join(map(str, x)) for x in s["sets"]) + "'")
     parts += [f"--min-depth {s['min_depth']}", f"--dtype {s['dtype']}", f"--out {out}"]
     return " \\\n    ".join(parts)
 

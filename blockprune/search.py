@@ -7,6 +7,7 @@ Methods (every candidate is scored on every task):
   set-equivalent children evaluated once.
 * exhaustive: every set of size 1..K (refused above a candidate limit).
 * evolutionary: a population per size, mutated by swapping blocks (blockprune.evolve).
+* given: exactly the sets a user names (a paper's set, another tool's answer), and dense.
 * block-influence / angular: one-shot baselines from the dense model's hidden states, one set per
   size, then scored like the others (blockprune.oneshot).
 Beam, greedy and evolutionary steps race (`Racing`): candidates that cannot reach the beam are
@@ -32,7 +33,7 @@ from .engine import Engine, trie_block_rows
 from .store import Store, key_of
 from .tasks import Task
 
-METHODS = ("sensitivity", "greedy", "beam", "exhaustive", "evolutionary", "block-influence", "angular")
+METHODS = ("sensitivity", "greedy", "beam", "exhaustive", "evolutionary", "block-influence", "angular", "given")
 
 
 class SearchError(Exception):
@@ -309,6 +310,60 @@ def _rank(results: dict[tuple[int, ...], Evaluated]) -> list[tuple[int, ...]]:
     return sorted(results, key=lambda k: (results[k].mean_drop, k))
 
 
+def parse_sets(text: str) -> list[tuple[int, ...]]:
+    """'17,18,19;4,13' (or one set per line) -> [(17, 18, 19), (4, 13)]; syntax only."""
+    sets = []
+    for part in text.replace("\n", ";").split(";"):
+        part = part.split("#", 1)[0].strip()
+        if not part:
+            continue
+        try:
+            ids = [int(x) for x in part.replace(" ", ",").split(",") if x.strip()]
+        except ValueError:
+            raise SearchError(f"--sets: {part!r} is not a comma-separated list of block ids") from None
+        if not ids:
+            continue
+        if len(set(ids)) != len(ids):
+            raise SearchError(f"--sets: {part!r} names a block twice")
+        sets.append(key_of(ids))
+    if not sets:
+        raise SearchError("--sets: no set given (e.g. --sets '17,18,19;4,13')")
+    return list(dict.fromkeys(sets))
+
+
+def read_sets_file(path: str) -> list[tuple[int, ...]]:
+    """A text file (one set per line, `#` comments) or another run's pruning_recommendations.json
+    (its recommendations and the best set per k)."""
+    import json
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SearchError(f"--sets-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            recs = json.loads(text)
+            sets = [tuple(r["removed"]) for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
+            sets += [tuple(v["best"]["removed"]) for v in recs.get("independent_best", {}).values()]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SearchError(f"--sets-file {path}: JSON, but not a blockprune pruning_recommendations.json") from None
+        return parse_sets(";".join(",".join(map(str, s)) for s in sets))
+    return parse_sets(text)
+
+
+def check_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, protected: Sequence[int] = (), min_depth: int = 1) -> None:
+    for s in sets:
+        bad = [b for b in s if not 0 <= b < num_blocks]
+        if bad:
+            raise SearchError(f"set {list(s)}: block ids {bad} out of range 0..{num_blocks - 1}")
+        if set(s) & set(protected):
+            raise SearchError(f"set {list(s)} removes protected block(s) {sorted(set(s) & set(protected))}")
+        if num_blocks - len(s) < max(1, min_depth):
+            raise SearchError(f"set {list(s)} keeps {num_blocks - len(s)} of {num_blocks} blocks, fewer than "
+                              f"--min-depth {max(1, min_depth)}")
+
+
 def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), min_depth: int = 1,
              method: str = "beam", beam_width: int = 1, max_candidates: int = 5000) -> list[int]:
     """Check the settings before anything is written; return the blocks that may be removed."""
@@ -345,10 +400,21 @@ def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), mi
 
 def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, protected: Sequence[int] = (),
         min_depth: int = 1, max_candidates: int = 5000, evolution: "evolve.Settings | None" = None,
-        seed: int = 0) -> SearchResult:
+        seed: int = 0, sets: Sequence[Sequence[int]] = ()) -> SearchResult:
     """Run one search method. Beam, greedy and evolutionary steps race (when `ev.racing` is set);
-    sensitivity, exhaustive and the one-shot baselines score their sets exactly."""
+    sensitivity, exhaustive, the one-shot baselines and given sets are scored exactly."""
     num_blocks = ev.num_blocks
+    if method == "given":
+        keys = list(dict.fromkeys(key_of(s) for s in sets))
+        if not keys:
+            raise SearchError("--method given needs --sets or --sets-file")
+        check_sets(keys, num_blocks, protected, min_depth)
+        result = SearchResult(method)
+        res = ev.evaluate(keys)
+        for k in sorted({len(s) for s in keys}):
+            result.steps.append(_rank({s: e for s, e in res.items() if len(s) == k}))
+        result.evaluated.extend(res)
+        return result
     allowed = validate(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     k_max = min(1 if method == "sensitivity" else max_remove, num_blocks - min_depth, len(allowed))
     result = SearchResult(method)

@@ -22,9 +22,14 @@ for the scores read from it):
 * KL to the dense model, from `{"text"}` rows or a play: windows as for perplexity, scored by
   the mean per-token KL(p_dense || p_candidate) (no labels). Kept: kl, ntok, nll per window.
 
+Every request starts with the tokenizer's own leading special tokens where it adds them by
+default (BOS for Gemma, Llama 3, Mistral: `leading_specials`), never scored, so a model is measured
+in the regime it is used in; run.json records them.
+
 Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>`,
 `kl:jsonl:<path>`, `kl:hf:...`), `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
-`hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory). A `#N` suffix
+`hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory),
+`lm-eval:<task name | path/to/task.yaml>` (lm-evaluation-harness's own task: blockprune.lmeval). A `#N` suffix
 overrides the number of samples for that task (`bigbench:emoji_movie#30`).
 """
 
@@ -34,7 +39,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,6 +52,21 @@ class TaskError(Exception):
     """Bad task spec or task data; the message is one line."""
 
 
+def leading_specials(tokenizer) -> list[int]:
+    """The tokens a tokenizer puts before any text by default (BOS for Gemma, Llama 3, Mistral;
+    none for GPT-2-style tokenizers). Every request starts with them, as the model was trained and
+    as lm-evaluation-harness runs it; they are context, never scored."""
+    try:
+        plain = list(tokenizer("a", add_special_tokens=False).input_ids)
+        full = list(tokenizer("a").input_ids)
+    except (TypeError, AttributeError):
+        return []
+    for i in range(len(full) - len(plain) + 1):
+        if plain and full[i : i + len(plain)] == plain:
+            return full[:i]
+    return []
+
+
 @dataclass
 class Task:
     """Common part: a name, its samples' ids, and the requests they make."""
@@ -55,6 +75,7 @@ class Task:
     sample_ids: list[str]
     requests: list[Request] = field(default_factory=list)
     request_sample: list[int] = field(default_factory=list)  # sample index of each request
+    prefix: list[int] = field(default_factory=list)  # leading special tokens of every request (never scored)
 
     kind = "base"
     metric = ""
@@ -81,16 +102,27 @@ class MultipleChoiceTask(Task):
     metric = "acc"
     higher_is_better = True
 
-    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str]):
+    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], encode=None, norm: str = "bytes"):
+        """`encode(context, choice) -> (context ids, choice ids)`: by default the leading special
+        tokens + the context, and the choice, tokenized apart. `norm`: what acc_norm divides a
+        choice's log-prob by, its length in "bytes" or in "chars" (lm-evaluation-harness; a row's
+        `norm_choices`, when given, are the strings measured)."""
         super().__init__(name, ids)
         self.labels = []
         self.choice_bytes: list[int] = []
         self.choice_chars: list[int] = []
         self.choice_tokens: list[int] = []
+        self.norm_len: list[int] = []
+        self.norm = norm
+        self.prefix = pre = leading_specials(tokenizer)
+        if encode is None:
+            def encode(context, choice):
+                return (pre + tokenizer(context, add_special_tokens=False).input_ids,
+                        tokenizer(choice, add_special_tokens=False).input_ids)
         for s, row in enumerate(rows):
-            ctx = tokenizer(row["context"], add_special_tokens=False).input_ids
-            for choice in row["choices"]:
-                cont = tokenizer(choice, add_special_tokens=False).input_ids
+            measured = row.get("norm_choices", row["choices"])
+            for j, choice in enumerate(row["choices"]):
+                ctx, cont = encode(row["context"], choice)
                 if not cont:
                     raise TaskError(f"{name}: sample {ids[s]} has an empty choice")
                 if not ctx:  # nothing to condition on: score from the second token
@@ -101,12 +133,13 @@ class MultipleChoiceTask(Task):
                 self.choice_bytes.append(max(1, len(choice.encode("utf-8"))))
                 self.choice_chars.append(max(1, len(choice)))
                 self.choice_tokens.append(len(cont))
+                self.norm_len.append(max(1, len(measured[j]) if norm == "chars" else len(measured[j].encode("utf-8"))))
             self.labels.append(int(row["label"]))
         self.labels_arr = np.array(self.labels)
         self._bounds = np.searchsorted(np.array(self.request_sample), np.arange(len(rows) + 1))
 
     def per_sample(self, logprob, greedy, kl=None):
-        norm = logprob / np.array(self.choice_bytes)[None, :]
+        norm = logprob / np.array(self.norm_len)[None, :]
         num_cands = logprob.shape[0]
         acc, acc_norm, p_gold, p_gold_norm = [], [], [], []
         lists = {f: lists_array(num_cands, self.n) for f in ("choice_logprob", "choice_tokens", "choice_bytes", "choice_chars")}
@@ -139,10 +172,12 @@ class ExactMatchTask(Task):
         if eos_token_id is None:
             raise TaskError(f"{name}: exact match needs an EOS token, and the tokenizer has none")
         self.gold_request: list[int] = []
+        self.prefix = leading_specials(tokenizer)
         for s, row in enumerate(rows):
             prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
             if not prompt:
                 raise TaskError(f"{name}: sample {ids[s]} has an empty prompt")
+            prompt = self.prefix + prompt
             self.gold_request.append(len(self.requests))  # the first answer is the gold one
             for answer in row["answers"]:
                 target = tokenizer(answer, add_special_tokens=False).input_ids + [eos_token_id]
@@ -166,7 +201,8 @@ class PerplexityTask(Task):
 
     The text is tokenized once (no special tokens) and cut into consecutive, non-overlapping
     windows of `window` tokens starting at token 0 (a shorter tail is dropped). Each window is one
-    sample; its first token is context only, the other window-1 tokens are scored. Perplexity is
+    sample; its first token is context only, the other window-1 tokens are scored (after the
+    tokenizer's leading special tokens, e.g. BOS, where it adds them by default). Perplexity is
     exp(total NLL / total scored tokens) over the chosen windows.
     """
 
@@ -174,10 +210,11 @@ class PerplexityTask(Task):
     metric = "perplexity"
     higher_is_better = False
 
-    def __init__(self, name: str, windows: list[list[int]], ids: list[str]):
+    def __init__(self, name: str, windows: list[list[int]], ids: list[str], prefix: Sequence[int] = ()):
         super().__init__(name, ids)
-        for s, w in enumerate(windows):
-            self.requests.append(Request(tuple(w), 1))
+        self.prefix = list(prefix)
+        for s, w in enumerate(windows):  # the same tokens are scored with or without a prefix
+            self.requests.append(Request(tuple(self.prefix) + tuple(w), len(self.prefix) + 1))
             self.request_sample.append(s)
 
     def per_sample(self, logprob, greedy, kl=None):
@@ -339,7 +376,7 @@ def _ppl_task(name, text, tokenizer, samples, seed, window, kl=False, exclude=()
     ids = [f"w{i}" for i in range(len(windows))]
     available = len(windows)
     ids, windows = _select(ids, windows, samples, seed, name, exclude)
-    task = (KLTask if kl else PerplexityTask)(name, windows, ids)
+    task = (KLTask if kl else PerplexityTask)(name, windows, ids, leading_specials(tokenizer))
     task.available = available
     return task
 
@@ -364,7 +401,7 @@ def _bigbench_rows(task: dict, name: str) -> list[dict]:
     return rows
 
 
-SCHEMES = ("ppl", "kl", "bigbench", "jsonl", "hf")
+SCHEMES = ("ppl", "kl", "bigbench", "jsonl", "hf", "lm-eval")
 
 
 def check_spec(spec: str) -> None:
@@ -372,7 +409,7 @@ def check_spec(spec: str) -> None:
     scheme, sep, rest = spec.partition("#")[0].partition(":")
     if not sep or not rest:
         raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, kl:<text source>, "
-                        "bigbench:<task>[/<subtask>], jsonl:<path> or hf:<dataset>")
+                        "bigbench:<task>[/<subtask>], jsonl:<path>, hf:<dataset> or lm-eval:<task name | task.yaml>")
     if scheme not in SCHEMES:
         raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected {', '.join(SCHEMES)}")
     if scheme == "kl":
@@ -395,6 +432,10 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
             raise TaskError(f"bad sample count {count!r} in task spec: use SPEC#N with N >= 1")
         samples = int(count)
     scheme, _, rest = spec.partition(":")
+    if scheme == "lm-eval":
+        from .lmeval import load_lmeval_task
+
+        return load_lmeval_task(rest, tokenizer, samples, seed, exclude)
     kl = scheme == "kl"
     if kl:
         scheme, _, rest = ("ppl", "", rest) if rest.startswith("shakespeare/") else rest.partition(":")

@@ -40,15 +40,16 @@ def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | N
 
 
 @torch.inference_mode()
-def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ...]]) -> float:
-    """Perplexity of the model with `removed` deleted, one plain forward per window (token 0 is context)."""
+def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ...]], score_from: int = 1) -> float:
+    """Perplexity of the model with `removed` deleted, one plain forward per window (tokens before
+    `score_from` are context: the first one, after any leading special tokens)."""
     pruned = models.remove_blocks(bm, removed) if removed else bm
     nll, count = 0.0, 0
     for w in windows:
         ids = torch.tensor([w], device=bm.device)
-        logits = pruned.model(input_ids=ids).logits[0, :-1].double()
-        nll -= torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None]).sum().item()
-        count += len(w) - 1
+        logits = pruned.model(input_ids=ids).logits[0, score_from - 1 : -1].double()
+        nll -= torch.log_softmax(logits, -1).gather(1, ids[0, score_from:, None]).sum().item()
+        count += len(w) - score_from
     return float(np.exp(nll / count))
 
 
@@ -95,9 +96,10 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
             per_set[k]["values"][name] = float(values[i])
         if plain_check and task.kind in ("perplexity", "kl"):
             windows = [r.tokens for r in task.requests]
-            out["dense"][name]["plain_perplexity"] = plain_perplexity(bm, (), windows)
+            start = task.requests[0].score_from
+            out["dense"][name]["plain_perplexity"] = plain_perplexity(bm, (), windows, start)
             for k in sets:
-                per_set[k].setdefault("plain_perplexity", {})[name] = plain_perplexity(bm, k, windows)
+                per_set[k].setdefault("plain_perplexity", {})[name] = plain_perplexity(bm, k, windows, start)
     for k in sets:
         per_set[k]["mean_drop"] = float(np.mean(list(per_set[k]["drops"].values())))
         out["sets"][_set_key(k)] = per_set[k]

@@ -80,3 +80,25 @@ def test_search_end_to_end_on_the_real_model(tmp_path):
     assert (out / "SUMMARY.md").read_text().startswith("# blockprune summary: smollm2-135m")
     k2 = [tuple(c["removed"]) for c in a["candidates"] if len(c["removed"]) == 2]  # sorted by mean drop
     assert res.result.steps[1] == k2[:2]
+
+
+def test_a_gguf_file_is_a_model(smollm2, jsonl_tasks, tmp_path):
+    """--model takes a GGUF file: dequantised on load, the same weights as the embedded default."""
+    import json
+
+    import torch
+
+    from blockprune import cli, data, models
+
+    directory, name = data.smollm2_gguf()
+    gguf = models.load(str(directory / name), device="cpu")
+    assert gguf.num_blocks == smollm2.num_blocks
+    ids = torch.tensor([[1, 504, 3458, 28, 355, 441, 288, 325, 28]])
+    with torch.no_grad():
+        assert torch.equal(gguf.model(input_ids=ids).logits, smollm2.model(input_ids=ids).logits)
+    out = tmp_path / "run"
+    assert cli.main(["search", "--model", str(directory / name), "--task", f"jsonl:{jsonl_tasks / 'mc.jsonl'}#4",
+                     "--method", "given", "--sets", "17,18,19", "--out", str(out), "--no-progress", "--device", "cpu",
+                     "--no-latency"]) == 0
+    analysis = json.loads((out / "cross_dataset_analysis.json").read_text())
+    assert [c["removed"] for c in analysis["candidates"]] == [[17, 18, 19]]
