@@ -9,8 +9,12 @@ the context's (both encoded with the tokenizer's default special tokens, so BOS 
 one), and an empty context is the BOS (else EOS) token. acc and acc_norm follow lm-eval's
 definitions (acc_norm divides by the choice's length in characters).
 
-Supported output type: multiple_choice (one gold index or gold string). Others are refused in
-one line. The samples are a seeded subset of lm-eval's evaluation documents, ids = doc ids.
+Supported output types: multiple_choice (one gold index or gold string): acc, acc_norm, p_gold;
+loglikelihood (LAMBADA-style: one continuation): an exact-match task whose match is lm-eval's
+`acc` (every continuation token is the greedy one) and whose gold_logprob is its log-likelihood.
+generate_until needs free generation (and lm-eval's answer filters), which a teacher-forced
+scorer cannot reproduce: it is refused in one line. The samples are a seeded subset of lm-eval's
+evaluation documents, ids = doc ids.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import io
 import logging
 from pathlib import Path
 
-from .tasks import MultipleChoiceTask, TaskError, _select
+from .tasks import ExactMatchTask, MultipleChoiceTask, Task, TaskError, _select
 
 FEWSHOT_SEED = 1234  # lm_eval.evaluator.simple_evaluate's default
 
@@ -41,7 +45,28 @@ def _silenced():
     return contextlib.redirect_stderr(io.StringIO())
 
 
+def _offline() -> bool:
+    """No hub here: let datasets and the hub client use their caches at once instead of retrying
+    for most of a minute."""
+    import os
+
+    from .models import _hub_reachable
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        try:
+            import datasets.config
+            import huggingface_hub.constants
+
+            datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+        except (ImportError, AttributeError):
+            pass
+        return True
+    return False
+
+
 def _load(spec: str):
+    offline = _offline()
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
@@ -70,8 +95,9 @@ def _load(spec: str):
             found = manager.load([name])["tasks"]
     except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise many kinds; one line each
         text = str(exc).strip()
-        raise TaskError(f"lm-eval could not load {name!r}: {type(exc).__name__}: "
-                        f"{text.splitlines()[0] if text else ''}") from None
+        raise TaskError(f"lm-eval could not load {name!r}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+                        + (" (the hub is unreachable: only datasets in the local cache or local files load)"
+                           if offline else "")) from None
     leaves = list(found.values())
     if len(leaves) != 1:
         names = sorted(t.config.task for t in leaves)
@@ -96,12 +122,14 @@ def _encoder(tokenizer):
     return encode
 
 
-def load_lmeval_task(spec: str, tokenizer, samples: int | None, seed: int, exclude=()) -> MultipleChoiceTask:
+def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: int | None, seed: int,
+                     exclude=()) -> Task:
     task = _load(spec)
     name = task.config.task
     kind = task.OUTPUT_TYPE
-    if kind != "multiple_choice":
-        raise TaskError(f"lm-eval task {name!r} has output type {kind}; blockprune takes multiple_choice tasks")
+    if kind not in ("multiple_choice", "loglikelihood"):
+        raise TaskError(f"lm-eval task {name!r} has output type {kind}; blockprune takes multiple_choice and "
+                        "loglikelihood tasks (generate_until needs free generation and lm-eval's answer filters)")
     task.set_fewshot_seed(seed=FEWSHOT_SEED)
     try:
         with _silenced():
@@ -113,6 +141,16 @@ def load_lmeval_task(spec: str, tokenizer, samples: int | None, seed: int, exclu
     for inst in task.instances:
         by_doc.setdefault(inst.doc_id, []).append(inst)
     rows, ids = [], []
+    if kind == "loglikelihood":
+        for doc_id in sorted(by_doc):
+            (inst,) = by_doc[doc_id]
+            rows.append({"prompt": inst.arguments[0], "answers": [inst.arguments[1]]})
+            ids.append(str(doc_id))
+        available = len(rows)
+        ids, rows = _select(ids, rows, samples, seed, name, exclude)
+        out = ExactMatchTask(name, rows, tokenizer, ids, eos_token_id, encode=_encoder(tokenizer), terminate=False)
+        out.available = available
+        return out
     for doc_id in sorted(by_doc):
         insts = sorted(by_doc[doc_id], key=lambda i: i.idx)
         doc = insts[0].doc

@@ -50,6 +50,12 @@ FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "fina
 EMBEDDED = {"smollm2-135m": "SmolLM2-135M-Instruct"}
 
 
+def arch_of(model: nn.Module) -> str:
+    """The architecture, as a user would name it: the config's model_type and the class."""
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    return f"{kind} ({type(model).__name__})" if kind else type(model).__name__
+
+
 def _get(root: nn.Module, path: str) -> Any:
     obj: Any = root
     for part in path.split("."):
@@ -75,7 +81,8 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if len({type(m) for m in mod}) == 1 and (best is None or len(mod) > len(best[1])):
                 best = (name, mod)
     if best is None:
-        raise ModelError(f"no block list found in {type(model).__name__}: expected one of {', '.join(BLOCK_PATHS)}")
+        raise ModelError(f"{arch_of(model)}: no block list found (expected one of {', '.join(BLOCK_PATHS)}, or a "
+                         "ModuleList of identical blocks); blockprune drives decoder LMs block by block")
     return best
 
 
@@ -185,11 +192,16 @@ class BlockModel:
             self.model(input_ids=input_ids.to(self.device), use_cache=False, **extra)
         except _Captured:
             pass
+        except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
+            text = str(exc).strip()
+            raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward fails on text-only input before "
+                             f"the last block: {type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
         finally:
             for block in self.blocks:
                 del block.forward  # back to the class's forward
         if len(records) != len(self.blocks):
-            raise ModelError(f"{self.name}: the forward called {len(records)} of {len(self.blocks)} blocks")
+            raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward called {len(records)} of its "
+                             f"{len(self.blocks)} blocks; blockprune needs each block called once per forward, in order")
         args0, kwargs0 = records[0]
         hidden = args0[0] if args0 else kwargs0["hidden_states"]
         block_args = []
@@ -237,7 +249,7 @@ def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
     final_norm = next((getattr(parent, n) for n in FINAL_NORM_NAMES if isinstance(getattr(parent, n, None), nn.Module)), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not hasattr(head, "weight"):
-        raise ModelError(f"{name}: no output embedding (LM head) found on {type(model).__name__}")
+        raise ModelError(f"{name} ({arch_of(model)}): no output embedding (LM head) found")
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     softcap = getattr(text_config, "final_logit_softcapping", None)
@@ -443,7 +455,38 @@ def without_blocks(bm: BlockModel, removed: Sequence[int]):
 
 # ---- physical removal -------------------------------------------------------------------------
 # Per-layer lists in configs that must follow the kept blocks.
-PER_LAYER_CONFIG_KEYS = ("layer_types", "sliding_window_pattern_list", "layers_block_type", "attention_layers")
+# Config entries with one value per block: filtered to the kept blocks.
+PER_LAYER_CONFIG_KEYS = ("layer_types", "sliding_window_pattern_list", "layers_block_type", "attention_layers",
+                         "no_rope_layers", "block_configs", "num_key_value_heads_per_layer", "mlp_layer_types")
+# Config entries listing block indices (Qwen-MoE's dense layers, LFM2's full-attention layers, Llama 4's
+# MoE layers, ...): the kept ones, renumbered.
+LAYER_INDEX_KEYS = ("mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "hybrid_layer_ids")
+
+
+def _per_layer_config(cfg, num_blocks: int, kept: list[int]) -> None:
+    """Keep a config's per-layer description true of the kept blocks, renumbered 0..len(kept)-1."""
+    new_of = {old: new for new, old in enumerate(kept)}
+    done = set()
+    step = getattr(cfg, "decoder_sparse_step", None)
+    if isinstance(step, int) and step > 1 and getattr(cfg, "num_experts", 0):
+        # Qwen-MoE: block l is sparse when (l + 1) % step == 0 and l is not in mlp_only_layers; renumbering
+        # breaks the period, so say it per layer: every block sparse except the listed dense ones
+        dense_before = set(getattr(cfg, "mlp_only_layers", None) or [])
+        dense = [l for l in range(num_blocks) if l in dense_before or (l + 1) % step != 0]
+        cfg.mlp_only_layers = [new_of[l] for l in dense if l in new_of]
+        cfg.decoder_sparse_step = 1
+        done.add("mlp_only_layers")
+    k = getattr(cfg, "first_k_dense_replace", None)
+    if isinstance(k, int) and k > 0:  # DeepSeek: the first k blocks are dense, a prefix before and after
+        cfg.first_k_dense_replace = sum(1 for l in kept if l < k)
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == num_blocks:
+            setattr(cfg, key, type(value)(value[i] for i in kept))
+    for key in LAYER_INDEX_KEYS:
+        value = getattr(cfg, key, None)
+        if key not in done and isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value):
+            setattr(cfg, key, type(value)(new_of[i] for i in value if i in new_of))
 
 
 def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = False) -> BlockModel | None:
@@ -482,10 +525,7 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
         for key in ("num_hidden_layers", "n_layer", "num_layers"):
             if isinstance(getattr(cfg, key, None), int) and getattr(cfg, key) == bm.num_blocks:
                 setattr(cfg, key, len(kept))
-        for key in PER_LAYER_CONFIG_KEYS:
-            value = getattr(cfg, key, None)
-            if isinstance(value, (list, tuple)) and len(value) == bm.num_blocks:
-                setattr(cfg, key, type(value)(value[i] for i in kept))
+        _per_layer_config(cfg, bm.num_blocks, kept)
     out = wrap(model, bm.tokenizer, bm.name)
     out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
     return out

@@ -167,21 +167,31 @@ class ExactMatchTask(Task):
     metric = "exact_match"
     higher_is_better = True
 
-    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], eos_token_id: int | None):
+    def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], eos_token_id: int | None,
+                 encode=None, terminate: bool = True):
+        """`encode(prompt, answer) -> (prompt ids, answer ids)` (default: leading special tokens +
+        prompt, and answer, tokenized apart); `terminate`: the answer must be followed by EOS
+        (greedy generation stops there); False: only the answer's tokens are checked (lm-eval's
+        loglikelihood `acc`, is_greedy)."""
         super().__init__(name, ids)
-        if eos_token_id is None:
+        if terminate and eos_token_id is None:
             raise TaskError(f"{name}: exact match needs an EOS token, and the tokenizer has none")
         self.gold_request: list[int] = []
-        self.prefix = leading_specials(tokenizer)
+        self.prefix = pre = leading_specials(tokenizer)
+        if encode is None:
+            def encode(prompt, answer):
+                return (pre + tokenizer(prompt, add_special_tokens=False).input_ids,
+                        tokenizer(answer, add_special_tokens=False).input_ids)
         for s, row in enumerate(rows):
-            prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
-            if not prompt:
-                raise TaskError(f"{name}: sample {ids[s]} has an empty prompt")
-            prompt = self.prefix + prompt
             self.gold_request.append(len(self.requests))  # the first answer is the gold one
             for answer in row["answers"]:
-                target = tokenizer(answer, add_special_tokens=False).input_ids + [eos_token_id]
-                self.requests.append(Request(tuple(prompt + target), len(prompt)))
+                prompt, target = encode(row["prompt"], answer)
+                if not prompt or len(prompt) == len(pre):
+                    raise TaskError(f"{name}: sample {ids[s]} has an empty prompt")
+                target = list(target) + ([eos_token_id] if terminate else [])
+                if not target:
+                    raise TaskError(f"{name}: sample {ids[s]} has an empty answer")
+                self.requests.append(Request(tuple(prompt) + tuple(target), len(prompt)))
                 self.request_sample.append(s)
 
     def per_sample(self, logprob, greedy, kl=None):
@@ -435,7 +445,7 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
     if scheme == "lm-eval":
         from .lmeval import load_lmeval_task
 
-        return load_lmeval_task(rest, tokenizer, samples, seed, exclude)
+        return load_lmeval_task(rest, tokenizer, eos_token_id, samples, seed, exclude)
     kl = scheme == "kl"
     if kl:
         scheme, _, rest = ("ppl", "", rest) if rest.startswith("shakespeare/") else rest.partition(":")

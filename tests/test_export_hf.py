@@ -72,3 +72,40 @@ def test_export_cli_writes_a_reloadable_checkpoint(tiny_dir, tmp_path):
     assert manifest["removed"] == [2, 4] and manifest["kept_blocks"] == 4
     bm = models.load(str(tmp_path / "o" / "hf"), device="cpu")
     assert bm.num_blocks == 4
+
+
+def _tiny(cfg):
+    from conftest import CharTokenizer
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return models.wrap(model, CharTokenizer(), f"tiny-{cfg.model_type}")
+
+
+PER_LAYER = {
+    # Qwen3-MoE: block 0 dense by list, every 2nd block sparse by period -> renumbering breaks both
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        vocab_size=262, hidden_size=48, intermediate_size=80, moe_intermediate_size=32, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=12, num_experts=4, num_experts_per_tok=2,
+        decoder_sparse_step=2, mlp_only_layers=[0], max_position_embeddings=256),
+    # SmolLM3: no RoPE on every 4th block, as a per-layer list
+    "smollm3": lambda: transformers.SmolLM3Config(
+        vocab_size=262, hidden_size=48, intermediate_size=80, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, no_rope_layers=[1, 1, 1, 0, 1, 1],
+        pad_token_id=0, bos_token_id=1, eos_token_id=2),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(PER_LAYER))
+def test_per_layer_config_lists_stay_true_of_the_kept_blocks(arch, tmp_path):
+    bm = _tiny(PER_LAYER[arch]())
+    removed = [2, 3] if arch == "qwen3_moe" else [1, 2]
+    manifest = export_model(bm, removed, tmp_path / "out")  # reloaded and compared with the masked model
+    assert manifest["parity"]["hf"]["logits_max_abs_diff"] <= 1e-5
+    cfg = transformers.AutoConfig.from_pretrained(tmp_path / "out" / "hf")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
+    if arch == "qwen3_moe":  # originally sparse: blocks 1, 3, 5; kept 0, 1, 4, 5 -> sparse at new 1 and 3
+        sparse = [i for i, layer in enumerate(reloaded.model.layers) if "Sparse" in type(layer.mlp).__name__]
+        assert sparse == [1, 3] and cfg.mlp_only_layers == [0, 2]
+    else:  # kept 0, 3, 4, 5: block 3 (now 1) has no RoPE
+        assert cfg.no_rope_layers == [1, 0, 1, 1]

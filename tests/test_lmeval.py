@@ -83,3 +83,60 @@ def test_per_sample_scores_match_lm_eval_dense_and_pruned(tiny_dir, yaml_task, t
             assert rec["correct_norm"][i] == s["acc_norm"], (key, doc_id)
             lls = [r[0] for r in s["filtered_resps"]]
             assert rec["choice_logprob"][i] == pytest.approx(lls, abs=2e-4)
+
+
+LL_YAML = """task: bp_parity_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{text}}}}"
+doc_to_target: " {{{{word}}}}"
+metric_list:
+  - metric: acc
+  - metric: perplexity
+"""
+
+
+def test_loglikelihood_tasks_match_lm_eval(tiny_dir, tmp_path):
+    """LAMBADA-style: lm-eval's acc is is_greedy of the continuation; blockprune's match, and the
+    log-likelihood is its gold_logprob."""
+    words = ["river", "stone", "cloud", "light", "apple", "night"]
+    docs = [{"text": f"The {w} and the {w} and the", "word": w} for w in words]
+    (tmp_path / "ll.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "ll.yaml").write_text(LL_YAML.format(data=tmp_path / "ll.jsonl"))
+    out = tmp_path / "run"
+    assert cli.main(["search", "--model", str(tiny_dir), "--task", f"lm-eval:{tmp_path / 'll.yaml'}", "--method",
+                     "given", "--sets", "1", "--out", str(out), "--no-progress", "--device", "cpu", "--no-latency"]) == 0
+    rec = records(out)[()]["per_sample"]
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    res = simple_evaluate(model=HFLM(pretrained=str(tiny_dir), device="cpu", batch_size=8, dtype="float32"),
+                          tasks=["bp_parity_ll"], log_samples=True,
+                          task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    theirs = {s["doc_id"]: s for s in res["samples"]["bp_parity_ll"]}
+    for i, doc_id in enumerate(sorted(theirs)):
+        ll, greedy = theirs[doc_id]["filtered_resps"][0]
+        assert rec["match"][i] == theirs[doc_id]["acc"] == int(greedy)
+        assert rec["gold_logprob"][i] == pytest.approx(ll, abs=2e-4)
+
+
+@pytest.mark.parametrize("yaml_text, needle", [
+    ("task: bp_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+     "output_type: generate_until\ndoc_to_text: '{{{{text}}}}'\ndoc_to_target: '{{{{word}}}}'\n",
+     "has output type generate_until"),
+    ("not: [a task", "not a YAML task file"),
+    ("dataset_path: json\n", "no `task:` name"),
+])
+def test_lm_eval_tasks_blockprune_cannot_run_are_one_line(tiny_dir, tmp_path, capsys, yaml_text, needle):
+    (tmp_path / "d.jsonl").write_text('{"text": "a b", "word": "c"}\n')
+    (tmp_path / "t.yaml").write_text(yaml_text.format(data=tmp_path / "d.jsonl"))
+    code = cli.main(["search", "--model", str(tiny_dir), "--task", f"lm-eval:{tmp_path / 't.yaml'}", "--method",
+                     "given", "--sets", "1", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("blockprune: error:") and needle in err and "\n" not in err
+    assert not (tmp_path / "o").exists()

@@ -18,8 +18,17 @@ class NoBlocks(nn.Module):
 
 
 def test_a_model_without_a_block_list_is_refused():
-    with pytest.raises(models.ModelError, match="no block list found in NoBlocks"):
+    with pytest.raises(models.ModelError, match="^NoBlocks: no block list found"):
         models.wrap(NoBlocks(), None, "noblocks")
+
+
+def test_a_model_whose_forward_skips_blocks_names_its_architecture():
+    import copy
+
+    bm = tiny_model("llama", layers=3)
+    bm.blocks = nn.ModuleList([*bm.blocks, copy.deepcopy(bm.blocks[0])])  # a block the forward never calls
+    with pytest.raises(models.ModelError, match=r"\(llama \(LlamaForCausalLM\)\): its forward called 3 of its 4 blocks"):
+        bm.prelude(torch.tensor([[5, 6, 7]]))
 
 
 @pytest.mark.parametrize("arch, path", [("llama", "model.layers"), ("gpt2", "transformer.h"),
