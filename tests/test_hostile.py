@@ -399,6 +399,13 @@ def test_fetch_and_demo_with_unwritable_cache_or_out(tmp_path, capsys, monkeypat
     monkeypatch.setenv("BLOCKPRUNE_CACHE", "/proc/blockprune-cache")
     assert cli.main(["fetch"]) == 2
     one_error(capsys, "cannot create the cache /proc/blockprune-cache", "BLOCKPRUNE_CACHE")
+    ro_cache = tmp_path / "cache"
+    ro_cache.mkdir()
+    monkeypatch.setenv("BLOCKPRUNE_CACHE", str(ro_cache))
+    with read_only(ro_cache):  # exists, but nothing can be downloaded into it
+        assert cli.main(["fetch"]) == 2
+        one_error(capsys, f"cannot write the cache {ro_cache}", "BLOCKPRUNE_CACHE")
+    assert not any(ro_cache.iterdir())
     monkeypatch.delenv("BLOCKPRUNE_CACHE")
     assert cli.main(["demo", "--out", "/proc/blockprune-demo", "--device", "cpu"]) == 2
     one_error(capsys, "cannot write in /proc")
