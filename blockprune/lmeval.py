@@ -50,9 +50,9 @@ def _offline() -> bool:
     for most of a minute."""
     import os
 
-    from .models import _hub_reachable
+    from .sources import hub_reachable
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or not hub_reachable():
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         try:
             import datasets.config

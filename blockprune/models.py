@@ -16,9 +16,6 @@ then by the largest ModuleList of identical modules.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-
-class ModelError(Exception):
-    """A model that cannot be loaded or has no block list we can drive."""
+from .sources import EMBEDDED, ModelError, check_device, from_gguf, quiet_transformers, resolve  # noqa: F401
 
 
 # Where the block list lives, relative to the loaded model, in the order tried.
@@ -46,8 +41,6 @@ BLOCK_PATHS = (
 # Names of the final norm in the module that holds the block list.
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 
-# Short names for models shipped through package registries (see blockprune.data).
-EMBEDDED = {"smollm2-135m": "SmolLM2-135M-Instruct"}
 
 
 def arch_of(model: nn.Module) -> str:
@@ -267,134 +260,6 @@ def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
     )
 
 
-# ---- loading ----------------------------------------------------------------------------------
-def _from_gguf(path: Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a GGUF file, dequantised by transformers' GGUF reader and rebuilt as a
-    plain model from its config (a GGUF-loaded model is not serialisable as it is)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        text = str(exc).strip()
-        raise ModelError(f"cannot load GGUF {path}: {text.splitlines()[0] if text else type(exc).__name__}") from None
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the GGUF loader marks it; a plain checkpoint has none
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict())
-    return plain.to(dtype), tokenizer
-
-
-def _convert_smollm2(target: Path) -> None:
-    """Dequantise the registry GGUF once and save it as a plain HF checkpoint in `target`."""
-    from . import data
-
-    directory, filename = data.smollm2_gguf()
-    plain, tokenizer = _from_gguf(Path(directory) / filename)
-    plain.config.name_or_path = EMBEDDED["smollm2-135m"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def quiet_transformers() -> None:
-    """No progress bars or advisory warnings from transformers: blockprune prints its own."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def check_device(device: str | torch.device | None) -> torch.device:
-    """The device a --device value names, refused in one line when unknown or absent here."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
-                             f"{'no GPU visible' if torch.version.cuda else 'a CPU-only build'}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ModelError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ModelError(f"--device {device}: MPS is not available here; use --device cpu")
-    elif dev.type != "cpu":
-        raise ModelError(f"--device {device}: blockprune runs on cpu, cuda or mps, not {dev.type}")
-    return dev
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or spec.endswith("/") or "\\" in spec
-
-
-def _hub_cached(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-        return False
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def resolve(spec: str) -> str:
-    """Map a --model value to a path or hub id for from_pretrained (converting embedded ones).
-    What cannot be a model is refused in one line that says where it was looked for, without
-    waiting on a hub that cannot be reached."""
-    if spec in EMBEDDED:
-        from . import data
-
-        target = data.cache_dir() / "models" / spec
-        if not (target / "config.json").exists():
-            _convert_smollm2(target)
-        return str(target)
-    where = (f"(--model takes an embedded name: {', '.join(EMBEDDED)}; a local Hugging Face directory; a .gguf file; "
-             "or a hub id)")
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelError(f"cannot load model {spec!r}: the directory has no config.json, so it is not a Hugging "
-                             "Face model directory")
-        return str(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return str(path)
-    if path.exists():
-        raise ModelError(f"cannot load model {spec!r}: it is a file, not a .gguf; {where}")
-    if _looks_like_path(spec):
-        raise ModelError(f"cannot load model {spec!r}: no such directory {where}")
-    if _hub_cached(spec):
-        return spec
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline or not _hub_reachable():
-        raise ModelError(f"cannot load model {spec!r}: not an embedded name, not a local directory, not in the "
-                         f"Hugging Face cache, and the hub is {'off (HF_HUB_OFFLINE)' if offline else 'unreachable'} "
-                         f"{where}")
-    return spec
-
-
 def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> BlockModel:
     """Load a model by embedded name, local directory or hub id, and wrap it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -403,7 +268,7 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
     device = check_device(device)
     path = resolve(spec)
     if path.lower().endswith(".gguf") and Path(path).is_file():
-        model, tokenizer = _from_gguf(Path(path), dtype)
+        model, tokenizer = from_gguf(Path(path), dtype)
         model.to(device)
         return wrap(model, tokenizer, spec)
     try:
