@@ -270,7 +270,9 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
     if path.lower().endswith(".gguf") and Path(path).is_file():
         model, tokenizer = from_gguf(Path(path), dtype)
         model.to(device)
-        return wrap(model, tokenizer, spec)
+        bm = wrap(model, tokenizer, spec)
+        bm.meta["gguf"] = str(Path(path).resolve())  # the source a GGUF export copies blocks from
+        return bm
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         try:
@@ -286,7 +288,13 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ModelError(f"cannot load model {spec!r}: {first}") from None
     model.to(device)
-    return wrap(model, tokenizer, spec)
+    bm = wrap(model, tokenizer, spec)
+    if spec in EMBEDDED:  # converted from a registry GGUF: a GGUF export copies blocks from that file
+        from . import data
+
+        directory, filename = data.smollm2_gguf()
+        bm.meta["gguf"] = str(Path(directory) / filename)
+    return bm
 
 
 def weights_bytes(model: nn.Module) -> int:

@@ -32,9 +32,13 @@ def from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    import contextlib
+    import io
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with contextlib.redirect_stderr(io.StringIO()):  # its own de-quantising progress bar
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         text = str(exc).strip()
         raise ModelError(f"cannot load GGUF {path}: {text.splitlines()[0] if text else type(exc).__name__}") from None

@@ -27,7 +27,7 @@ from blockprune.rundir import check_out as check_out_dir
 from . import hf
 from .onnx import ExportError
 
-FORMATS = ("hf", "onnx")
+FORMATS = ("hf", "onnx", "genai", "gguf")
 MANIFEST = "export_manifest.json"
 
 
@@ -88,6 +88,10 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     formats = check_formats(formats)
     remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     request = request_of(bm.name, removed, formats, kv_cache)
+    if "gguf" in formats and not bm.meta.get("gguf"):
+        raise ExportFailed(f"--format gguf copies blocks from the model's GGUF file, and {bm.name} was not loaded "
+                           "from one (use an embedded name or a .gguf --model); writing GGUF from a Hugging Face "
+                           "checkpoint is not supported yet")
     out = check_out(out, request, force)
     start = time.perf_counter()
     try:
@@ -100,6 +104,9 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
         pruned = None
+        if "genai" in formats and "hf" not in formats:
+            formats = ["hf", *formats]  # the builder starts from the verified checkpoint, which ships beside it
+            manifest["formats"] = list(formats)
         if "hf" in formats:
             t = time.perf_counter()
             (tmp / "hf").mkdir()
@@ -121,6 +128,24 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
                                                                 "export_seconds": round(time.perf_counter() - t, 2)}
             manifest["onnxruntime_providers"] = sorted({p for k, v in manifest["parity"].items() if k.startswith("onnx")
                                                         for p in v.get("providers", [])})
+        if "genai" in formats:
+            from . import genai
+
+            for precision in genai.PRECISIONS:  # fp32 must match token for token; int4 states its agreement
+                target = tmp / "genai" / precision
+                target.parent.mkdir(exist_ok=True)
+                info = genai.build(tmp / "hf", target, precision)
+                info.update(genai.verify(pruned.model, bm.tokenizer, target, precision))
+                manifest["parity"][f"genai_{precision}"] = info
+        if "gguf" in formats:
+            from . import gguf
+
+            (tmp / "gguf").mkdir()
+            source = Path(bm.meta["gguf"])
+            target = tmp / "gguf" / (source.stem.replace(".", "-") + f"-pruned{len(removed)}.gguf")
+            info = gguf.write_pruned(source, removed, target)
+            info.update(gguf.verify(bm, removed, target))
+            manifest["parity"]["gguf"] = info
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)

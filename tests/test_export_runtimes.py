@@ -1,0 +1,95 @@
+"""Runtime artifacts (#14): ONNX Runtime GenAI built by onnxruntime-genai's builder, and GGUF for
+llama.cpp copied block by block from the source GGUF; each verified by its runtime or by a reader
+that is not ours. A runtime that `make test` installs is imported here, never skipped."""
+
+import json
+
+import gguf as gguf_lib
+import onnxruntime_genai  # noqa: F401  (make test installs it)
+import pytest
+
+from blockprune import cli, data, models
+from blockprune.export import MANIFEST, ExportFailed, export_model
+from blockprune.export import gguf as gguf_export
+from conftest import tiny_model
+
+
+def test_genai_fp32_generates_the_checkpoints_tokens(tiny_dir, tmp_path):
+    bm = models.load(str(tiny_dir), device="cpu")
+    manifest = export_model(bm, [1, 3], tmp_path / "out", formats=["genai"])
+    fp32, int4 = manifest["parity"]["genai_fp32"], manifest["parity"]["genai_int4"]
+    assert fp32["prompts_identical"] == fp32["prompts"] == 5 and fp32["token_agreement"] == 1.0
+    assert 0 <= int4["token_agreement"] <= 1 and int4["prompts"] == 5
+    for precision in ("fp32", "int4"):
+        cfg = json.loads((tmp_path / "out" / "genai" / precision / "genai_config.json").read_text())
+        assert cfg["model"]["decoder"]["num_hidden_layers"] == 4  # 6 blocks - 2
+    assert "hf" in manifest["formats"] and (tmp_path / "out" / "hf" / "config.json").exists()
+
+
+def test_a_model_the_builder_rejects_is_one_line_and_writes_nothing(tmp_path):
+    bm = tiny_model("gpt2", layers=3)  # a byte tokenizer and an architecture the builder does not take
+    with pytest.raises(ExportFailed, match="onnxruntime-genai's builder rejected the model"):
+        export_model(bm, [1], tmp_path / "out", formats=["genai"])
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory):
+    """A 4-block GGUF made of the real SmolLM2 file's first blocks (Q4_1 / Q8_0 / F32 tensors as they are)."""
+    directory, name = data.smollm2_gguf()
+    out = tmp_path_factory.mktemp("gguf") / "small.gguf"
+    gguf_export.write_pruned(directory / name, range(4, 30), out)
+    return out
+
+
+def test_gguf_export_copies_kept_blocks_without_requantising(small_gguf, tmp_path):
+    bm = models.load(str(small_gguf), device="cpu")
+    assert bm.num_blocks == 4
+    manifest = export_model(bm, [1], tmp_path / "out", formats=["gguf"])
+    info = manifest["parity"]["gguf"]
+    assert info["logits_max_abs_diff"] <= 1e-4 and info["greedy_prompts_identical"] == "5/5"
+    (written,) = (tmp_path / "out" / "gguf").glob("*.gguf")
+    src, dst = gguf_lib.GGUFReader(small_gguf), gguf_lib.GGUFReader(written)
+    assert dst.fields["llama.block_count"].contents() == 3
+    before = {t.name: t for t in src.tensors}
+    renamed = {"blk.0": "blk.0", "blk.2": "blk.1", "blk.3": "blk.2"}
+    for t in dst.tensors:  # every kept tensor: same quantisation, same bytes
+        old = t.name
+        for new_prefix, old_prefix in ((v, k) for k, v in renamed.items()):
+            if t.name.startswith(new_prefix + "."):
+                old = old_prefix + t.name[len(new_prefix):]
+                break
+        assert before[old].tensor_type == t.tensor_type
+        assert before[old].data.tobytes() == t.data.tobytes()
+    assert not any(t.name.startswith("blk.3.") for t in dst.tensors)
+
+
+def test_gguf_needs_a_gguf_source(tmp_path, capsys, tiny_dir):
+    assert cli.main(["export", "--model", str(tiny_dir), "--remove", "1", "--format", "gguf", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "copies blocks from the model's GGUF file" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_gguf_without_a_block_count_is_refused(tmp_path):
+    path = tmp_path / "odd.gguf"
+    w = gguf_lib.GGUFWriter(path, "mystery")
+    w.add_uint32("mystery.context_length", 8)
+    import numpy as np
+
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()  # noqa: E702
+    from blockprune.export.onnx import ExportError
+
+    with pytest.raises(ExportError, match="architecture 'mystery' has no mystery.block_count"):
+        gguf_export.write_pruned(path, [0], tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_manifest_lists_every_artifact(tiny_dir, tmp_path):
+    bm = models.load(str(tiny_dir), device="cpu")
+    export_model(bm, [2], tmp_path / "out", formats=["hf", "genai"])
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"hf/config.json", "genai/fp32/model.onnx", "genai/fp32/genai_config.json", "genai/int4/model.onnx"} <= paths
+    assert set(manifest["parity"]) == {"hf", "genai_fp32", "genai_int4"}
