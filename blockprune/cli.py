@@ -100,11 +100,15 @@ def parser() -> argparse.ArgumentParser:
     _add_common(d)
     _add_report_options(d, tolerance=api.DEMO["tolerance"])
 
-    e = sub.add_parser("export", help="write the model without some blocks as a verified HF checkpoint and/or ONNX")
+    e = sub.add_parser("export", help="write the model without some blocks as verified artifacts: HF checkpoint, ONNX, "
+                                      "ONNX Runtime GenAI, GGUF")
     e.add_argument("--model", required=True)
     e.add_argument("--remove", type=_ints, required=True, help="block ids, e.g. 4,13")
     e.add_argument("--out", required=True)
-    e.add_argument("--format", default="hf", help="comma-separated: hf, onnx (default hf)")
+    e.add_argument("--format", default="hf",
+                   help="comma-separated: hf, onnx (logits graph; --kv-cache adds the decoder with past), genai (ONNX "
+                        "Runtime GenAI, fp32 and int4, built by onnxruntime-genai's builder), gguf (llama.cpp; copies "
+                        "the kept blocks of the model's GGUF file) (default hf)")
     e.add_argument("--kv-cache", action="store_true", help="also export the ONNX decoder with past key values")
     e.add_argument("--force", action="store_true",
                    help="replace what --out holds (by default only a new or empty directory, or an export of the same "
@@ -123,14 +127,15 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True)
     b.add_argument("--remove", type=_ints, action="append", required=True,
                    help="block ids, e.g. 4,13 (repeat to measure several sets against one dense run)")
-    b.add_argument("--backend", default="torch", help="comma-separated: torch, onnxruntime (default torch)")
+    b.add_argument("--backend", default="torch", help="comma-separated: torch, onnxruntime, genai (default torch)")
     b.add_argument("--batch", type=_sizes, default=[1], help="comma-separated batch sizes (default 1)")
     b.add_argument("--prompt-len", type=int, default=128)
     b.add_argument("--gen-len", type=int, default=64, help="generated tokens; the first one is the prefill's")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs per variant")
     b.add_argument("--reps", type=int, default=10, help="timed runs per variant, interleaved")
     b.add_argument("--onnx", action="append", default=None, metavar="DIR",
-                   help="export of the pruned model (blockprune export --format onnx --kv-cache); one per --remove")
+                   help="export of the pruned model (blockprune export --format onnx --kv-cache, or --format genai); "
+                        "one per --remove")
     b.add_argument("--onnx-dense", default=None, metavar="DIR", help="export of the dense model (blockprune export --remove '' ...)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime (default: torch's)")
     b.add_argument("--out", default=None, help="write latency.json, latency.md and latency.png here")

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from . import models, versions
+from .runners import GenaiRunner, OrtRunner, TorchRunner, _sync  # noqa: F401  (the runners bench uses)
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "genai")
 LATENCY_FILE = "latency.json"
 MARKDOWN_FILE = "latency.md"
 PLOT_FILE = "latency.png"
@@ -115,24 +116,10 @@ def _same_model(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
-    """The decoder-with-past graph of an export of `bm` without `removed`; BenchError if there is none.
-
-    `directory` is an export directory (with `export_manifest.json` and `onnx/`) or its `onnx/`.
-    """
+def _check_manifest(root: Path, bm: models.BlockModel, removed: Sequence[int]) -> None:
+    """The export in `root` must be of this model without exactly these blocks."""
     from blockprune.export import MANIFEST
-    from blockprune.export.onnx import DECODER_FILE
 
-    d = Path(directory)
-    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
-    root = d.parent if (d / DECODER_FILE).exists() and not (d / MANIFEST).exists() else d
-    graph = root / "onnx" / DECODER_FILE
-    if not graph.exists():
-        # never suggest writing over what the directory holds (an HF export, a user's files)
-        target = d if not d.exists() or (d.is_dir() and not any(d.iterdir())) else d.parent / f"{d.name}-onnx"
-        hint = (f"blockprune export --model {bm.name} --remove {','.join(map(str, removed)) or repr('')} "
-                f"--format onnx --kv-cache --out {target}")
-        raise BenchError(f"no ONNX decoder with past for {what} in {d} (write one with: {hint})")
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -144,126 +131,58 @@ def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence
     if manifest.get("kept_blocks") != bm.num_blocks - len(removed):
         raise BenchError(f"{root} keeps {manifest.get('kept_blocks')} blocks; {bm.name} without {list(removed)} "
                          f"keeps {bm.num_blocks - len(removed)}")
+
+
+def _hint(bm: models.BlockModel, removed: Sequence[int], d: Path, fmt: str) -> str:
+    # never suggest writing over what the directory holds (an HF export, a user's files)
+    suffix = fmt.split()[0]
+    target = d if not d.exists() or (d.is_dir() and not any(d.iterdir())) else d.parent / f"{d.name}-{suffix}"
+    return (f"blockprune export --model {bm.name} --remove {','.join(map(str, removed)) or repr('')} "
+            f"--format {fmt} --out {target}")
+
+
+def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
+    """The decoder-with-past graph of an export of `bm` without `removed`, checked against its manifest.
+
+    `directory` is an export directory (with `export_manifest.json` and `onnx/`) or its `onnx/`.
+    """
+    from blockprune.export import MANIFEST
+    from blockprune.export.onnx import DECODER_FILE
+
+    d = Path(directory)
+    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
+    root = d.parent if (d / DECODER_FILE).exists() and not (d / MANIFEST).exists() else d
+    graph = root / "onnx" / DECODER_FILE
+    if not graph.exists():
+        raise BenchError(f"no ONNX decoder with past for {what} in {d} (write one with: {_hint(bm, removed, d, 'onnx --kv-cache')})")
+    _check_manifest(root, bm, removed)
     return graph
 
 
-def _check_onnx_dirs(onnx_dirs: dict | None, bm: models.BlockModel, sets: list[tuple[int, ...]]) -> dict:
+def find_genai(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
+    """The fp32 ONNX Runtime GenAI model of an export of `bm` without `removed`."""
+    d = Path(directory)
+    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
+    model_dir = d / "genai" / "fp32"
+    if not (model_dir / "genai_config.json").exists():
+        raise BenchError(f"no ONNX Runtime GenAI model for {what} in {d} (write one with: {_hint(bm, removed, d, 'genai')})")
+    _check_manifest(d, bm, removed)
+    return model_dir
+
+
+def _check_onnx_dirs(onnx_dirs: dict | None, bm: models.BlockModel, sets: list[tuple[int, ...]],
+                     backend: str = "onnxruntime") -> dict:
     onnx_dirs = onnx_dirs or {}
     graphs = {}
+    fmt, find = ("onnx --kv-cache", find_decoder) if backend == "onnxruntime" else ("genai", find_genai)
     for key in [(), *sets]:
         directory = onnx_dirs.get(key)
         if directory is None:
             what = "the dense model (--onnx-dense)" if not key else f"blocks {list(key)} removed (--onnx)"
-            raise BenchError(f"onnxruntime needs an export of {what}: blockprune export --model {bm.name} "
-                             f"--remove {','.join(map(str, key)) or repr('')} --format onnx --kv-cache --out DIR")
-        graphs[key] = find_decoder(directory, bm, key)
+            raise BenchError(f"{backend} needs an export of {what}: blockprune export --model {bm.name} "
+                             f"--remove {','.join(map(str, key)) or repr('')} --format {fmt} --out DIR")
+        graphs[key] = find(directory, bm, key)
     return graphs
-
-
-# ---- runners ----------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class TorchRunner:
-    """Greedy generation with the model's own KV cache, as `generate()` does it."""
-
-    backend = "torch"
-
-    def __init__(self, model: torch.nn.Module):
-        from blockprune.export.onnx import _cache_kwarg
-
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
-        self.cache_kwarg = _cache_kwarg(model)
-        self.weights_bytes = models.weights_bytes(model)
-
-    @torch.inference_mode()
-    def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
-        from blockprune.export.onnx import _output_cache
-
-        ids_t = torch.as_tensor(ids, device=self.device)
-        batch, prompt = ids_t.shape
-        mask = torch.ones((batch, prompt + gen_len), dtype=torch.long, device=self.device)
-        _sync(self.device)
-        t0 = time.perf_counter()
-        out = self.model(input_ids=ids_t, attention_mask=mask[:, :prompt], use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = _output_cache(out)
-        _sync(self.device)
-        t1 = time.perf_counter()
-        prefill = t1 - t0
-        tokens, steps = [token], []
-        for step in range(1, gen_len):
-            out = self.model(input_ids=token, attention_mask=mask[:, :prompt + step], use_cache=True, logits_to_keep=1,
-                             **{self.cache_kwarg: cache})
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            cache = _output_cache(out)
-            tokens.append(token)
-            _sync(self.device)
-            t2 = time.perf_counter()
-            steps.append(t2 - t1)
-            t1 = t2
-        kv = 0
-        for layer in getattr(cache, "layers", []) or []:
-            for name in ("keys", "values"):
-                t = getattr(layer, name, None)
-                if isinstance(t, torch.Tensor):
-                    kv += t.numel() * t.element_size()
-        return {"prefill": prefill, "steps": steps, "tokens": torch.cat(tokens, 1).cpu().numpy(), "kv_bytes": kv}
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-
-
-class OrtRunner:
-    """Greedy generation with the exported decoder with past: presents fed back as the next past."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, graph: Path, device: torch.device):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = torch.get_num_threads()  # the same cores PyTorch uses
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
-        self.providers = self.session.get_providers()
-        self.threads = options.intra_op_num_threads
-        inputs = self.session.get_inputs()
-        self.past = [(i.name, i.shape, _ORT_TYPES.get(i.type, np.float32)) for i in inputs if i.name.startswith("past_key_values.")]
-        self.num_layers = len(self.past) // 2
-        self.weights_bytes = sum(p.stat().st_size for p in graph.parent.glob(graph.name + "*"))
-
-    def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
-        batch, prompt = ids.shape
-        ids = ids.astype(np.int64)
-        mask = np.ones((batch, prompt + gen_len), dtype=np.int64)
-        past = {name: np.zeros((batch, shape[1], 0, shape[3]), dtype=dtype) for name, shape, dtype in self.past}
-        names = [name for name, _, _ in self.past]
-        t0 = time.perf_counter()
-        positions = np.broadcast_to(np.arange(prompt, dtype=np.int64), (batch, prompt))
-        out = self.session.run(None, {"input_ids": ids, "attention_mask": mask[:, :prompt], "position_ids": positions, **past})
-        token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
-        t1 = time.perf_counter()
-        prefill = t1 - t0
-        tokens, steps = [token], []
-        for step in range(1, gen_len):
-            past = dict(zip(names, out[1:]))
-            positions = np.full((batch, 1), prompt + step - 1, dtype=np.int64)
-            out = self.session.run(None, {"input_ids": token, "attention_mask": mask[:, :prompt + step],
-                                          "position_ids": positions, **past})
-            token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
-            tokens.append(token)
-            t2 = time.perf_counter()
-            steps.append(t2 - t1)
-            t1 = t2
-        return {"prefill": prefill, "steps": steps, "tokens": np.concatenate(tokens, 1),
-                "kv_bytes": int(sum(a.nbytes for a in out[1:]))}
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -343,6 +262,7 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     _check_lengths(bm, prompt_len, gen_len)
     keys = _check_sets(bm, sets)
     graphs = _check_onnx_dirs(onnx_dirs, bm, keys) if "onnxruntime" in backends else {}
+    genai_dirs = _check_onnx_dirs(onnx_dirs, bm, keys, "genai") if "genai" in backends else {}
     device = bm.device
     L = bm.num_blocks
     variants = {(): bm}
@@ -367,6 +287,12 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     for backend in backends:
         if backend == "torch":
             runners = {k: TorchRunner(v.model) for k, v in variants.items()}
+        elif backend == "genai":
+            runners = {k: GenaiRunner(genai_dirs[k]) for k in variants}
+            result["genai"] = {"models": {_variant_name(k): str(g) for k, g in genai_dirs.items()}, "precision": "fp32"}
+            for k, r in runners.items():
+                if r.num_layers != L - len(k):
+                    raise BenchError(f"{genai_dirs[k]} has {r.num_layers} layers, expected {L - len(k)}")
         else:
             runners = {k: OrtRunner(graphs[k], device) for k in variants}
             result.setdefault("onnxruntime", {"providers": runners[()].providers, "intra_op_num_threads": runners[()].threads,
@@ -403,7 +329,7 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
                 row["memory"]["process_peak_rss_mib"] = _peak_rss_mib()
                 if keep_tokens:
                     row["tokens"] = m["tokens"].tolist()
-                if backend == "onnxruntime":
+                if backend in ("onnxruntime", "genai"):
                     torch_row = next((r for r in result["results"] if r["backend"] == "torch" and r["batch"] == batch
                                       and r["removed"] == list(k)), None)
                     if torch_row is not None and "_tokens" in torch_row:
@@ -447,13 +373,14 @@ def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequ
     check_settings(list(backends), list(batches), prompt_len, gen_len, warmup, reps)
     onnx_dirs = {k: v for k, v in (onnx_dirs or {}).items() if v}
     dirs = {}
-    if "onnxruntime" in backends:
+    if "onnxruntime" in backends or "genai" in backends:
         pruned = onnx_dirs.get("pruned")
         pruned = [pruned] if isinstance(pruned, (str, Path)) else list(pruned or [])
         for name, flag, given in (("pruned", "--onnx", pruned), ("dense", "--onnx-dense", [onnx_dirs.get("dense")])):
             if not all(given) or not given:
-                raise BenchError(f"onnxruntime needs the {name} model's export ({flag} DIR: an export directory written "
-                                 "by `blockprune export --format onnx --kv-cache`)")
+                which = " and ".join(b for b in ("onnxruntime", "genai") if b in backends)
+                raise BenchError(f"{which} needs the {name} model's export ({flag} DIR: an export directory written by "
+                                 "`blockprune export --format onnx --kv-cache` or `--format genai`)")
             for d in given:
                 if not Path(d).is_dir():
                     raise BenchError(f"{flag} {d}: no such directory")

@@ -93,3 +93,26 @@ def test_manifest_lists_every_artifact(tiny_dir, tmp_path):
     paths = {f["path"] for f in manifest["files"]}
     assert {"hf/config.json", "genai/fp32/model.onnx", "genai/fp32/genai_config.json", "genai/int4/model.onnx"} <= paths
     assert set(manifest["parity"]) == {"hf", "genai_fp32", "genai_int4"}
+
+
+def test_bench_measures_the_genai_models_like_the_other_backends(tiny_dir, tmp_path):
+    bm = models.load(str(tiny_dir), device="cpu")
+    export_model(bm, [], tmp_path / "dense", formats=["genai"])
+    export_model(bm, [1, 3], tmp_path / "pruned", formats=["genai"])
+    from blockprune import latency
+
+    result = latency.bench(bm, [1, 3], backends=["torch", "genai"], prompt_len=12, gen_len=6, warmup=1, reps=2,
+                           onnx_dirs={"dense": str(tmp_path / "dense"), "pruned": [str(tmp_path / "pruned")]})
+    rows = [r for r in result["results"] if r["backend"] == "genai"]
+    assert {tuple(r["removed"]) for r in rows} == {(), (1, 3)}
+    for r in rows:  # the fp32 GenAI model generates what PyTorch generates
+        assert r["token_agreement_with_torch"] >= 0.9 and r["kept_blocks"] == 6 - len(r["removed"])
+    assert any(s["backend"] == "genai" for s in result["speedups"])
+    with pytest.raises(latency.BenchError, match="is an export without blocks \\[\\], not \\[1, 3\\]"):
+        latency.bench(bm, [1, 3], backends=["genai"], prompt_len=12, gen_len=6, warmup=1, reps=2,
+                      onnx_dirs={"dense": str(tmp_path / "dense"), "pruned": [str(tmp_path / "dense")]})
+    export_model(bm, [1, 3], tmp_path / "hf-only", formats=["hf"])
+    with pytest.raises(latency.BenchError, match="no ONNX Runtime GenAI model for blocks \\[1, 3\\] removed .*"
+                                                 "--format genai --out .*hf-only-genai"):
+        latency.bench(bm, [1, 3], backends=["genai"], prompt_len=12, gen_len=6, warmup=1, reps=2,
+                      onnx_dirs={"dense": str(tmp_path / "dense"), "pruned": [str(tmp_path / "hf-only")]})
