@@ -88,10 +88,6 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     formats = check_formats(formats)
     remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     request = request_of(bm.name, removed, formats, kv_cache)
-    if "gguf" in formats and not bm.meta.get("gguf"):
-        raise ExportFailed(f"--format gguf copies blocks from the model's GGUF file, and {bm.name} was not loaded "
-                           "from one (use an embedded name or a .gguf --model); writing GGUF from a Hugging Face "
-                           "checkpoint is not supported yet")
     out = check_out(out, request, force)
     start = time.perf_counter()
     try:
@@ -104,8 +100,9 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
         pruned = None
-        if "genai" in formats and "hf" not in formats:
-            formats = ["hf", *formats]  # the builder starts from the verified checkpoint, which ships beside it
+        from_hf_gguf = "gguf" in formats and not bm.meta.get("gguf")
+        if ("genai" in formats or from_hf_gguf) and "hf" not in formats:
+            formats = ["hf", *formats]  # built from the verified checkpoint, which ships beside them
             manifest["formats"] = list(formats)
         if "hf" in formats:
             t = time.perf_counter()
@@ -137,7 +134,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
                 info = genai.build(tmp / "hf", target, precision)
                 info.update(genai.verify(pruned.model, bm.tokenizer, target, precision))
                 manifest["parity"][f"genai_{precision}"] = info
-        if "gguf" in formats:
+        if "gguf" in formats and not from_hf_gguf:  # the source GGUF's kept blocks, as they are
             from . import gguf
 
             (tmp / "gguf").mkdir()
@@ -146,6 +143,15 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             info = gguf.write_pruned(source, removed, target)
             info.update(gguf.verify(bm, removed, target))
             manifest["parity"]["gguf"] = info
+        elif "gguf" in formats:  # written from the pruned checkpoint: f16 and q8_0
+            from . import gguf
+
+            (tmp / "gguf").mkdir()
+            for outtype in ("f16", "q8_0"):
+                target = tmp / "gguf" / f"model-pruned{len(removed)}-{outtype}.gguf"
+                info = gguf.write_from_hf(pruned.model, tmp / "hf", target, outtype)
+                info.update(gguf.verify_from_hf(pruned.model, bm.tokenizer, target, outtype))
+                manifest["parity"][f"gguf_{outtype}"] = info
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)

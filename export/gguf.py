@@ -119,3 +119,160 @@ def verify(bm, removed: Sequence[int], path: Path, atol: float = 1e-4, new_token
     return {"reader": "transformers GGUF loader (dequantised)", "logits_max_abs_diff": diff, "atol": atol,
             "greedy_prompts_identical": f"{same}/{len(PROMPTS)}", "new_tokens": new_tokens,
             "verify_seconds": round(time.perf_counter() - start, 2)}
+
+
+# ---- from a Hugging Face checkpoint (llama-family) -------------------------------------------------
+HF_ARCHS = {"llama": "llama", "mistral": "llama"}  # model_type -> the GGUF architecture llama.cpp runs
+OUTTYPES = ("f32", "f16", "q8_0")
+
+
+def _permute(w, n_head: int):
+    """llama.cpp's rotary layout for q/k rows (what its converter does; transformers' reader undoes it)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_from_hf(model, hf_dir: Path, out: Path, outtype: str = "f16") -> dict:
+    """Write the (pruned) HF `model` as a GGUF llama.cpp runs: its config as llama metadata, the
+    tokenizer of `hf_dir` (GPT-2-style BPE), weights as f32 / f16 / q8_0 (norms stay f32)."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    start = time.perf_counter()
+    cfg = model.config
+    arch = HF_ARCHS.get(getattr(cfg, "model_type", None))
+    if arch is None:
+        raise ExportError(f"GGUF from a Hugging Face checkpoint: architecture {getattr(cfg, 'model_type', None)!r} is not "
+                          f"supported (supported: {', '.join(HF_ARCHS)}; a model loaded from a GGUF file exports any)")
+    if outtype not in OUTTYPES:
+        raise ExportError(f"unknown GGUF type {outtype!r}: choose {', '.join(OUTTYPES)}")
+    try:
+        vocab = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ExportError(f"GGUF from a Hugging Face checkpoint needs a tokenizer.json in {hf_dir}") from None
+    if vocab.get("model", {}).get("type") != "BPE":
+        raise ExportError("GGUF from a Hugging Face checkpoint: only BPE (GPT-2-style) tokenizers are supported")
+    n_layers, n_head = cfg.num_hidden_layers, cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    w = gguf.GGUFWriter(out, arch)
+    w.add_name(str(getattr(cfg, "name_or_path", "") or "blockprune-pruned"))
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(float(rope))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+    w.add_file_type(ftype[outtype])
+    # tokenizer: the BPE vocabulary by id, added special tokens as control tokens, merges and ids from the files
+    tokens = {i: t for t, i in vocab["model"]["vocab"].items()}
+    control = set()
+    for added in vocab.get("added_tokens", []):
+        tokens[added["id"]] = added["content"]
+        if added.get("special"):
+            control.add(added["id"])
+    size = max(cfg.vocab_size, max(tokens) + 1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([tokens.get(i, f"[PAD{i}]") for i in range(size)])
+    w.add_token_types([gguf.TokenType.CONTROL if i in control else gguf.TokenType.NORMAL if i in tokens
+                       else gguf.TokenType.UNUSED for i in range(size)])
+    gguf.SpecialVocab(hf_dir, load_merges=True, n_vocab=size).add_to_gguf(w, quiet=True)
+    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, n_layers)
+    state = model.state_dict()
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    written = 0
+    for name, tensor in state.items():
+        if tied and name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd when there is no output.weight
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gname is None:
+            raise ExportError(f"GGUF from a Hugging Face checkpoint: no llama.cpp name for tensor {name}")
+        data = tensor.detach().float().cpu().numpy()
+        if name.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif name.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        if data.ndim == 1 or outtype == "f32":
+            w.add_tensor(gname, data.astype(np.float32))
+        elif outtype == "f16":
+            w.add_tensor(gname, data.astype(np.float16))
+        else:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        written += 1
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"source": "hf checkpoint", "architecture": arch, "block_count": n_layers, "tensors": written,
+            "outtype": outtype, "write_seconds": round(time.perf_counter() - start, 2)}
+
+
+def _round_trip(weight: torch.Tensor, outtype: str) -> torch.Tensor:
+    """What the GGUF file holds for a 2-D weight, dequantised: the reference its reader must match."""
+    import gguf
+
+    if outtype == "f32":
+        return weight
+    if outtype == "f16":
+        return weight.half().float()
+    data = weight.detach().float().cpu().numpy()
+    q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+    back = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(data.shape)
+    return torch.from_numpy(back.copy()).to(weight.device)
+
+
+@torch.inference_mode()
+def verify_from_hf(model, tokenizer, path: Path, outtype: str, atol: float = 1e-4, new_tokens: int = 12) -> dict:
+    """Reload a GGUF written from `model` with transformers' GGUF reader and compare it with `model`
+    whose weights are rounded as the file rounds them (logits <= atol, greedy tokens identical);
+    also states how far the rounding moves it from `model` itself."""
+    import copy
+
+    from blockprune.sources import from_gguf
+
+    from .genai import PROMPTS
+
+    start = time.perf_counter()
+    try:
+        loaded, gguf_tok = from_gguf(path, torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"transformers cannot read the written GGUF: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    loaded = loaded.to(model.device).eval()
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        if p.ndim == 2:
+            p.data = _round_trip(p.data, outtype)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 11), generator=g).to(model.device)
+    diff = (loaded(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max().item()
+    if not diff <= atol:
+        raise ExportError(f"the written GGUF's logits differ from the pruned model with {outtype} weights: max abs "
+                          f"diff {diff:.3g} > {atol:g}")
+    for p in PROMPTS:
+        if list(gguf_tok(p).input_ids) != list(tokenizer(p).input_ids):
+            raise ExportError(f"the written GGUF's tokenizer encodes {p!r} differently from the checkpoint's")
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    same = same_unrounded = 0
+    for p in PROMPTS:
+        x = torch.tensor([list(tokenizer(p).input_ids)], device=model.device)
+        got = loaded.generate(x, **kw)
+        same += int(torch.equal(got, ref.generate(x, **kw)))
+        same_unrounded += int(torch.equal(got, model.generate(x, **kw)))
+    if same != len(PROMPTS):
+        raise ExportError(f"the written GGUF's greedy tokens differ from the pruned model with {outtype} weights on "
+                          f"{len(PROMPTS) - same} of {len(PROMPTS)} prompts")
+    unrounded = (loaded(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()
+    return {"reader": "transformers GGUF loader (dequantised)", "logits_max_abs_diff_vs_rounded_weights": diff,
+            "atol": atol, "greedy_prompts_identical": f"{same}/{len(PROMPTS)}", "tokenizer_identical": True,
+            "logits_max_abs_diff_vs_unrounded": unrounded,
+            "greedy_prompts_identical_vs_unrounded": f"{same_unrounded}/{len(PROMPTS)}",
+            "new_tokens": new_tokens, "verify_seconds": round(time.perf_counter() - start, 2)}

@@ -64,11 +64,27 @@ def test_gguf_export_copies_kept_blocks_without_requantising(small_gguf, tmp_pat
     assert not any(t.name.startswith("blk.3.") for t in dst.tensors)
 
 
-def test_gguf_needs_a_gguf_source(tmp_path, capsys, tiny_dir):
-    assert cli.main(["export", "--model", str(tiny_dir), "--remove", "1", "--format", "gguf", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "copies blocks from the model's GGUF file" in err and "\n" not in err
-    assert not (tmp_path / "o").exists()
+def test_gguf_from_a_hf_checkpoint_is_read_back_by_transformers(tiny_dir, tmp_path):
+    """A llama checkpoint (not from a GGUF): written as f16 and q8_0 with the gguf writer, q/k rows in
+    llama.cpp's rotary layout; transformers' reader must give the pruned model with its weights
+    rounded as the file rounds them, exactly, and the same tokenizer."""
+    bm = models.load(str(tiny_dir), device="cpu")
+    manifest = export_model(bm, [1, 4], tmp_path / "out", formats=["gguf"])
+    for outtype in ("f16", "q8_0"):
+        info = manifest["parity"][f"gguf_{outtype}"]
+        assert info["logits_max_abs_diff_vs_rounded_weights"] <= 1e-4 and info["greedy_prompts_identical"] == "5/5"
+        assert info["tokenizer_identical"] and info["block_count"] == 4
+        written = gguf_lib.GGUFReader(tmp_path / "out" / "gguf" / f"model-pruned2-{outtype}.gguf")
+        kinds = {t.tensor_type.name for t in written.tensors if len(t.shape) == 2}
+        assert kinds == {"F16" if outtype == "f16" else "Q8_0"}
+    assert "hf" in manifest["formats"]
+
+
+def test_gguf_from_an_unsupported_architecture_is_one_line(tmp_path, capsys):
+    bm = tiny_model("gpt2", layers=3)
+    with pytest.raises(ExportFailed, match="architecture 'gpt2' is not supported"):
+        export_model(bm, [1], tmp_path / "out", formats=["gguf"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_gguf_without_a_block_count_is_refused(tmp_path):
