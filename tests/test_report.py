@@ -165,3 +165,9 @@ def test_held_out_flags_by_hand():
     better = {"sets": {"3": {"mean_drop": 0.005, "drops": {"a": 0.01, "b": 0.03}}}}  # mean below its 1%
     assert report.held_out_flags(recs, better) == ["balanced (better)", "aggressive (better)"]
     assert report.held_out_flags(recs, None) == []
+
+
+def test_both_languages_have_every_text():
+    from blockprune.report_text import TEXT
+
+    assert set(TEXT) == {"en", "zh"} and set(TEXT["en"]) == set(TEXT["zh"])

@@ -1,0 +1,145 @@
+"""The report's words, in English and Chinese (REPORT.md / REPORT.zh.md): one dict per language,
+the same keys in both (tests/test_report.py checks that)."""
+
+TEXT = {
+    "en": {
+        "title": "Block pruning recommendations: {model}",
+        "overview": "Overview",
+        "overview_text": ("{method} search over the {n} blocks of `{model}`; {c} candidate sets, every one scored on all "
+                          "{t} tasks with the same samples. Each task is ranked by a score that uses every sample's full "
+                          "signal (column 'ranked by'): a drop is its relative loss of quality vs the dense model "
+                          "(1 - q/q_dense; q = expected accuracy p_gold, accuracy, or the per-token probability exp(-NLL) "
+                          "behind perplexity and gold_logprob), and for kl the KL to the dense model itself (nats/token, "
+                          "on the same scale for small values). Tables show the ranked drop and, in brackets, the drop of "
+                          "the thresholded metric papers report (acc, exact_match). ± is the sample std over tasks "
+                          "(ddof=1); 95% intervals come from a paired bootstrap over samples ({b} replicates)."),
+        "tasks": "Tasks", "task": "task", "metric": "metric", "dense": "dense", "n": "samples", "ranked": "ranked by",
+        "best": "Best set per number of removed blocks", "remove_k": "Remove {k} block{s}",
+        "choice": "Best choice: remove {set}", "mean": "Mean drop", "ci": "95% interval",
+        "range": "Range over tasks", "per_task": "Per task", "top5": "Top 5",
+        "vs": "Best vs runner-up {r}: difference {d} (95% interval {lo} to {hi}), {verdict}.",
+        "sig": "significant", "notsig": "not significant: treat them as equivalent",
+        "none_k": "No candidate of this size was scored.",
+        "step": "Stepwise path", "step_text": "Step k is the best set of size k that contains step k-1's set.",
+        "incr": "incremental", "jump": "no scored set extends the previous step: best of this size taken",
+        "rec": "Recommendations", "conservative": "Conservative", "balanced": "Balanced", "aggressive": "Aggressive",
+        "rule": "Rule", "no_rec": "No set meets this rule.",
+        "lat_title": "Measured speed", "lat_level": "recommendation", "lat_speedup": "measured speedup",
+        "lat_ideal": "ideal L/(L-k)", "lat_prefill": "prefill speedup", "lat_none": "not measured",
+        "lat_text": ("Decode speedup vs the dense model (per-token latency, greedy, with the KV cache: median over runs of the "
+                     "dense/pruned ratio of adjacent runs, min–max in brackets; {backend}, "
+                     "batch {batch}, prompt {prompt} + {gen} tokens, {reps} interleaved runs, {device}) from `latency.json`; "
+                     "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front."),
+        "rule_conservative": "the largest k with a set whose every task's upper 95% bound is <= {t}",
+        "rule_balanced": ("the largest k with a set whose one-sided 95% upper bound of the mean drop is <= {t} and no "
+                          "task's lower 95% bound above {t}"),
+        "rule_aggressive": ("the largest k with a set whose one-sided 80% upper bound of the mean drop is <= {t} and no "
+                            "task's lower 95% bound above {t}"),
+        "guard": ("Every rule first requires that no task's own drop is significantly above the tolerance, so a gain on "
+                  "one task cannot hide a loss on another."),
+        "task_ci": "per task [95% interval]",
+        "guard_fail": ("✗ fails the per-task guard: {tasks} significantly above {t}, so no recommendation can "
+                       "take this set (sets marked ✗ below likewise)"),
+        "decide": "What the samples decide",
+        "decide_text": ("For the best set of each size, every task's drop against the tolerance {t}: within (upper 95% bound "
+                        "<= {t}), above (lower bound > {t}) or undecided. For an undecided task: how many samples would "
+                        "make its interval decisive if the drop stayed where it is (from its paired bootstrap variance)."),
+        "v_within": "within", "v_above": "above", "v_undecided": "undecided",
+        "need": "needs about {m} samples (has {n}{avail})", "need_avail": ", {a} available",
+        "need_inf": "sits on the tolerance: no sample size decides it",
+        "cannot": "The samples cannot decide whether {set} is within {t}: {items}.",
+        "held": "Held-out check", "held_text": ("The recommended sets and the dense model re-scored on samples of each task "
+                                                 "that the search did not use ({where}). ⚠ marks a drop outside the "
+                                                 "search's 95% interval."),
+        "held_none": "Not run yet: `blockprune validate {out}` re-scores the recommendations on unused samples.",
+        "held_search": "search", "held_out": "held-out",
+        "held_flag": "⚠ a held-out drop leaves the search's interval (worse: above it, the advice was optimistic; better: below it)",
+        "held_ok": "the held-out drops stay inside the search's intervals",
+        "held_plain": ("{set}: {task} perplexity {dense} → {ppl} ({rise}) on {n} held-out windows, measured by plain "
+                       "transformers with the blocks deleted"),
+        "notes": "Notes", "warning": "Warning",
+        "findings": "Key findings", "blocks": "Single-block removal",
+        "partial_note": ("† dropped by racing after {n} samples per task (estimate on those samples; the exact search "
+                         "`--exact` scores every set on all samples). {m} sets were dropped by racing in all."),
+        "block": "block", "rank": "rank", "plots": "Plots", "files": "File locations", "usage": "How to reproduce",
+        "f_critical": "Blocks that must never go: {items}.", "f_critical_none": "No single block is critical (no lower 95% bound >= {c}).",
+        "f_crit_item": "removing block {b} costs {d} (95% interval {lo} to {hi})",
+        "f_safe": "Safest single removals: {items}.",
+        "f_combo_yes": "Combinations beat the best single removal (block {b}): {sets}.",
+        "f_combo_no": "No combination beats the best single removal (block {b}).",
+        "f_inter": "Interactions: {n} of {m} multi-block sets differ from the sum of their single drops (95% interval excludes 0){items}.",
+        "f_rank": "Agreement of block importance across tasks (Spearman of single-block drops): mean {m}; {pairs}.",
+        "f_grow_yes": "Incremental drops grow along the stepwise path: {inc}.",
+        "f_grow_no": "Incremental drops do not grow monotonically along the stepwise path: {inc}.",
+        "one_task": "Only one task: std over tasks and rank agreement are not defined.",
+        "repro": "Regenerate this report from the store (no re-scoring) with `blockprune report {out}`; the search itself:",
+        "f_files": {"REPORT": "this report", "pruning_recommendations.json": "recommendations, stepwise path, key findings",
+                    "cross_dataset_analysis.json": "every candidate: scores, drops, mean ± std, 95% interval; single-block table",
+                    "results.jsonl": "the store: per-sample scores of every (candidate, task)", "run.json": "settings and versions"},
+    },
+    "zh": {
+        "title": "Block 剪枝建议：{model}",
+        "overview": "概述",
+        "overview_text": ("对 `{model}` 的 {n} 个 block 进行 {method} 搜索；共 {c} 个候选组合，每个组合都在全部 {t} 个任务的同一批样本上评估。"
+                          "每个任务按利用每个样本完整信号的分数排序（“排序依据”列）：下降指其相对于完整模型的质量相对损失"
+                          "（1 - q/q_dense；q 为期望准确率 p_gold、准确率，或困惑度与 gold_logprob 背后的每 token 概率 exp(-NLL)），"
+                          "kl 任务的下降即相对完整模型的 KL 本身（nats/token，小值时与相对损失同一尺度）。表中给出排序分数的下降，"
+                          "括号内为论文常报告的阈值指标（acc、exact_match）的下降。± 为跨任务的样本标准差（ddof=1）；"
+                          "95% 区间来自对样本的配对 bootstrap（{b} 次重采样）。"),
+        "tasks": "任务", "task": "任务", "metric": "指标", "dense": "完整模型", "n": "样本数", "ranked": "排序依据",
+        "best": "独立最优策略", "remove_k": "移除 {k} 个 Block{s}",
+        "choice": "最佳选择：移除 {set}", "mean": "平均下降", "ci": "95% 区间",
+        "range": "跨任务范围", "per_task": "各任务", "top5": "Top 5 选择",
+        "vs": "最佳与次佳 {r} 之差：{d}（95% 区间 {lo} 至 {hi}），{verdict}。",
+        "sig": "差异显著", "notsig": "差异不显著，可视为等价",
+        "none_k": "该数量下没有评估过的候选。",
+        "step": "逐步剪枝策略", "step_text": "第 k 步为包含第 k-1 步组合的最佳 k-block 组合。",
+        "incr": "增量下降", "jump": "没有评估过的组合包含上一步的组合：取该数量下的最佳组合",
+        "rec": "建议", "conservative": "保守策略", "balanced": "平衡策略", "aggressive": "激进策略",
+        "rule": "规则", "no_rec": "没有组合满足该规则。",
+        "lat_title": "实测速度", "lat_level": "建议", "lat_speedup": "实测加速比",
+        "lat_ideal": "理想值 L/(L-k)", "lat_prefill": "预填充加速比", "lat_none": "未测量",
+        "lat_text": ("相对完整模型的解码加速比（每个 token 的延迟，贪心解码，使用 KV cache：相邻运行的完整/剪枝比值在各次运行上的中位数，"
+                     "括号内为最小–最大；{backend}，batch {batch}，"
+                     "提示 {prompt} + 生成 {gen} 个 token，{reps} 次交替运行，{device}），数据来自 `latency.json`；"
+                     "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出 Pareto 前沿。"),
+        "rule_conservative": "存在每个任务的 95% 区间上界都 <= {t} 的组合的最大 k",
+        "rule_balanced": "存在平均下降单侧 95% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
+        "rule_aggressive": "存在平均下降单侧 80% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
+        "guard": "每条规则都先要求没有任何任务自身的下降显著高于容差，因此一个任务上的提升无法掩盖另一个任务上的损失。",
+        "task_ci": "各任务 [95% 区间]",
+        "guard_fail": "✗ 未通过逐任务检查：{tasks} 显著高于 {t}，任何建议都不会采用该组合（下表中标 ✗ 的组合同样如此）",
+        "decide": "样本能判定什么",
+        "decide_text": ("对每个数量下的最佳组合，逐个任务将下降与容差 {t} 比较：之内（95% 上界 <= {t}）、之上（下界 > {t}）或无法判定。"
+                        "对无法判定的任务：若下降保持不变，需要多少样本才能使区间得出结论（由配对 bootstrap 方差估算）。"),
+        "v_within": "之内", "v_above": "之上", "v_undecided": "无法判定",
+        "need": "约需 {m} 个样本（现有 {n}{avail}）", "need_avail": "，可用 {a}",
+        "need_inf": "恰在容差上：任何样本量都无法判定",
+        "cannot": "样本无法判定 {set} 是否在 {t} 之内：{items}。",
+        "held": "留出样本检验", "held_text": "用搜索未使用的各任务样本重新评估推荐组合与完整模型（{where}）。⚠ 表示下降超出搜索的 95% 区间。",
+        "held_none": "尚未运行：`blockprune validate {out}` 会在未使用的样本上重新评估推荐组合。",
+        "held_search": "搜索", "held_out": "留出",
+        "held_flag": "⚠ 留出样本上的下降超出搜索的区间（worse：高于区间，建议偏乐观；better：低于区间）",
+        "held_ok": "留出样本上的下降均在搜索的区间之内",
+        "held_plain": "{set}：{task} 困惑度 {dense} → {ppl}（{rise}），{n} 个留出窗口，用删除 block 后的普通 transformers 测得",
+        "notes": "说明", "warning": "警告",
+        "findings": "关键发现", "blocks": "单个 Block 移除",
+        "partial_note": ("† 在每个任务 {n} 个样本后被 racing 淘汰（基于这些样本的估计；精确搜索 `--exact` 会在全部样本上评估每个组合）。"
+                         "共有 {m} 个组合被 racing 淘汰。"),
+        "block": "block", "rank": "排名", "plots": "图表", "files": "文件位置", "usage": "使用方法",
+        "f_critical": "绝对不能移除的 blocks：{items}。", "f_critical_none": "没有关键的单个 block（没有 95% 区间下界 >= {c}）。",
+        "f_crit_item": "移除 Block {b} 会导致下降 {d}（95% 区间 {lo} 至 {hi}）",
+        "f_safe": "最安全的单个移除：{items}。",
+        "f_combo_yes": "组合移除优于最佳单 block 移除（Block {b}）：{sets}。",
+        "f_combo_no": "没有组合优于最佳单 block 移除（Block {b}）。",
+        "f_inter": "交互效应：{m} 个多 block 组合中有 {n} 个的下降与其单 block 下降之和不同（95% 区间不含 0）{items}。",
+        "f_rank": "各任务间 block 重要性的一致性（单 block 下降的 Spearman 相关）：平均 {m}；{pairs}。",
+        "f_grow_yes": "逐步移除的增量影响递增：{inc}。",
+        "f_grow_no": "逐步移除的增量影响并非单调递增：{inc}。",
+        "one_task": "只有一个任务：跨任务标准差和排名一致性无定义。",
+        "repro": "从存储重新生成本报告（不重新评估）：`blockprune report {out}`；搜索本身：",
+        "f_files": {"REPORT": "本报告", "pruning_recommendations.json": "推荐结果、逐步路径、关键发现",
+                    "cross_dataset_analysis.json": "全部候选：分数、下降、均值 ± 标准差、95% 区间；单 block 表",
+                    "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},
+    },
+}
