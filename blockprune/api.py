@@ -198,8 +198,9 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         from .export import MANIFEST
 
         target = Path(out) / "export"  # the run's own export of an earlier balanced set may be replaced
+        levels = [r["removed"] for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
         export(bm, balanced["removed"], target, formats=export_formats, kv_cache=kv_cache,
-               force=(target / MANIFEST).exists())
+               force=(target / MANIFEST).exists(), elastic_sets=levels)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
@@ -251,7 +252,8 @@ def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, pro
 
 
 def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
-           kv_cache: bool = False, device: str | None = None, dtype: str = "float32", force: bool = False) -> dict:
+           kv_cache: bool = False, device: str | None = None, dtype: str = "float32", force: bool = False,
+           elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
     """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest.
     `out` must be new, empty or an export of the same request unless `force` (never a search run)."""
     from .export import check_formats, check_out, export_model, request_of
@@ -263,7 +265,7 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
         models.check_device(device)
         check_out(out, request_of(model, removed, formats, kv_cache), force)  # before the model loads
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
-    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force)
+    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force, elastic_sets=elastic_sets)
 
 
 def validate(directory: str | Path, samples: int | None = None, device: str | None = None, lang: str = "en",

@@ -108,7 +108,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="hf",
                    help="comma-separated: hf, onnx (logits graph; --kv-cache adds the decoder with past), genai (ONNX "
                         "Runtime GenAI, fp32 and int4, built by onnxruntime-genai's builder), gguf (llama.cpp; copies "
-                        "the kept blocks of the model's GGUF file) (default hf)")
+                        "the kept blocks of the model's GGUF file, or writes f16 and q8_0 from a llama checkpoint), "
+                        "onnx-elastic (one decoder with past whose `keep` input picks the blocks per request) "
+                        "(default hf)")
     e.add_argument("--kv-cache", action="store_true", help="also export the ONNX decoder with past key values")
     e.add_argument("--force", action="store_true",
                    help="replace what --out holds (by default only a new or empty directory, or an export of the same "

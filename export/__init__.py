@@ -27,7 +27,7 @@ from blockprune.rundir import check_out as check_out_dir
 from . import hf
 from .onnx import ExportError
 
-FORMATS = ("hf", "onnx", "genai", "gguf")
+FORMATS = ("hf", "onnx", "genai", "gguf", "onnx-elastic")
 MANIFEST = "export_manifest.json"
 
 
@@ -82,7 +82,7 @@ def check_out(out: str | Path, request: dict, force: bool = False) -> Path:
 
 
 def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
-                 kv_cache: bool = False, force: bool = False) -> dict:
+                 kv_cache: bool = False, force: bool = False, elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
     """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
     removed = sorted({int(b) for b in removed})
     formats = check_formats(formats)
@@ -125,6 +125,27 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
                                                                 "export_seconds": round(time.perf_counter() - t, 2)}
             manifest["onnxruntime_providers"] = sorted({p for k, v in manifest["parity"].items() if k.startswith("onnx")
                                                         for p in v.get("providers", [])})
+        if "onnx-elastic" in formats:
+            from . import elastic
+            from . import onnx as onnx_export
+
+            t = time.perf_counter()
+            work = tmp / ".elastic-work"
+            (tmp / "onnx-elastic").mkdir()
+            dense_graph = onnx_export.export_decoder_with_past(bm.model, work / "dense")
+            target = tmp / "onnx-elastic" / elastic.ELASTIC_FILE
+            info = elastic.make_elastic(dense_graph, target, bm.num_blocks, bm.block_path)
+            info["export_seconds"] = round(time.perf_counter() - t, 2)
+            info.update(elastic.verify(bm, target, list(dict.fromkeys([(), tuple(removed), *map(tuple, elastic_sets)]))))
+            if removed:
+                pruned_graph = tmp / "onnx" / onnx_export.DECODER_FILE
+                if not pruned_graph.exists():
+                    pruned_graph = onnx_export.export_decoder_with_past((pruned or remove_blocks(bm, removed)).model,
+                                                                        work / "pruned")
+                info["speed"] = elastic.speed(target, dense_graph, pruned_graph, bm.num_blocks, removed,
+                                              bm.head.weight.shape[0])
+            shutil.rmtree(work, ignore_errors=True)
+            manifest["parity"]["onnx_elastic"] = info
         if "genai" in formats:
             from . import genai
 

@@ -132,3 +132,25 @@ def test_bench_measures_the_genai_models_like_the_other_backends(tiny_dir, tmp_p
                                                  "--format genai --out .*hf-only-genai"):
         latency.bench(bm, [1, 3], backends=["genai"], prompt_len=12, gen_len=6, warmup=1, reps=2,
                       onnx_dirs={"dense": str(tmp_path / "dense"), "pruned": [str(tmp_path / "hf-only")]})
+
+
+def test_onnx_elastic_matches_every_pruned_model_and_skips_the_work(tmp_path):
+    """One graph, depth per request: for the dense mask, the export's set and other recommended
+    sets, prefill and a decode step equal the physically pruned model; a skipped block's cache slot
+    stays empty; a mask of the wrong length is refused by onnxruntime at the input."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from blockprune.export import elastic
+
+    bm = tiny_model("llama", layers=6)
+    manifest = export_model(bm, [1, 3], tmp_path / "out", formats=["onnx-elastic"], elastic_sets=[[0], [2, 4, 5]])
+    info = manifest["parity"]["onnx_elastic"]
+    assert info["sets_checked"] == [[], [1, 3], [0], [2, 4, 5]] and info["worst_diff_over_tolerance"] <= 1
+    assert info["if_nodes"] == 6 and info["speed"]["elastic_speedup"] > 1  # skipping saves compute
+    sess = ort.InferenceSession(str(tmp_path / "out" / "onnx-elastic" / elastic.ELASTIC_FILE))
+    ids = np.array([[5, 6, 7]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones((1, 3), np.int64), "position_ids": np.arange(3)[None],
+             **elastic._empty_past(sess, 1)}
+    with pytest.raises(Exception, match="(?s)input: keep .*Got: 7 Expected: 6"):
+        sess.run(None, {**feeds, "keep": np.ones(7, dtype=bool)})
