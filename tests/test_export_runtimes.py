@@ -154,3 +154,13 @@ def test_onnx_elastic_matches_every_pruned_model_and_skips_the_work(tmp_path):
              **elastic._empty_past(sess, 1)}
     with pytest.raises(Exception, match="(?s)input: keep .*Got: 7 Expected: 6"):
         sess.run(None, {**feeds, "keep": np.ones(7, dtype=bool)})
+
+
+@pytest.mark.slow
+def test_real_smollm2_to_every_runtime(tmp_path):
+    """The issue's command on the real model: all five artifacts, each verified (about 10 minutes here)."""
+    assert cli.main(["export", "--model", "smollm2-135m", "--remove", "17,18,19", "--format",
+                     "hf,onnx,genai,gguf,onnx-elastic", "--kv-cache", "--out", str(tmp_path / "out")]) == 0
+    parity = json.loads((tmp_path / "out" / MANIFEST).read_text())["parity"]
+    assert parity["genai_fp32"]["prompts_identical"] == 5 and parity["gguf"]["greedy_prompts_identical"] == "5/5"
+    assert parity["gguf"]["logits_max_abs_diff"] <= 1e-4 and parity["onnx_elastic"]["worst_diff_over_tolerance"] <= 1
