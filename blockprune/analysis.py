@@ -187,8 +187,8 @@ def _incomplete(store: Store, names: list[str]) -> dict | None:
     if store.done or not store.tracked:
         return None
     missing = set(store.missing())
-    for key in store.candidates():
-        if not all(store.has(key, t) or store.samples_of(key, t) for t in names):
+    for key in store.candidates():  # whole on some tasks, nothing at all on others
+        if not all(store.has(key, t) or (key, t) in store.parts for t in names):
             missing.add(key)
     missing = sorted(missing, key=lambda k: (len(k), k))
     shown = ", ".join(_fmt_set(k) for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")

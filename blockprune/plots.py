@@ -11,7 +11,8 @@ from .advice import by_k
 
 
 def fmt_set(removed) -> str:
-    return "{" + ", ".join(str(b) for b in removed) + "}"
+    """A removal set as the report writes it: [17, 18]."""
+    return "[" + ", ".join(str(b) for b in removed) + "]"
 
 PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution", "drop_vs_speedup")
 

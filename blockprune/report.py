@@ -28,7 +28,7 @@ import numpy as np
 from . import advice, latency, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
-from .plots import PLOTS, plot_all
+from .plots import PLOTS, fmt_set, plot_all
 from .rundir import chmod_like_user
 from .store import Store, atomic_write_json, atomic_write_text
 
@@ -98,10 +98,6 @@ from .report_text import TEXT  # noqa: E402  (the report's words, en and zh)
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
-
-
-def fmt_set(removed) -> str:
-    return "[" + ", ".join(str(b) for b in removed) + "]"
 
 
 def shown_note(c: dict, t: str, tasks: dict) -> str:

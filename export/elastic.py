@@ -193,14 +193,14 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _feeds(sess, ids, mask, positions, past: dict, keep=None) -> dict:
+def _feeds(ids, mask, positions, past: dict, keep=None) -> dict:
     feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, **past}
     if keep is not None:
         feeds["keep"] = keep
     return feeds
 
 
-def _empty_past(sess, batch: int, keep=None) -> dict:
+def _empty_past(sess, batch: int) -> dict:
     import numpy as np
 
     out = {}
@@ -235,9 +235,9 @@ def verify(bm, path: Path, sets, atol: float = 1e-4, rtol: float = 1e-5) -> dict
         keep = np.array([b not in set(removed) for b in range(n)])
         mask = np.ones((2, 7), dtype=np.int64)
         pos = np.broadcast_to(np.arange(7), (2, 7)).astype(np.int64)
-        out = sess.run(None, _feeds(sess, ids, mask, pos, _empty_past(sess, 2), keep))
+        out = sess.run(None, _feeds(ids, mask, pos, _empty_past(sess, 2), keep))
         token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
-        out2 = sess.run(None, _feeds(sess, token, np.ones((2, 8), dtype=np.int64), np.full((2, 1), 7, dtype=np.int64),
+        out2 = sess.run(None, _feeds(token, np.ones((2, 8), dtype=np.int64), np.full((2, 1), 7, dtype=np.int64),
                                      _presents(sess, out), keep))
         pruned = remove_blocks(bm, removed) if removed else bm
         with torch.inference_mode():
@@ -262,13 +262,13 @@ def decode_ms(sess, keep, prompt: int = 32, steps: int = 16, vocab: int = 100) -
     import numpy as np
 
     ids = np.random.default_rng(1).integers(3, vocab, (1, prompt)).astype(np.int64)
-    out = sess.run(None, _feeds(sess, ids, np.ones((1, prompt), np.int64), np.arange(prompt)[None].astype(np.int64),
+    out = sess.run(None, _feeds(ids, np.ones((1, prompt), np.int64), np.arange(prompt)[None].astype(np.int64),
                                 _empty_past(sess, 1), keep))
     times = []
     for s in range(steps):
         token = out[0][:, -1].argmax(-1)[:, None].astype(np.int64)
         t = time.perf_counter()
-        out = sess.run(None, _feeds(sess, token, np.ones((1, prompt + s + 1), np.int64),
+        out = sess.run(None, _feeds(token, np.ones((1, prompt + s + 1), np.int64),
                                     np.array([[prompt + s]], dtype=np.int64), _presents(sess, out), keep))
         times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times))

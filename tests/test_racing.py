@@ -66,18 +66,25 @@ def test_racing_resumes_without_rescoring(tiny_dir, jsonl_tasks, tmp_path):
     assert len(records(tmp_path / "run")) == before  # nothing scored twice, not even a part
 
 
-def test_a_child_starts_from_its_parents_stored_states(tiny_dir, jsonl_tasks, tmp_path):
+def _parent_with_stored_states(tiny_dir, jsonl_tasks, tmp_path):
+    """Engines without and with the state cache, a task, and the parent set {1} whose states the
+    caching engine has stored."""
     plain = evaluator(tiny_dir, jsonl_tasks, tmp_path / "a").engine
     reuse = evaluator(tiny_dir, jsonl_tasks, tmp_path / "b", reuse_bytes=2**28).engine
     task = evaluator(tiny_dir, jsonl_tasks, tmp_path / "c").tasks[1]
-    L = plain.model.num_blocks
-    parent = np.ones((1, L), dtype=bool)
+    parent = np.ones((1, plain.model.num_blocks), dtype=bool)
     parent[0, 1] = False
+    reuse.score(task.requests, parent)
+    reuse.retain(parent)
+    return plain, reuse, task, parent
+
+
+def test_a_child_starts_from_its_parents_stored_states(tiny_dir, jsonl_tasks, tmp_path):
+    plain, reuse, task, parent = _parent_with_stored_states(tiny_dir, jsonl_tasks, tmp_path)
+    L = plain.model.num_blocks
     children = np.repeat(parent, L - 1, axis=0)
     for i, j in enumerate(b for b in range(L) if b != 1):
         children[i, j] = False
-    reuse.score(task.requests, parent)
-    reuse.retain(parent)
     want = plain.score(task.requests, children)
     got = reuse.score(task.requests, children)
     np.testing.assert_allclose(got.logprob, want.logprob, rtol=1e-5, atol=1e-5)
@@ -152,17 +159,11 @@ def test_a_small_state_cache_evicts_without_changing_scores(tiny_dir, jsonl_task
 def test_children_restored_from_stored_states_count_head_positions_once(tiny_dir, jsonl_tasks, tmp_path):
     """Every child starts from the parent's stored states, so the trie's root node is empty: it
     must cost no LM-head positions (a resumed search reported 1.21x the naive loop before)."""
-    plain = evaluator(tiny_dir, jsonl_tasks, tmp_path / "a").engine
-    reuse = evaluator(tiny_dir, jsonl_tasks, tmp_path / "b", reuse_bytes=2**28).engine
-    task = evaluator(tiny_dir, jsonl_tasks, tmp_path / "c").tasks[1]
+    plain, reuse, task, parent = _parent_with_stored_states(tiny_dir, jsonl_tasks, tmp_path)
     L = plain.model.num_blocks
-    parent = np.ones((1, L), dtype=bool)
-    parent[0, 1] = False
     children = np.repeat(parent, L - 2, axis=0)
     for i, j in enumerate(range(2, L)):  # all children share the parent's prefix through block 1
         children[i, j] = False
-    reuse.score(task.requests, parent)
-    reuse.retain(parent)
     got = reuse.score(task.requests, children)
     want = plain.score(task.requests, children)
     np.testing.assert_allclose(got.logprob, want.logprob, rtol=1e-5, atol=1e-5)
