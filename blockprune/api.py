@@ -79,6 +79,8 @@ def run_search(
     held_out: bool = False,
     held_out_samples: int | None = None,
     sets: Sequence[Sequence[int]] = (),
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SearchOutput:
     """Search which blocks of `model` to remove, scoring every candidate on every task.
 
@@ -88,6 +90,8 @@ def run_search(
     end the report is written; with `held_out` the recommendations are re-scored on samples the
     search did not use (`blockprune validate`) and the report shows both; with `export_formats`
     the balanced recommendation is exported to `out/export`. `rank_by`: see scores.resolve_rank_by.
+    `workers` / `ray_address`: score on Ray workers, one model replica each (blockprune.cluster);
+    the scores and the store are the same as in one process.
     """
     start = time.perf_counter()
     # every option is checked before the model is loaded or anything is written
@@ -119,6 +123,12 @@ def run_search(
 
         check_formats(export_formats)
     models.check_device(device)
+    cluster_opts = None
+    if workers is not None or ray_address:
+        from . import cluster
+
+        cluster.check_options(workers, ray_address)
+        cluster_opts = {"workers": workers, "address": ray_address}
     out = rundir.check_out(out)
     _refuse_old_store(out)
     with rundir.lock(out, "search in"):
@@ -126,13 +136,13 @@ def run_search(
             model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
             max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance, export_formats,
             kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start,
-            sets)
+            sets, cluster_opts)
 
 
 def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
                    max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
-                   held_out_samples, start, sets) -> SearchOutput:
+                   held_out_samples, start, sets, cluster_opts=None) -> SearchOutput:
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     search.check_sets(sets, bm.num_blocks, protected, min_depth)
@@ -173,13 +183,20 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
     }
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
                                               "prefix_tokens": loaded[0].prefix})
-    engine = Engine(bm, budget_bytes=int(budget_gb * 2**30) if budget_gb else None)
-    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
-                                 racing=None if exact else search.Racing(), rank_by=ranking)
-    result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
-                        min_depth=min_depth, max_candidates=max_candidates, seed=seed,
-                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
-                        sets=sets)
+    budget = int(budget_gb * 2**30) if budget_gb else None
+    engine = Engine(bm, budget_bytes=budget)
+    pool = _start_pool(cluster_opts, engine, model, dtype, device, budget, candidates_per_pass, loaded, store,
+                       progress) if cluster_opts else None
+    try:
+        evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
+                                     racing=None if exact else search.Racing(), rank_by=ranking, runner=pool)
+        result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
+                            min_depth=min_depth, max_candidates=max_candidates, seed=seed,
+                            evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
+                            sets=sets)
+    finally:
+        if pool is not None:
+            pool.close()
     store.finish()
     analysis = report.build_analysis(out)
     for note in analysis.get("warnings", []):
@@ -202,6 +219,35 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         export(bm, balanced["removed"], target, formats=export_formats, kv_cache=kv_cache,
                force=(target / MANIFEST).exists(), elastic_sets=levels)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
+
+
+def _start_pool(opts: dict, engine: Engine, model: str, dtype: str, device, budget, batch_candidates: int, tasks,
+                store: Store, progress: bool):
+    """Ray workers for this search; what they did goes into run.json's "cluster" list (one entry
+    per session, so a resumed run keeps the earlier sessions' figures)."""
+    from . import cluster
+
+    if progress:
+        print(f"blockprune: starting {opts['workers'] or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
+              f"{' at ' + opts['address'] if opts['address'] else ''}", file=sys.stderr, flush=True)
+    pool = cluster.Pool(engine, model, dtype, workers=opts["workers"], address=opts["address"], device=device,
+                        budget_bytes=budget, batch_candidates=batch_candidates)
+    try:
+        pool.setup(tasks)
+    except BaseException:
+        pool.close()
+        raise
+    sessions = list(store.run_info.get("cluster", []))
+    index = len(sessions)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def record(summary: dict) -> None:
+        sessions[index:] = [{"started": started, **summary}]
+        store.set_info("cluster", sessions)
+
+    pool.on_step = record
+    record(pool.summary())
+    return pool
 
 
 def check_length(task, bm: models.BlockModel) -> None:

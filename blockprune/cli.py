@@ -8,6 +8,7 @@ import sys
 
 from . import api, report, search
 from .analysis import AnalysisError
+from .cluster import ClusterError
 from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
@@ -19,7 +20,7 @@ from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed, BenchError, ScoreError, PathError)
+               ExportFailed, BenchError, ScoreError, PathError, ClusterError)
 
 
 def _int_list(what: str):
@@ -40,6 +41,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
     p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="score on N Ray workers, one model replica each: one per GPU, or CPU processes sharing "
+                        "the cores (needs blockprune[ray]; the store and scores are as in one process)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join a running Ray cluster (e.g. auto after `ray start --head`); workers: --workers, "
+                        "else one per GPU of the cluster (one per machine without GPUs)")
 
 
 def _add_report_options(p: argparse.ArgumentParser, tolerance: float | None = 0.05) -> None:
@@ -89,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--export", default="", metavar="FORMATS",
                    help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
     _add_common(s)
+    _add_cluster(s)
     _add_report_options(s)
     s.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
 
@@ -98,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--no-export", action="store_true", help="skip exporting the balanced recommendation")
     d.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
     _add_common(d)
+    _add_cluster(d)
     _add_report_options(d, tolerance=api.DEMO["tolerance"])
 
     e = sub.add_parser("export", help="write the model without some blocks as verified artifacts: HF checkpoint, ONNX, "
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"out": args.out, "parity": manifest["parity"]}, indent=2))
             return 0
         common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
-                      lang=args.lang, tolerance=args.tolerance)
+                      lang=args.lang, tolerance=args.tolerance, workers=args.workers, ray_address=args.ray_address)
         if args.command == "demo":
             out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}),
                                latency=not args.no_latency, seed=args.seed, **common)

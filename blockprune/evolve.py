@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .evaluator import rank as rank_sets
 from .store import key_of
 
 
@@ -39,12 +40,10 @@ def _weights(blocks: Sequence[int], rank: dict[int, int], favour_low: bool, scal
 
 
 def run(ev, allowed: Sequence[int], k_max: int, settings: Settings, seed: int, result):
-    from .search import _rank  # search imports this module
-
     rng = np.random.default_rng(seed)
     allowed = list(allowed)
     singles = ev.evaluate([(b,) for b in allowed])
-    ranked = _rank(singles)
+    ranked = rank_sets(singles)
     result.evaluated.extend(singles)
     result.steps.append(ranked[: settings.population])
     rank = {key[0]: i for i, key in enumerate(ranked)}

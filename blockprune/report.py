@@ -193,7 +193,7 @@ def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
 
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
-           decisions: list[dict] | None = None, validation: dict | None = None) -> str:
+           decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None) -> str:
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
@@ -262,6 +262,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L += decision_lines(decisions, recs["tolerance"], T)
     L += validation_lines(recs, validation, T, out)
     L += latency_lines(recs, T, out, a)
+    L += cluster_lines(cluster, T)
     L += [f"## {T['findings']}", ""]
     for i, line in enumerate(finding_lines(findings, T), 1):
         L.append(f"{i}. {line}")
@@ -287,6 +288,23 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L.append(f"- `plots/`: {', '.join(p + '.png' for p in PLOTS)}")
     L += ["", f"## {T['usage']}", "", T["repro"].format(out=out), "", "```bash", command, "```", ""]
     return "\n".join(L)
+
+
+def cluster_lines(sessions: list | None, T: dict) -> list[str]:
+    """The Ray sessions of a run (run.json "cluster"): workers, throughput, retried units."""
+    if not sessions:
+        return []
+    L = [f"## {T['cluster']}", ""]
+    for i, s in enumerate(sessions, 1):
+        rates = ", ".join(f"{w['worker']} {w.get('device', '?')}@{w.get('host', '?')} {w['block_tokens_per_s']:,.0f}"
+                          for w in s["workers"])
+        L += [f"- {T['cluster_session'].format(i=i, started=s['started'], address=s['address'], units=s['units'], n=len(s['workers']), rates=rates)}"]
+        if s["retried_units"]:
+            who = ", ".join(f"{x['worker']}@{x.get('host')}" for x in s["lost_workers"])
+            L += [f"  {T['cluster_retried'].format(r=s['retried_units'], lost=len(s['lost_workers']), who=who)}"]
+        else:
+            L += [f"  {T['cluster_none']}"]
+    return L + [""]
 
 
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
@@ -439,5 +457,6 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     atomic_write_json(directory / RECOMMENDATIONS_FILE, rec_json)
     atomic_write_text(directory / analysis_mod.SUMMARY_FILE, analysis_mod.summary_markdown(a))
     atomic_write_text(directory / ("REPORT.zh.md" if lang == "zh" else "REPORT.md"),
-                      render(a, recs, path, findings, lang, directory, command, decisions, validation))
+                      render(a, recs, path, findings, lang, directory, command, decisions, validation,
+                             store.run_info.get("cluster")))
     return rec_json

@@ -73,6 +73,12 @@ TEXT = {
         "f_grow_no": "Incremental drops do not grow monotonically along the stepwise path: {inc}.",
         "one_task": "Only one task: std over tasks and rank agreement are not defined.",
         "repro": "Regenerate this report from the store (no re-scoring) with `blockprune report {out}`; the search itself:",
+        "cluster": "Where it was scored",
+        "cluster_session": ("Session {i} ({started}, Ray at {address}): {units} units on {n} workers; block tokens "
+                            "per second of each worker's busy time: {rates}."),
+        "cluster_retried": ("{r} unit(s) retried on another worker after {lost} worker(s) died mid-unit ({who}); a unit "
+                            "is stored only when its result arrives whole, so nothing was lost or stored twice."),
+        "cluster_none": "No unit was retried.",
         "f_files": {"REPORT": "this report", "pruning_recommendations.json": "recommendations, stepwise path, key findings",
                     "cross_dataset_analysis.json": "every candidate: scores, drops, mean ± std, 95% interval; single-block table",
                     "results.jsonl": "the store: per-sample scores of every (candidate, task)", "run.json": "settings and versions"},
@@ -138,6 +144,10 @@ TEXT = {
         "f_grow_no": "逐步移除的增量影响并非单调递增：{inc}。",
         "one_task": "只有一个任务：跨任务标准差和排名一致性无定义。",
         "repro": "从存储重新生成本报告（不重新评估）：`blockprune report {out}`；搜索本身：",
+        "cluster": "计算资源",
+        "cluster_session": "第 {i} 次运行（{started}，Ray 地址 {address}）：{n} 个 worker 共完成 {units} 个工作单元；各 worker 忙碌时间内每秒 block token 数：{rates}。",
+        "cluster_retried": "有 {lost} 个 worker 在工作单元中途失效（{who}），{r} 个工作单元已在其他 worker 上重跑；工作单元只有在结果完整返回后才会写入存储，因此没有丢失或重复记录。",
+        "cluster_none": "没有工作单元需要重跑。",
         "f_files": {"REPORT": "本报告", "pruning_recommendations.json": "推荐结果、逐步路径、关键发现",
                     "cross_dataset_analysis.json": "全部候选：分数、下降、均值 ± 标准差、95% 区间；单 block 表",
                     "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},

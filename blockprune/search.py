@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
+from . import evolve, oneshot
+from .evaluator import Evaluated, Evaluator, Racing, rank
+from .store import key_of
 
-from . import evolve, oneshot, scores, stats
-from .engine import Engine, trie_block_rows
-from .store import Store, key_of
-from .tasks import Task
+__all__ = ["METHODS", "SearchError", "SearchResult", "Evaluated", "Evaluator", "Racing", "run", "validate",
+           "parse_sets", "read_sets_file", "check_sets"]
 
 METHODS = ("sensitivity", "greedy", "beam", "exhaustive", "evolutionary", "block-influence", "angular", "given")
 
@@ -41,273 +39,10 @@ class SearchError(Exception):
 
 
 @dataclass
-class Evaluated:
-    removed: tuple[int, ...]
-    scores: dict[str, float]
-    drops: dict[str, float]
-
-    @property
-    def mean_drop(self) -> float:
-        return float(np.mean(list(self.drops.values())))
-
-
-@dataclass
-class Racing:
-    """Multi-fidelity scoring of one search step (see `Evaluator.race`).
-
-    Every task's samples are visited in a fixed seeded order. Round 0 scores every candidate on
-    the first `first` samples of each task (all of a task with fewer), each later round on
-    `growth` times as many, the last round on all. After each round but the last, a candidate
-    is dropped when the paired bootstrap says, at `confidence`, that its mean drop is above each
-    of `keep` others (the `keep` best by point estimate): it cannot reach the beam.
-    """
-
-    first: int = 8
-    growth: float = 2.0
-    confidence: float = 0.99
-    replicates: int = 400
-
-    def schedule(self, n: int) -> list[int]:
-        sizes = [min(n, self.first)]
-        while sizes[-1] < n:
-            sizes.append(min(n, max(sizes[-1] + 1, int(math.ceil(sizes[-1] * self.growth)))))
-        return sizes
-
-
-class Evaluator:
-    """Scores removal sets on every task through the engine, persisting as it goes."""
-
-    def __init__(self, engine: Engine, tasks: Sequence[Task], store: Store, batch_candidates: int = 256,
-                 progress: bool = True, racing: Racing | None = None, rank_by: dict[str, str] | None = None):
-        self.engine = engine
-        self.tasks = list(tasks)
-        self.rank_by = rank_by or scores.resolve_rank_by(None, {t.name: t.kind for t in self.tasks})
-        self.store = store
-        self.num_blocks = engine.model.num_blocks
-        self.batch_candidates = batch_candidates
-        self.progress = progress
-        self.racing = racing
-        self.eliminated: list[tuple[int, ...]] = []
-        self._baseline: dict[str, float] | None = None
-
-    def _masks(self, sets: Sequence[tuple[int, ...]]) -> np.ndarray:
-        keep = np.ones((len(sets), self.num_blocks), dtype=bool)
-        for i, s in enumerate(sets):
-            keep[i, list(s)] = False
-        return keep
-
-    def _requests_of(self, task: Task, samples: Sequence[int] | None) -> list[int]:
-        if samples is None:
-            return list(range(len(task.requests)))
-        wanted = set(int(i) for i in samples)
-        return [r for r, s in enumerate(task.request_sample) if s in wanted]
-
-    def _run_jobs(self, jobs: list[tuple[Task, list[tuple[int, ...]], list[int] | None]], label: str) -> None:
-        """Score (task, sets, samples) jobs; samples None = the whole task -> whole records, else parts."""
-        if not jobs:
-            return
-        total = sum(trie_block_rows(self._masks(ss)) *
-                    self.engine.row_tokens([t.requests[r] for r in self._requests_of(t, sm)]) for t, ss, sm in jobs)
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="tok", unit_scale=True, desc=label, leave=False, dynamic_ncols=True)
-        try:
-            for task, sets, samples in jobs:
-                req_ids = self._requests_of(task, samples)
-                requests = [task.requests[r] for r in req_ids]
-                for i in range(0, len(sets), self.batch_candidates):
-                    chunk = sets[i : i + self.batch_candidates]
-                    start = time.perf_counter()
-                    kl = task.kind == "kl"
-                    result = self.engine.score(requests, self._masks(chunk), progress=bar.update if bar else None, kl=kl)
-                    seconds = time.perf_counter() - start
-                    logprob = np.full((len(chunk), len(task.requests)), np.nan)
-                    greedy = np.zeros((len(chunk), len(task.requests)), dtype=bool)
-                    kl_sum = np.full((len(chunk), len(task.requests)), np.nan) if kl else None
-                    logprob[:, req_ids], greedy[:, req_ids] = result.logprob, result.greedy
-                    if kl:
-                        kl_sum[:, req_ids] = result.kl
-                    per_sample = task.per_sample(logprob, greedy, kl_sum)
-                    records = []
-                    if samples is None:
-                        values = task.value(per_sample)
-                        for c, s in enumerate(chunk):
-                            records.append(self._record(task, s, {k: v[c] for k, v in per_sample.items()}, values[c]))
-                    else:
-                        cols = sorted(int(i) for i in samples)
-                        for c, s in enumerate(chunk):
-                            records.append({"type": "part", "removed": list(s), "task": task.name, "samples": cols,
-                                            "per_sample": {k: v[c, cols].tolist() for k, v in per_sample.items()}})
-                    records.append({"type": "work", "task": task.name, "candidates": len(chunk), "seconds": round(seconds, 3),
-                                    **({"samples": len(samples)} if samples is not None else {}), **result.work.as_dict()})
-                    self.store.append(records)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    @staticmethod
-    def _record(task: Task, removed: tuple[int, ...], per_sample: dict[str, np.ndarray], value: float) -> dict:
-        rec = {"removed": list(removed), "task": task.name, "value": float(value),
-               "per_sample": {k: np.asarray(v).tolist() for k, v in per_sample.items()}}
-        if "correct_norm" in per_sample:
-            rec["acc_norm"] = float(np.mean(per_sample["correct_norm"]))
-        return rec
-
-    def _score_missing(self, sets: list[tuple[int, ...]]) -> None:
-        jobs = [(t, [s for s in sets if not self.store.has(s, t.name)], None) for t in self.tasks]
-        self._run_jobs([j for j in jobs if j[1]], f"scoring {len(sets)} sets")
-
-    @property
-    def baseline(self) -> dict[str, float]:
-        if self._baseline is None:
-            self._score_missing([()])
-            self._baseline = {t.name: self.store.get((), t.name)["value"] for t in self.tasks}
-        return self._baseline
-
-    def _evaluated(self, keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Evaluated]:
-        self.baseline
-        base = {t.name: stats.per_sample_arrays(self.store.get((), t.name)["per_sample"], self.rank_by[t.name])
-                for t in self.tasks}
-        out = {}
-        for k in keys:
-            values, drops = {}, {}
-            for t in self.tasks:
-                score = self.rank_by[t.name]
-                rec = self.store.get(k, t.name)
-                values[t.name] = rec["value"]
-                drops[t.name] = stats.point_drop(score, base[t.name], stats.per_sample_arrays(rec["per_sample"], score))
-            out[k] = Evaluated(k, values, drops)
-        return out
-
-    def evaluate(self, sets: Sequence[Sequence[int]]) -> dict[tuple[int, ...], Evaluated]:
-        """Score every set on all samples of every task (exact)."""
-        self.baseline
-        keys = list(dict.fromkeys(key_of(s) for s in sets))
-        self.store.plan(keys)
-        self._score_missing(keys)
-        return self._evaluated(keys)
-
-    # ---- racing ---------------------------------------------------------------------------
-    def sample_order(self, task: Task) -> np.ndarray:
-        """The fixed order in which racing visits a task's samples (seeded by the task's name)."""
-        return np.random.default_rng(zlib.crc32(task.name.encode())).permutation(task.n)
-
-    def race(self, sets: Sequence[Sequence[int]], keep: int) -> dict[tuple[int, ...], Evaluated]:
-        """Score `sets` on growing sample subsets, dropping those that cannot be among the `keep`
-        best; the survivors (at least `keep` of them, when there are that many) are scored on all
-        samples of every task and returned. Without racing settings this is `evaluate`."""
-        if self.racing is None:
-            return self.evaluate(sets)
-        self.baseline
-        keys = list(dict.fromkeys(key_of(s) for s in sets))
-        self.store.plan(keys)
-        orders = {t.name: self.sample_order(t) for t in self.tasks}
-        schedules = {t.name: self.racing.schedule(t.n) for t in self.tasks}
-        rounds = max(len(s) for s in schedules.values())
-        alive = keys
-        for r in range(rounds):
-            subsets = {t.name: orders[t.name][: schedules[t.name][min(r, len(schedules[t.name]) - 1)]] for t in self.tasks}
-            if r == rounds - 1:
-                break
-            jobs = []
-            for t in self.tasks:
-                want = set(int(i) for i in subsets[t.name])
-                by_missing: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-                for k in alive:
-                    missing = tuple(sorted(want - set(self.store.samples_of(k, t.name))))
-                    if missing:
-                        by_missing.setdefault(missing, []).append(k)
-                jobs.extend((t, ks, list(m)) for m, ks in by_missing.items())
-            self._run_jobs(jobs, f"racing {len(alive)} sets, round {r + 1}/{rounds}")
-            alive = self._survivors(alive, subsets, keep)
-            self.engine.retain(self._masks(alive))  # stored states of dropped sets are of no more use
-        self.eliminated.extend(k for k in keys if k not in set(alive))
-        self._finish(alive)
-        return self._evaluated(alive)
-
-    def _finish(self, keys: list[tuple[int, ...]]) -> None:
-        """Whole records for `keys`: score the samples they miss, then merge parts into one record."""
-        jobs = []
-        for t in self.tasks:
-            by_missing: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-            for k in keys:
-                if self.store.has(k, t.name):
-                    continue
-                missing = tuple(sorted(set(range(t.n)) - set(self.store.samples_of(k, t.name))))
-                by_missing.setdefault(missing, []).append(k)
-            for m, ks in by_missing.items():
-                if m:
-                    jobs.append((t, ks, list(m)))
-        self._run_jobs(jobs, f"racing {len(keys)} survivors, all samples")
-        records = []
-        for t in self.tasks:
-            for k in keys:
-                if self.store.has(k, t.name):
-                    continue
-                data = self.store.samples_of(k, t.name)
-                fields = next(iter(data.values())).keys()
-                per_sample = {f: _column([data[i][f] for i in range(t.n)]) for f in fields}
-                records.append(self._record(t, k, per_sample, float(t.value(per_sample))))
-        self.store.append(records)
-
-    def _survivors(self, keys: list[tuple[int, ...]], subsets: dict[str, np.ndarray], keep: int) -> list[tuple[int, ...]]:
-        if len(keys) <= keep:
-            return keys
-        rng = np.random.default_rng(0)
-        reps = np.zeros((len(keys), self.racing.replicates))
-        point = np.zeros(len(keys))
-        for t in self.tasks:
-            cols = [int(i) for i in subsets[t.name]]
-            score = self.rank_by[t.name]
-            fields = scores.get(score).fields()
-            base_data = self.store.samples_of((), t.name)
-            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, score)
-            nums, dens = [], []
-            for k in keys:
-                data = self.store.samples_of(k, t.name)
-                num, den = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, score)
-                nums.append(num)
-                dens.append(den)
-            cand = (np.stack(nums), np.stack(dens))
-            counts = stats.resample_counts(len(cols), self.racing.replicates, rng)
-            reps += stats.drop_replicates(score, base, cand, counts)
-            point += stats.drop_replicates(score, base, cand, np.ones((len(cols), 1)))[:, 0]
-        reps /= len(self.tasks)
-        point /= len(self.tasks)
-        order = sorted(range(len(keys)), key=lambda i: (point[i], keys[i]))
-        alive = []
-        for rank, i in enumerate(order):
-            if rank < keep:
-                alive.append(keys[i])
-                continue
-            refs = order[:keep]
-            lower = np.quantile(reps[i][None, :] - reps[refs], 1 - self.racing.confidence, axis=1)
-            if not np.all(lower > 0):
-                alive.append(keys[i])
-        return alive
-
-
-def _column(values: list) -> np.ndarray:
-    """Per-sample values as an array; samples that hold lists (per-choice fields) as an object array."""
-    if values and isinstance(values[0], list):
-        out = np.empty(len(values), dtype=object)
-        for i, v in enumerate(values):
-            out[i] = v
-        return out
-    return np.asarray(values)
-
-
-@dataclass
 class SearchResult:
     method: str
     steps: list[list[tuple[int, ...]]] = field(default_factory=list)  # kept sets per size (beam/greedy)
     evaluated: list[tuple[int, ...]] = field(default_factory=list)
-
-
-def _rank(results: dict[tuple[int, ...], Evaluated]) -> list[tuple[int, ...]]:
-    return sorted(results, key=lambda k: (results[k].mean_drop, k))
 
 
 def parse_sets(text: str) -> list[tuple[int, ...]]:
@@ -412,7 +147,7 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
         result = SearchResult(method)
         res = ev.evaluate(keys)
         for k in sorted({len(s) for s in keys}):
-            result.steps.append(_rank({s: e for s, e in res.items() if len(s) == k}))
+            result.steps.append(rank({s: e for s, e in res.items() if len(s) == k}))
         result.evaluated.extend(res)
         return result
     allowed = validate(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
@@ -421,7 +156,7 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
     if method == "exhaustive":
         for k in range(1, k_max + 1):
             res = ev.evaluate(list(itertools.combinations(allowed, k)))
-            result.steps.append(_rank(res))
+            result.steps.append(rank(res))
             result.evaluated.extend(res)
         return result
     if method in oneshot.METHODS:
@@ -440,10 +175,10 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
             break
         # racing keeps scoring to the end only what can still reach the beam
         res = ev.evaluate(children) if method == "sensitivity" else ev.race(children, keep=width)
-        ranked = _rank(res)
+        ranked = rank(res)
         result.evaluated.extend(res)
         beam = ranked[:width]
         result.steps.append(beam)
-        ev.engine.retain(ev._masks(beam))  # the next step's children start from the beam's states
+        ev.retain(beam)  # the next step's children start from the beam's states
     return result
 

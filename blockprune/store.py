@@ -183,6 +183,17 @@ class Store:
     def run_info(self) -> dict:
         return json.loads((self.dir / RUN_FILE).read_text(encoding="utf-8"))
 
+    def set_info(self, key: str, value) -> None:
+        """Record `value` under `key` in run.json beside the settings (never part of them: a run
+        resumed on other hardware is the same run)."""
+        if self.readonly:
+            raise StoreError(f"{self.dir}: the store was opened for reading")
+        if key == "settings":
+            raise ValueError("the settings of a run are fixed")
+        info = self.run_info
+        info[key] = value
+        atomic_write_json(self.dir / RUN_FILE, info)
+
     def _load(self, adopt: bool = False) -> None:
         """Index results.jsonl. `adopt`: run.json is missing, so every record must carry this
         run's fingerprint (else the store is refused: nothing says what the records were scored under)."""

@@ -1,0 +1,175 @@
+"""Scoring on Ray workers (blockprune.cluster): the same store and scores as one process, a worker
+killed mid-run, a driver killed mid-run. One local Ray cluster for the whole module."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import ray  # blockprune[ray]: `make test` installs it
+
+from blockprune import api, cluster
+from blockprune.store import RESULTS_FILE, RUN_FILE
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local cluster for this module's tests (the search's pools join it instead of starting one)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def search_kw(tiny_dir, jsonl_tasks, out, **kw):
+    tasks = [f"jsonl:{jsonl_tasks / n}.jsonl" for n in ("mc", "ppl", "em")]
+    return dict(model=str(tiny_dir), tasks=tasks, out=out, method="beam", beam_width=2, max_remove=2, samples=None,
+                ppl_window=16, device="cpu", progress=False, latency=False, **kw)
+
+
+def lines(out):
+    return [json.loads(x) for x in (out / RESULTS_FILE).read_text().splitlines()]
+
+
+def whole(out) -> dict:
+    """(candidate, task) -> whole record; fails on a candidate stored twice."""
+    recs = {}
+    for r in lines(out):
+        if r.get("type") is None:
+            key = (tuple(r["removed"]), r["task"])
+            assert key not in recs, f"{key} stored twice"
+            recs[key] = r
+    return recs
+
+
+def scored_samples(out) -> list:
+    """Every (candidate, task, sample) a unit scored: whole records count every sample, parts
+    theirs; merges of parts into a whole record are not scoring and are left out."""
+    recs = lines(out)
+    merged = set()
+    parts = {}
+    for r in recs:
+        if r.get("type") == "part":
+            parts.setdefault((tuple(r["removed"]), r["task"]), []).extend(r["samples"])
+    out_list = []
+    for r in recs:
+        key = (tuple(r.get("removed", ())), r.get("task"))
+        if r.get("type") == "part":
+            out_list += [(key, s) for s in r["samples"]]
+        elif r.get("type") is None and key not in parts:
+            n = len(next(iter(r["per_sample"].values())))
+            out_list += [(key, s) for s in range(n)]
+        elif r.get("type") is None:
+            merged.add(key)
+    return out_list
+
+
+def same_scores(a: dict, b: dict) -> None:
+    """Same records, same per-sample values: flags equal, float sums within the engine's own
+    rounding across batch shapes (4.8e-7 measured between one call and two of half the candidates)."""
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key]["value"] == pytest.approx(b[key]["value"], rel=1e-6, abs=1e-9), key
+        for field, va in a[key]["per_sample"].items():
+            vb = b[key]["per_sample"][field]
+            if va and isinstance(va[0], bool):
+                assert va == vb, (key, field)
+            else:
+                np.testing.assert_allclose(np.asarray(va, dtype=object).astype(float) if not isinstance(va[0], list)
+                                           else np.concatenate([np.asarray(x, float) for x in va]),
+                                           np.asarray(vb, dtype=object).astype(float) if not isinstance(vb[0], list)
+                                           else np.concatenate([np.asarray(x, float) for x in vb]),
+                                           rtol=1e-5, atol=1e-6, err_msg=f"{key} {field}")
+
+
+@pytest.fixture(scope="module")
+def single(tiny_dir, jsonl_tasks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    res = api.run_search(**search_kw(tiny_dir, jsonl_tasks, out))
+    return out, res
+
+
+def test_two_workers_store_what_one_process_stores(ray_cluster, single, tiny_dir, jsonl_tasks, tmp_path):
+    one, res_one = single
+    out = tmp_path / "two"
+    res = api.run_search(**search_kw(tiny_dir, jsonl_tasks, out, workers=2, ray_address=ray_cluster))
+    assert res.result.steps == res_one.result.steps
+    same_scores(whole(out), whole(one))
+    recs, recs_one = res.recommendations["recommendations"], res_one.recommendations["recommendations"]
+    for level in ("conservative", "balanced", "aggressive"):
+        assert recs[level]["removed"] == recs_one[level]["removed"], level
+        assert recs[level]["mean_drop"] == pytest.approx(recs_one[level]["mean_drop"], rel=1e-6, abs=1e-9)
+    # both workers scored, each unit once
+    work = [r for r in lines(out) if r.get("type") == "work"]
+    assert {r["worker"] for r in work} == {0, 1}
+    scored = scored_samples(out)
+    assert len(scored) == len(set(scored)), "a sample of a candidate was scored twice"
+    info = json.loads((out / RUN_FILE).read_text())["cluster"]
+    assert len(info) == 1 and info[0]["retried_units"] == 0
+    assert [w["worker"] for w in info[0]["workers"]] == [0, 1]
+    assert all(w["units"] > 0 and w["block_tokens_per_s"] > 0 for w in info[0]["workers"])
+    # sharing survives the split: the trie is not cut, only the samples
+    tokens = {name: sum(r["block_tokens"] for r in lines(d) if r.get("type") == "work") for name, d in
+              (("one", one), ("two", out))}
+    assert tokens["two"] <= 1.15 * tokens["one"], tokens
+
+
+def test_a_worker_killed_mid_run_loses_nothing(ray_cluster, single, tiny_dir, jsonl_tasks, tmp_path, monkeypatch):
+    one, res_one = single
+    handed = []
+
+    def kill(pool, worker, unit):
+        handed.append(worker)
+        if len(handed) == 6:  # the dense model is done; a step's unit is on its way to this worker
+            os.kill(pool.stats[worker]["pid"], signal.SIGKILL)
+
+    monkeypatch.setattr(cluster.Pool, "kill_hook", kill)
+    out = tmp_path / "killed"
+    res = api.run_search(**search_kw(tiny_dir, jsonl_tasks, out, workers=2, ray_address=ray_cluster))
+    assert len(handed) > 6
+    assert res.result.steps == res_one.result.steps
+    same_scores(whole(out), whole(one))
+    scored = scored_samples(out)
+    assert len(scored) == len(set(scored)), "a sample of a candidate was scored twice"
+    info = json.loads((out / RUN_FILE).read_text())["cluster"][0]
+    assert info["retried_units"] >= 1 and len(info["lost_workers"]) == 1
+    assert [w["alive"] for w in info["workers"]].count(False) == 1
+    assert any(r.get("retried") for r in lines(out) if r.get("type") == "work")
+    report = (out / "REPORT.md").read_text()
+    assert f"{info['retried_units']} unit" in report and "retried" in report
+
+
+def test_a_killed_driver_resumes_without_rescoring(ray_cluster, single, tiny_dir, jsonl_tasks, tmp_path):
+    one, _ = single
+    out = tmp_path / "driver"
+    tasks = [a for n in ("mc", "ppl", "em") for a in ("--task", f"jsonl:{jsonl_tasks / n}.jsonl")]
+    cmd = [sys.executable, "-m", "blockprune.cli", "search", "--model", str(tiny_dir), *tasks, "--method", "beam",
+           "--beam-width", "2", "--max-remove", "2", "--samples", "0", "--ppl-window", "16", "--device", "cpu",
+           "--no-progress", "--no-latency", "--workers", "2", "--ray-address", ray_cluster, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (out / RESULTS_FILE).exists() and sum(r.get("type") == "work" for r in lines(out)) >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the search ended before it could be killed: {proc.communicate()[1].decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = lines(out)
+    assert not any(r.get("type") == "done" for r in before)
+    done_units = sum(r.get("type") == "work" for r in before)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = lines(out)
+    assert after[: len(before)] == before  # appended to, never rewritten
+    scored = scored_samples(out)
+    assert len(scored) == len(set(scored)), "the rerun scored again what the killed driver had stored"
+    same_scores(whole(out), whole(one))
+    sessions = json.loads((out / RUN_FILE).read_text())["cluster"]
+    assert len(sessions) == 2  # the killed session's figures kept (as of its last finished step), the rerun's added
+    assert sum(r.get("type") == "work" for r in after) == done_units + sessions[1]["units"]
