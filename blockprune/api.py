@@ -143,6 +143,23 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
                    max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
                    held_out_samples, start, sets, cluster_opts=None) -> SearchOutput:
+    budget = int(budget_gb * 2**30) if budget_gb else None
+    # Ray workers load their replicas while this process loads its own
+    pool = _start_pool(cluster_opts, model, dtype, device, budget, candidates_per_pass, progress) if cluster_opts else None
+    try:
+        return _search_pooled(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected,
+                              min_depth, max_candidates, candidates_per_pass, device, dtype, budget, progress, lang,
+                              tolerance, export_formats, kv_cache, exact, population, generations, offspring, latency,
+                              rank_by, held_out, held_out_samples, start, sets, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _search_pooled(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
+                   max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance,
+                   export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
+                   held_out_samples, start, sets, pool) -> SearchOutput:
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     search.check_sets(sets, bm.num_blocks, protected, min_depth)
@@ -183,20 +200,17 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
     }
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
                                               "prefix_tokens": loaded[0].prefix})
-    budget = int(budget_gb * 2**30) if budget_gb else None
     engine = Engine(bm, budget_bytes=budget)
-    pool = _start_pool(cluster_opts, engine, model, dtype, device, budget, candidates_per_pass, loaded, store,
-                       progress) if cluster_opts else None
-    try:
-        evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
-                                     racing=None if exact else search.Racing(), rank_by=ranking, runner=pool)
-        result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
-                            min_depth=min_depth, max_candidates=max_candidates, seed=seed,
-                            evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
-                            sets=sets)
-    finally:
-        if pool is not None:
-            pool.close()
+    if pool is not None:
+        _attach_pool(pool, engine, loaded, store)
+    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
+                                 racing=None if exact else search.Racing(), rank_by=ranking, runner=pool)
+    result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
+                        min_depth=min_depth, max_candidates=max_candidates, seed=seed,
+                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
+                        sets=sets)
+    if pool is not None:  # the replicas' memory back before latency, held-out and export
+        pool.close()
     store.finish()
     analysis = report.build_analysis(out)
     for note in analysis.get("warnings", []):
@@ -221,22 +235,20 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
-def _start_pool(opts: dict, engine: Engine, model: str, dtype: str, device, budget, batch_candidates: int, tasks,
-                store: Store, progress: bool):
-    """Ray workers for this search; what they did goes into run.json's "cluster" list (one entry
-    per session, so a resumed run keeps the earlier sessions' figures)."""
+def _start_pool(opts: dict, model: str, dtype: str, device, budget, batch_candidates: int, progress: bool):
     from . import cluster
 
     if progress:
         print(f"blockprune: starting {opts['workers'] or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
               f"{' at ' + opts['address'] if opts['address'] else ''}", file=sys.stderr, flush=True)
-    pool = cluster.Pool(engine, model, dtype, workers=opts["workers"], address=opts["address"], device=device,
+    return cluster.Pool(model, dtype, workers=opts["workers"], address=opts["address"], device=device,
                         budget_bytes=budget, batch_candidates=batch_candidates)
-    try:
-        pool.setup(tasks)
-    except BaseException:
-        pool.close()
-        raise
+
+
+def _attach_pool(pool, engine: Engine, tasks, store: Store) -> None:
+    """Check the replicas against `engine` and hand them the tasks; what the workers do goes into
+    run.json's "cluster" list (one entry per session: a resumed run keeps the earlier sessions')."""
+    pool.setup(engine, tasks)
     sessions = list(store.run_info.get("cluster", []))
     index = len(sessions)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -247,7 +259,6 @@ def _start_pool(opts: dict, engine: Engine, model: str, dtype: str, device, budg
 
     pool.on_step = record
     record(pool.summary())
-    return pool
 
 
 def check_length(task, bm: models.BlockModel) -> None:

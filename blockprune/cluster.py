@@ -44,6 +44,21 @@ def check_options(workers: int | None, address: str | None) -> None:
         import ray  # noqa: F401
     except ImportError:
         raise ClusterError("--workers / --ray-address need Ray: pip install 'blockprune[ray]'") from None
+    if address and address not in ("auto", "local"):
+        _check_reachable(address)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an unreachable HOST:PORT for minutes without a word: try it once first."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--ray-address {address!r}: expected HOST:PORT (the head's, e.g. 10.0.0.1:6379) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach a Ray cluster at {hostport}: {exc.strerror or exc}; start one with "
+                           "`ray start --head` there (and `ray start --address=HOST:PORT` on the other machines)") from None
 
 
 class _Worker:
@@ -120,11 +135,13 @@ class Pool:
     MAX_TRIES = 3  # a unit whose worker died this many times is not tried again (it may be what kills them)
     kill_hook = None  # tests: called as hook(pool, worker, unit) after each unit is handed out (fault injection)
 
-    def __init__(self, engine: Engine, model: str, dtype: str, workers: int | None = None, address: str | None = None,
+    def __init__(self, model: str, dtype: str, workers: int | None = None, address: str | None = None,
                  device: str | None = None, budget_bytes: int | None = None, batch_candidates: int = 256):
+        """Join (or start) Ray and start the workers, which load the model while this process does
+        its own loading; `setup` then waits for them."""
         import ray
 
-        self.engine = engine
+        self.engine: Engine | None = None
         self.batch_candidates = batch_candidates
         self.started_ray = False
         if not ray.is_initialized():
@@ -171,10 +188,12 @@ class Pool:
         return len(self.actors)
 
     # ---- set-up ---------------------------------------------------------------------------
-    def setup(self, tasks: Sequence) -> None:
-        """Wait for the replicas, check they are the driver's model, and give them the tasks' requests."""
+    def setup(self, engine: Engine, tasks: Sequence) -> None:
+        """Wait for the replicas, check they are the driver's model (`engine`'s), and give them the
+        tasks' requests."""
         import ray
 
+        self.engine = engine
         try:
             infos = ray.get([a.info.remote() for a in self.actors])
         except Exception as exc:  # noqa: BLE001 - a worker that cannot load the model
@@ -292,8 +311,12 @@ class Pool:
                 "retried_units": self.retried, "lost_workers": self.lost}
 
     def close(self) -> None:
+        """Stop the workers (and Ray, when this process started it); a second call does nothing."""
         import ray
 
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         for a in self.actors:
             try:
                 ray.kill(a)

@@ -81,14 +81,22 @@ def trie_order(sets: Sequence[tuple[int, ...]], num_blocks: int) -> list[tuple[i
 def split_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, max_rows: int) -> list[list[tuple[int, ...]]]:
     """Cut trie-ordered `sets` into contiguous runs of at most `max_rows` block rows per request
     (a single set above it is a run of its own). Among the cuts that keep a run within the limit the
-    one whose neighbours share the shortest kept prefix is taken, so whole subtrees stay together."""
+    one whose neighbours share the shortest kept prefix is taken, so whole subtrees stay together.
+
+    In trie order the masks that share a prefix are contiguous, so a set adds to its run exactly the
+    blocks it keeps from the first block where it differs from its predecessor on."""
     sets = list(sets)
     masks = masks_of(sets, num_blocks)
     runs: list[list[tuple[int, ...]]] = []
     start = 0
     while start < len(sets):
+        rows = int(masks[start].sum())
         end = start + 1
-        while end < len(sets) and trie_block_rows(masks[start : end + 1]) <= max_rows:
+        while end < len(sets):
+            added = _new_rows(masks[end - 1], masks[end])
+            if rows + added > max_rows:
+                break
+            rows += added
             end += 1
         if end < len(sets) and end - start > 1:
             # the cut in (start, end] with the shortest prefix shared across it, latest on ties
@@ -98,6 +106,11 @@ def split_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, max_rows: int) 
         runs.append(sets[start:end])
         start = end
     return runs
+
+
+def _new_rows(prev: np.ndarray, mask: np.ndarray) -> int:
+    differ = np.flatnonzero(prev != mask)
+    return int(mask[differ[0]:].sum()) if len(differ) else 0
 
 
 def _shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -148,6 +161,9 @@ class LocalRunner:
         pass
 
 
+SPLIT_ABOVE = 1.5  # a unit is cut by sets above this many times one worker's fair share of the step
+
+
 def plan_units(engine: Engine, jobs, workers: int, batch_candidates: int,
                bins: dict[str, list[int]]) -> list[Unit]:
     """Units for `workers` (see the module docstring). `bins[task name]`: each sample's bin."""
@@ -168,12 +184,14 @@ def plan_units(engine: Engine, jobs, workers: int, batch_candidates: int,
                 pieces.append((b, None if whole else part, req_ids, chunk))
         for b, part, req_ids, chunk in pieces:
             units.append(Unit(len(units), task, chunk, part, req_ids, unit_cost(engine, task, chunk, req_ids), home=b))
-    # a unit above one worker's fair share of the step would hold the others up: cut its sets
+    # a unit well above one worker's fair share of the step would hold the others up: cut its sets
+    # (token-balanced bins stay within a few percent of it; a task with fewer samples than workers
+    # does not)
     fair = sum(u.cost for u in units) / max(1, workers)
     out: list[Unit] = []
     for u in units:
         rows_per_request = trie_block_rows(masks_of(u.sets, num_blocks))
-        if u.cost <= fair or len(u.sets) == 1:
+        if u.cost <= SPLIT_ABOVE * fair or len(u.sets) == 1:
             out.append(u)
             continue
         pieces_needed = int(np.ceil(u.cost / fair))

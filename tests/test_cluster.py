@@ -173,3 +173,25 @@ def test_a_killed_driver_resumes_without_rescoring(ray_cluster, single, tiny_dir
     sessions = json.loads((out / RUN_FILE).read_text())["cluster"]
     assert len(sessions) == 2  # the killed session's figures kept (as of its last finished step), the rerun's added
     assert sum(r.get("type") == "work" for r in after) == done_units + sessions[1]["units"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--ray-address", "127.0.0.1:1"], "cannot reach a ray cluster at 127.0.0.1:1"),
+    (["--ray-address", "nonsense"], "expected host:port"),
+    (["--workers", "2"], "need ray: pip install 'blockprune[ray]'"),
+])
+def test_cluster_flags_refused_in_one_line_before_the_model_loads(flags, needle, tiny_dir, jsonl_tasks, tmp_path, capsys,
+                                                                   monkeypatch):
+    from blockprune import cli, models
+
+    if flags[0] == "--workers":
+        monkeypatch.setitem(sys.modules, "ray", None)  # as if blockprune[ray] were not installed
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model loaded before the flags were checked"))
+    start = time.time()
+    out = tmp_path / "o"
+    code = cli.main(["search", "--model", str(tiny_dir), "--task", f"jsonl:{jsonl_tasks / 'mc.jsonl'}", "--out", str(out),
+                     "--no-progress", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("blockprune: error:"), err
+    assert needle in err.lower()
+    assert time.time() - start < 10 and not out.exists()

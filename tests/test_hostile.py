@@ -309,6 +309,7 @@ def test_finished_run_report_has_no_incomplete_warning(finished):
     (["--device", "tpu"], "unknown device"),
     (["--device", "cuda:99"], "cuda:99"),
     (["--ppl-window", "1"], "--ppl-window"),
+    (["--workers", "0"], "--workers must be at least 1"),
 ])
 def test_options_are_refused_before_the_model_loads(tiny_dir, jsonl_tasks, tmp_path, capsys, no_model_load, extra, needle):
     out = tmp_path / "o"

@@ -1,6 +1,7 @@
 """Work units (blockprune.shard): hand-computed cases of the cuts."""
 
 import numpy as np
+import pytest
 
 from blockprune import shard
 from blockprune.engine import trie_block_rows
@@ -34,3 +35,55 @@ def test_split_sets_cuts_where_the_least_prefix_is_shared():
     assert shard.split_sets(sets, 5, 9) == [sets]
     # a limit below one set's rows gives one set per run, never an empty one
     assert shard.split_sets(sets, 5, 1) == [[s] for s in sets]
+
+
+class FakeTask:
+    """What the planner reads of a task: name, kind, samples and their requests."""
+
+    def __init__(self, name, lengths, kind="mc"):
+        from blockprune.request import Request
+
+        self.name, self.kind = name, kind
+        self.requests = [Request(tuple(range(3, 3 + n)), 1) for n in lengths]
+        self.request_sample = list(range(len(lengths)))
+        self.n = len(lengths)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from conftest import tiny_model
+
+    from blockprune.engine import Engine
+
+    return Engine(tiny_model("llama", layers=4), pack=False)
+
+
+def test_units_split_samples_into_token_bins_and_keep_the_trie_whole(engine):
+    task = FakeTask("t", [30, 10, 20, 25])  # bins of 2: 30->0, 25->1, 20->1, 10->0 -> {0: [0, 1], 1: [2, 3]}
+    bins = {"t": shard.sample_bins([30, 10, 20, 25], 2)}
+    assert bins["t"] == [0, 0, 1, 1]
+    sets = [(1,), (2,), (1, 2)]
+    units = shard.plan_units(engine, [(task, sets, None)], 2, 256, bins)
+    assert [(u.samples, u.home) for u in units] == [([0, 1], 0), ([2, 3], 1)]
+    for u in units:
+        assert sorted(u.sets) == sorted(sets)  # every unit runs the whole trie: no prefix twice
+        # masks 1011, 1101, 1001 on 4 blocks: kept prefixes per block 1 + 1 + 1 + 3 = 6 rows per request
+        assert u.cost == 6 * sum([30, 10, 20, 25][i] for i in u.samples)
+    # one worker: one unit of every sample, stored as whole records (samples None)
+    one = shard.plan_units(engine, [(task, sets, None)], 1, 256, {"t": [0, 0, 0, 0]})
+    assert len(one) == 1 and one[0].samples is None and one[0].req_ids == [0, 1, 2, 3]
+    # racing asks for some samples: a unit per bin that has any, parts
+    some = shard.plan_units(engine, [(task, sets, [1, 3])], 2, 256, bins)
+    assert [(u.samples, u.home) for u in some] == [([1], 0), ([3], 1)]
+
+
+def test_a_unit_above_a_workers_share_is_cut_by_sets_not_scattered(engine):
+    task = FakeTask("t", [40])  # one sample, two workers: the only unit is the whole step
+    sets = [(0,), (1,), (2,), (3,)]
+    units = shard.plan_units(engine, [(task, sets, None)], 2, 256, {"t": [0]})
+    assert all(u.samples is None for u in units)
+    # trie order 1110, 1101, 1011, 0111 (1 + 2 + 3 + 3 = 9 rows): 2 workers -> at most ceil(9 / 2) = 5
+    # rows per run. 1110 + 1101 = 3 + 1 = 4, + 1011 (3 more: differs from block 1 on) = 7 > 5: cut at
+    # 1101|1011 (1 shared block, vs 2 at 1110|1101). 1011 + 0111 = 3 + 3 = 6 > 5: apart.
+    assert [u.sets for u in units] == [[(3,), (2,)], [(1,)], [(0,)]]
+    assert [u.cost for u in units] == [4 * 40, 3 * 40, 3 * 40]
