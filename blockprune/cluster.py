@@ -61,6 +61,24 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                            "`ray start --head` there (and `ray start --address=HOST:PORT` on the other machines)") from None
 
 
+def placement(resources: dict, nodes: int, workers: int | None, device: str | None) -> tuple[int, bool, int | None]:
+    """(workers, on GPUs, torch threads per worker) for a cluster's resources. GPUs (unless
+    --device cpu): one worker per GPU, all of them by default. CPUs: the cores split evenly, one
+    worker per machine by default."""
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    use_gpu = gpus > 0 and (device is None or str(device).startswith("cuda"))
+    if workers is None:
+        workers = gpus if use_gpu else max(1, nodes)
+    if use_gpu:
+        if workers > gpus:
+            raise ClusterError(f"--workers {workers}, but the cluster has {gpus} GPU(s): one worker per GPU")
+        return workers, True, None
+    if workers > cpus:
+        raise ClusterError(f"--workers {workers}, but the cluster has {cpus} CPU(s): at least one each")
+    return workers, False, max(1, cpus // workers)
+
+
 class _Worker:
     """The actor (wrapped by `_actor_class`): a model replica and an engine."""
 
@@ -144,6 +162,7 @@ class Pool:
         self.engine: Engine | None = None
         self.batch_candidates = batch_candidates
         self.started_ray = False
+        self.actors: list = []
         if not ray.is_initialized():
             try:
                 if address:
@@ -158,18 +177,12 @@ class Pool:
                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             self.started_ray = True
         self.address = address or "local"
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        cpus = int(resources.get("CPU", 1))
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        use_gpu = gpus > 0 and (device is None or str(device).startswith("cuda"))
-        if workers is None:
-            workers = gpus if use_gpu else len(nodes)
-        if use_gpu and workers > gpus:
-            raise ClusterError(f"--workers {workers}, but the cluster has {gpus} GPU(s): one worker per GPU")
-        self.threads = None if use_gpu else max(1, cpus // workers)
-        if not use_gpu and workers > cpus:
-            raise ClusterError(f"--workers {workers}, but the cluster has {cpus} CPU(s): at least one each")
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        try:
+            workers, use_gpu, self.threads = placement(ray.cluster_resources(), nodes, workers, device)
+        except ClusterError:
+            self.close()
+            raise
         actor = _actor_class().options(num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else self.threads,
                                        max_restarts=0)
         model_spec = str(os.path.abspath(model)) if os.path.exists(model) else model

@@ -296,7 +296,8 @@ def cluster_lines(sessions: list | None, T: dict) -> list[str]:
         return []
     L = [f"## {T['cluster']}", ""]
     for i, s in enumerate(sessions, 1):
-        rates = ", ".join(f"{w['worker']} {w.get('device', '?')}@{w.get('host', '?')} {w['block_tokens_per_s']:,.0f}"
+        rates = ", ".join(f"{w['worker']} ({w.get('device', '?')} on {w.get('host', '?')}"
+                          f"{', lost' if not w.get('alive', True) else ''}) {w['block_tokens_per_s']:,.0f}"
                           for w in s["workers"])
         L += [f"- {T['cluster_session'].format(i=i, started=s['started'], address=s['address'], units=s['units'], n=len(s['workers']), rates=rates)}"]
         if s["retried_units"]:

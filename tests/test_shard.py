@@ -87,3 +87,21 @@ def test_a_unit_above_a_workers_share_is_cut_by_sets_not_scattered(engine):
     # 1101|1011 (1 shared block, vs 2 at 1110|1101). 1011 + 0111 = 3 + 3 = 6 > 5: apart.
     assert [u.sets for u in units] == [[(3,), (2,)], [(1,)], [(0,)]]
     assert [u.cost for u in units] == [4 * 40, 3 * 40, 3 * 40]
+
+
+def test_placement_of_workers_on_gpus_and_cpus():
+    from blockprune.cluster import ClusterError, placement
+
+    # 8 GPUs on 2 machines: one worker per GPU, Ray gives each its own (CUDA_VISIBLE_DEVICES)
+    assert placement({"GPU": 8.0, "CPU": 64.0}, 2, None, None) == (8, True, None)
+    assert placement({"GPU": 8.0, "CPU": 64.0}, 2, 3, "cuda") == (3, True, None)
+    # --device cpu on a GPU cluster: CPU workers, cores split
+    assert placement({"GPU": 8.0, "CPU": 64.0}, 2, 4, "cpu") == (4, False, 16)
+    # this 2-core machine: 2 workers x 1 thread; by default one worker per machine with every core
+    assert placement({"CPU": 2.0}, 1, 2, None) == (2, False, 1)
+    assert placement({"CPU": 2.0}, 1, None, None) == (1, False, 2)
+    assert placement({"CPU": 7.0}, 1, 2, None) == (2, False, 3)
+    with pytest.raises(ClusterError, match="has 2 GPU"):
+        placement({"GPU": 2.0, "CPU": 16.0}, 1, 4, None)
+    with pytest.raises(ClusterError, match="has 2 CPU"):
+        placement({"CPU": 2.0}, 1, 3, None)
