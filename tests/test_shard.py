@@ -1,6 +1,5 @@
 """Work units (blockprune.shard): hand-computed cases of the cuts."""
 
-import numpy as np
 import pytest
 
 from blockprune import shard
@@ -105,3 +104,16 @@ def test_placement_of_workers_on_gpus_and_cpus():
         placement({"GPU": 2.0, "CPU": 16.0}, 1, 4, None)
     with pytest.raises(ClusterError, match="has 2 CPU"):
         placement({"CPU": 2.0}, 1, 3, None)
+
+
+def test_without_the_flags_ray_is_never_imported(tiny_dir, jsonl_tasks, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from blockprune import cli; "
+            f"rc = cli.main(['search', '--model', {str(tiny_dir)!r}, '--task', {'jsonl:' + str(jsonl_tasks / 'mc.jsonl')!r}, "
+            f"'--method', 'given', '--sets', '1;2,3', '--device', 'cpu', '--no-progress', '--no-latency', "
+            f"'--out', {str(tmp_path / 'run')!r}]); "
+            "assert rc == 0, rc; assert 'ray' not in sys.modules, 'ray was imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-1500:]
