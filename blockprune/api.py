@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -131,35 +132,20 @@ def run_search(
         cluster_opts = {"workers": workers, "address": ray_address}
     out = rundir.check_out(out)
     _refuse_old_store(out)
-    with rundir.lock(out, "search in"):
+    budget = int(budget_gb * 2**30) if budget_gb else None
+    with rundir.lock(out, "search in"), _pool(cluster_opts, model, dtype, device, budget, candidates_per_pass,
+                                              progress) as pool:
         return _search_locked(
             model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
-            max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance, export_formats,
+            max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance, export_formats,
             kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start,
-            sets, cluster_opts)
+            sets, pool)
 
 
 def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
-                   max_candidates, candidates_per_pass, device, dtype, budget_gb, progress, lang, tolerance,
-                   export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
-                   held_out_samples, start, sets, cluster_opts=None) -> SearchOutput:
-    budget = int(budget_gb * 2**30) if budget_gb else None
-    # Ray workers load their replicas while this process loads its own
-    pool = _start_pool(cluster_opts, model, dtype, device, budget, candidates_per_pass, progress) if cluster_opts else None
-    try:
-        return _search_pooled(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected,
-                              min_depth, max_candidates, candidates_per_pass, device, dtype, budget, progress, lang,
-                              tolerance, export_formats, kv_cache, exact, population, generations, offspring, latency,
-                              rank_by, held_out, held_out_samples, start, sets, pool)
-    finally:
-        if pool is not None:
-            pool.close()
-
-
-def _search_pooled(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
                    max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
-                   held_out_samples, start, sets, pool) -> SearchOutput:
+                   held_out_samples, start, sets, pool=None) -> SearchOutput:
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     search.check_sets(sets, bm.num_blocks, protected, min_depth)
@@ -235,14 +221,24 @@ def _search_pooled(model, tasks, out, method, beam_width, max_remove, samples, s
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
-def _start_pool(opts: dict, model: str, dtype: str, device, budget, batch_candidates: int, progress: bool):
+@contextmanager
+def _pool(opts: dict | None, model: str, dtype: str, device, budget, batch_candidates: int, progress: bool):
+    """Ray workers for the search (None without --workers / --ray-address), started before this
+    process loads the model so they load theirs meanwhile; stopped however the search ends."""
+    if opts is None:
+        yield None
+        return
     from . import cluster
 
     if progress:
         print(f"blockprune: starting {opts['workers'] or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
               f"{' at ' + opts['address'] if opts['address'] else ''}", file=sys.stderr, flush=True)
-    return cluster.Pool(model, dtype, workers=opts["workers"], address=opts["address"], device=device,
+    pool = cluster.Pool(model, dtype, workers=opts["workers"], address=opts["address"], device=device,
                         budget_bytes=budget, batch_candidates=batch_candidates)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def _attach_pool(pool, engine: Engine, tasks, store: Store) -> None:

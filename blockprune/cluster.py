@@ -174,7 +174,7 @@ class Pool:
                              log_to_driver=False, logging_level="ERROR")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(f"cannot reach a Ray cluster at {address or 'a new local one'}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                   f"{_first_line(exc)}") from None
             self.started_ray = True
         self.address = address or "local"
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -259,7 +259,7 @@ class Pool:
                     self.kill_hook(w, unit)
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5 if progress else None)
             if progress is not None:
-                self._poll(progress, busy)
+                self._poll(progress)
             for ref in ready:
                 unit, w = inflight.pop(ref)
                 busy.discard(w)
@@ -284,7 +284,8 @@ class Pool:
                 unit.meta = {"seconds": round(out["seconds"], 3), "worker": w, **({"retried": unit.tries} if unit.tries else {})}
                 yield unit, Scores(out["logprob"], out["greedy"], work, out["kl"])
 
-    def _poll(self, progress: Callable[[int], None], busy: set[int]) -> None:
+    def _poll(self, progress: Callable[[int], None]) -> None:
+        """Add what every worker scored since the last poll to the cluster's bar."""
         import ray
 
         refs = {w: self.actors[w].progress.remote() for w in self.alive}

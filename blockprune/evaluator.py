@@ -70,19 +70,15 @@ class Evaluator:
         self.rank_by = rank_by or scores.resolve_rank_by(None, {t.name: t.kind for t in self.tasks})
         self.store = store
         self.num_blocks = engine.model.num_blocks
-        self.batch_candidates = batch_candidates
         self.progress = progress
         self.racing = racing
         self.runner = runner or shard.LocalRunner(engine, batch_candidates)
         self.eliminated: list[tuple[int, ...]] = []
         self._baseline: dict[str, float] | None = None
 
-    def _masks(self, sets: Sequence[tuple[int, ...]]) -> np.ndarray:
-        return shard.masks_of(sets, self.num_blocks)
-
     def retain(self, sets: Sequence[tuple[int, ...]]) -> None:
         """Stored states are of use only on these sets' paths (racing survivors, the beam)."""
-        self.runner.retain(self._masks(sets))
+        self.runner.retain(shard.masks_of(sets, self.num_blocks))
 
     def _run_jobs(self, jobs: list[tuple[Task, list[tuple[int, ...]], list[int] | None]], label: str) -> None:
         """Score (task, sets, samples) jobs unit by unit; a unit of every sample (samples None)

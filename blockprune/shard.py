@@ -130,8 +130,6 @@ def unit_cost(engine: Engine, task, sets: Sequence[tuple[int, ...]], req_ids: Se
 class LocalRunner:
     """One process: each job's sets in chunks of `batch_candidates`, in the order given."""
 
-    workers = 1
-
     def __init__(self, engine: Engine, batch_candidates: int = 256):
         self.engine = engine
         self.batch_candidates = batch_candidates
@@ -175,27 +173,24 @@ def plan_units(engine: Engine, jobs, workers: int, batch_candidates: int,
         for i in wanted:
             by_bin.setdefault(bins[task.name][i], []).append(i)
         ordered = trie_order(list(sets), num_blocks)
-        pieces = []
         for b, part in sorted(by_bin.items()):
             whole = samples is None and len(part) == task.n
             req_ids = requests_of(task, part)
             for i in range(0, len(ordered), batch_candidates):
                 chunk = ordered[i : i + batch_candidates]
-                pieces.append((b, None if whole else part, req_ids, chunk))
-        for b, part, req_ids, chunk in pieces:
-            units.append(Unit(len(units), task, chunk, part, req_ids, unit_cost(engine, task, chunk, req_ids), home=b))
+                units.append(Unit(0, task, chunk, None if whole else part, req_ids,
+                                  unit_cost(engine, task, chunk, req_ids), home=b))
     # a unit well above one worker's fair share of the step would hold the others up: cut its sets
     # (token-balanced bins stay within a few percent of it; a task with fewer samples than workers
     # does not)
     fair = sum(u.cost for u in units) / max(1, workers)
     out: list[Unit] = []
     for u in units:
-        rows_per_request = trie_block_rows(masks_of(u.sets, num_blocks))
         if u.cost <= SPLIT_ABOVE * fair or len(u.sets) == 1:
             out.append(u)
             continue
-        pieces_needed = int(np.ceil(u.cost / fair))
-        for run in split_sets(u.sets, num_blocks, max(1, int(np.ceil(rows_per_request / pieces_needed)))):
+        rows = trie_block_rows(masks_of(u.sets, num_blocks))
+        for run in split_sets(u.sets, num_blocks, max(1, int(np.ceil(rows / np.ceil(u.cost / fair))))):
             out.append(Unit(0, u.task, run, u.samples, u.req_ids, unit_cost(engine, u.task, run, u.req_ids), home=u.home))
     for i, u in enumerate(out):
         u.id = i

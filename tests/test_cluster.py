@@ -48,25 +48,22 @@ def whole(out) -> dict:
 
 
 def scored_samples(out) -> list:
-    """Every (candidate, task, sample) a unit scored: whole records count every sample, parts
-    theirs; merges of parts into a whole record are not scoring and are left out."""
+    """Every (candidate, task, sample) a unit scored: parts count their samples, whole records
+    every sample unless they merge parts (merging is not scoring)."""
     recs = lines(out)
-    merged = set()
-    parts = {}
-    for r in recs:
-        if r.get("type") == "part":
-            parts.setdefault((tuple(r["removed"]), r["task"]), []).extend(r["samples"])
-    out_list = []
+    parts = [r for r in recs if r.get("type") == "part"]
+    with_parts = {(tuple(r["removed"]), r["task"]) for r in parts}
+    scored = [((tuple(r["removed"]), r["task"]), s) for r in parts for s in r["samples"]]
     for r in recs:
         key = (tuple(r.get("removed", ())), r.get("task"))
-        if r.get("type") == "part":
-            out_list += [(key, s) for s in r["samples"]]
-        elif r.get("type") is None and key not in parts:
-            n = len(next(iter(r["per_sample"].values())))
-            out_list += [(key, s) for s in range(n)]
-        elif r.get("type") is None:
-            merged.add(key)
-    return out_list
+        if r.get("type") is None and key not in with_parts:
+            scored += [(key, s) for s in range(len(next(iter(r["per_sample"].values()))))]
+    return scored
+
+
+def flat(values: list) -> np.ndarray:
+    """A per-sample field as one float array (per-choice fields are lists per sample)."""
+    return np.concatenate([np.asarray(v, dtype=float).ravel() for v in values])
 
 
 def same_scores(a: dict, b: dict) -> None:
@@ -77,14 +74,10 @@ def same_scores(a: dict, b: dict) -> None:
         assert a[key]["value"] == pytest.approx(b[key]["value"], rel=1e-6, abs=1e-9), key
         for field, va in a[key]["per_sample"].items():
             vb = b[key]["per_sample"][field]
-            if va and isinstance(va[0], bool):
+            if isinstance(va[0], bool):
                 assert va == vb, (key, field)
             else:
-                np.testing.assert_allclose(np.asarray(va, dtype=object).astype(float) if not isinstance(va[0], list)
-                                           else np.concatenate([np.asarray(x, float) for x in va]),
-                                           np.asarray(vb, dtype=object).astype(float) if not isinstance(vb[0], list)
-                                           else np.concatenate([np.asarray(x, float) for x in vb]),
-                                           rtol=1e-5, atol=1e-6, err_msg=f"{key} {field}")
+                np.testing.assert_allclose(flat(va), flat(vb), rtol=1e-5, atol=1e-6, err_msg=f"{key} {field}")
 
 
 @pytest.fixture(scope="module")
