@@ -39,7 +39,7 @@ BLOCK_PATHS = (
     "transformer.layers",
 )
 # Names of the final norm in the module that holds the block list.
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+FINAL_NORM_NAMES = ("norm", "ln_f", "norm_f", "final_layer_norm", "final_layernorm", "final_norm")  # norm_f: Mamba, MPT
 
 
 
@@ -260,8 +260,90 @@ def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
     )
 
 
-def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> BlockModel:
-    """Load a model by embedded name, local directory or hub id, and wrap it."""
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's whole message on one line (transformers' often continue on the next)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_config(spec: str, path: str):
+    """The model's config, refused in one line when it cannot be one blockprune drives."""
+    import json
+
+    from transformers import AutoConfig
+
+    local = Path(path) / "config.json"
+    if local.is_file():
+        try:
+            raw = json.loads(local.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ModelError(f"cannot load model {spec!r}: {local} is not readable JSON ({_one_line(exc)})") from None
+        if not isinstance(raw, dict):
+            raise ModelError(f"cannot load model {spec!r}: {local} holds a JSON {type(raw).__name__}, not an object "
+                             "of config entries")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any config transformers refuses: one line
+        raise ModelError(f"cannot load model {spec!r}: its config: {_one_line(exc)}") from None
+    kind = getattr(config, "model_type", "") or type(config).__name__
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"cannot load model {spec!r}: {kind} is an encoder-decoder model; blockprune drives decoder-only "
+                         "language models (a causal LM, or a VLM's text tower)")
+    return config
+
+
+def _shape_mismatches(path: str, config) -> str:
+    """'N of another shape (name [checkpoint] vs [config], ...)' from the safetensors headers, or ''."""
+    try:
+        from safetensors import safe_open
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        bad = []
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    shape = tuple(st.get_slice(key).get_shape())
+                    if key in expected and expected[key] != shape:
+                        bad.append(f"{key} {list(shape)} in the checkpoint, {list(expected[key])} by the config")
+    except Exception:  # noqa: BLE001 - only a better message; the caller has one anyway
+        return ""
+    return f"{len(bad)} of another shape ({'; '.join(bad[:2])}{', ...' if len(bad) > 2 else ''})" if bad else ""
+
+
+def _check_loading_info(spec: str, model: nn.Module, info: dict | None, config) -> None:
+    """Weights the checkpoint lacks (randomly initialised) or has beyond the model are an error:
+    a config whose num_hidden_layers disagrees with the checkpoint silently drops or invents blocks."""
+    if not info:
+        return
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(k[0]) if isinstance(k, (tuple, list)) else str(k) for k in info.get("mismatched_keys") or ())
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)):
+        if keys:
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})")
+    text = getattr(config, "get_text_config", lambda: config)()
+    layers = next((getattr(text, k) for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+                   if isinstance(getattr(text, k, None), int)), None)
+    hint = (f"; does config.json's layer count ({layers}) match the checkpoint's blocks?"
+            if layers is not None and any(any(c.isdigit() for c in k) for k in missing + unexpected) else "")
+    raise ModelError(f"cannot load model {spec!r}: its weights do not match its config: {'; '.join(parts)} "
+                     f"weight(s){hint}")
+
+
+def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+         parity: bool = True) -> BlockModel:
+    """Load a model by embedded name, local directory, GGUF file or hub id, and wrap it.
+
+    Refused in one line: a config or checkpoint transformers cannot read, missing or unexpected
+    weights, an encoder-decoder, and (`parity`, see check_parity) a model that is not causal or
+    whose dense log-probs the engine does not reproduce."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
@@ -272,21 +354,40 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
         model.to(device)
         bm = wrap(model, tokenizer, spec)
         bm.meta["gguf"] = str(Path(path).resolve())  # the source a GGUF export copies blocks from
+        if parity:
+            bm.meta["parity"] = check_parity(bm)
         return bm
+    config = _read_config(spec, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any tokenizer transformers refuses: one line, all of it
+        raise ModelError(f"cannot load the tokenizer of model {spec!r}: {_one_line(exc)}") from None
+    try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
         except ValueError as exc:
             if "Unrecognized configuration class" not in str(exc):
                 raise
             from transformers import AutoModelForImageTextToText  # a VLM: drive its text tower
 
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelError(f"cannot load model {spec!r}: {first}") from None
+            try:
+                model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            except ValueError as vlm_exc:
+                if "Unrecognized configuration class" not in str(vlm_exc):
+                    raise
+                raise ModelError(f"cannot load model {spec!r}: transformers has no causal-LM (or image-text-to-text) "
+                                 f"class for model type {getattr(config, 'model_type', '?')!r}; blockprune drives "
+                                 "decoder-only language models") from None
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, empty or corrupt weights, impossible sizes: one line
+        if "ignore_mismatched_sizes" in str(exc):  # its own report of which ones went to the (silenced) log
+            raise ModelError(f"cannot load model {spec!r}: its weights do not match its config: "
+                             f"{_shape_mismatches(path, config) or 'weights of other shapes than config.json gives'}"
+                             " (does config.json's vocab_size or hidden size match the checkpoint?)") from None
+        hint = " (a weights file is truncated or corrupt)" if type(exc).__name__ == "SafetensorError" else ""
+        raise ModelError(f"cannot load model {spec!r}: {_one_line(exc)}{hint}") from None
+    _check_loading_info(spec, model, info, config)
     model.to(device)
     bm = wrap(model, tokenizer, spec)
     if spec in EMBEDDED:  # converted from a registry GGUF: a GGUF export copies blocks from that file
@@ -294,6 +395,8 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
 
         directory, filename = data.smollm2_gguf()
         bm.meta["gguf"] = str(Path(directory) / filename)
+    if parity:
+        bm.meta["parity"] = check_parity(bm)
     return bm
 
 
@@ -402,3 +505,98 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
     out = wrap(model, bm.tokenizer, bm.name)
     out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
     return out
+
+
+# ---- the load-time parity check -------------------------------------------------------------------
+# Two short sentences the tokenizer turns into real token sequences (with its leading specials, as
+# every request starts): the engine's dense log-probs on them must be the model's own forward's.
+PARITY_TEXTS = ("The quick brown fox jumps over the lazy dog, and the dog sleeps on.",
+                "It was the best of times, it was the worst of times; it was the age of wisdom.")
+PARITY_TOKENS = 24  # tokens per sequence at most
+# Tolerated difference of a sequence's summed log-probability, per scored token, by dtype: fp32 runs
+# the same operations batched differently (about 1e-7 apart); half precision rounds the logits the
+# model's forward returns (a few 1e-3 apart on SmolLM2 in bfloat16).
+PARITY_ATOL = {torch.float32: 1e-3, torch.float64: 1e-6}
+HALF_PARITY_ATOL = 0.15
+# A causal model's logits at a position do not move when later tokens change (relative to the logits' size).
+CAUSAL_ATOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+HALF_CAUSAL_ATOL = 1e-3
+
+
+def _parity_sequences(bm: BlockModel) -> list[list[int]]:
+    vocab = bm.head.weight.shape[0]
+    seqs = []
+    for text in PARITY_TEXTS:
+        try:
+            ids = [int(i) for i in bm.tokenizer(text).input_ids]
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot: ids of our own below
+            ids = []
+        seqs.append([i for i in ids if 0 <= i < vocab][:PARITY_TOKENS])
+    if any(len(s) < 6 for s in seqs):
+        g = torch.Generator().manual_seed(0)
+        seqs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (PARITY_TOKENS, PARITY_TOKENS - 7)]
+    return seqs
+
+
+@torch.inference_mode()
+def _own_logits(bm: BlockModel, ids: list[int]) -> torch.Tensor:
+    """The model's own forward on one sequence: logits [T, V] in float64."""
+    try:
+        out = bm.model(input_ids=torch.tensor([ids], device=bm.device), use_cache=False)
+    except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}): its own forward fails on text-only input: "
+                         f"{_one_line(exc)}") from None
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)):
+        logits = out[0]
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != (1, len(ids)):
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}): its forward returns no logits per position; "
+                         "blockprune drives causal language models")
+    return logits[0].double()
+
+
+def check_parity(bm: BlockModel) -> dict:
+    """Refuse a model the engine would score wrongly, before any task is scored.
+
+    On two short real token sequences: (1) the model is causal (a position's logits do not move
+    when later tokens change: a bidirectional encoder such as BERT is refused); (2) the engine's
+    dense log-probs equal the model's own forward's (a final norm, a projection or block arguments
+    the adapter does not reproduce would make every score wrong). Returns what was measured.
+    """
+    import numpy as np
+
+    from .engine import Engine
+    from .request import Request
+
+    seqs = _parity_sequences(bm)
+    vocab = bm.head.weight.shape[0]
+    ids = seqs[0]
+    half = len(ids) // 2
+    altered = ids[:half] + [(t + 1 + vocab // 2) % vocab for t in ids[half:]]
+    a, b = _own_logits(bm, ids)[:half], _own_logits(bm, altered)[:half]
+    leak = float((a - b).abs().max()) / (1.0 + float(a.abs().max()))
+    if not leak <= CAUSAL_ATOL.get(bm.dtype, HALF_CAUSAL_ATOL):
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}) is not a causal decoder: its outputs at a position change "
+                         "when later tokens change (a bidirectional encoder, such as BERT); blockprune scores causal "
+                         "language models")
+    own = []
+    for s in seqs:
+        lp = torch.log_softmax(_own_logits(bm, s), -1)
+        own.append(float(lp[:-1].gather(1, torch.tensor(s[1:], device=lp.device)[:, None]).sum()))
+    engine = Engine(bm, budget_bytes=256 * 2**20, pack=False, reuse_bytes=0)
+    try:
+        got = engine.score([Request(tuple(s), 1) for s in seqs], np.ones((1, bm.num_blocks), dtype=bool)).logprob[0]
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}): blockprune cannot run its blocks one at a time: "
+                         f"{_one_line(exc)}") from None
+    per_token = max(abs(float(g) - o) / (len(s) - 1) for g, o, s in zip(got, own, seqs))
+    atol = PARITY_ATOL.get(bm.dtype, HALF_PARITY_ATOL)
+    if not per_token <= atol:
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}): blockprune's dense log-probs differ from the model's own "
+                         f"forward by {per_token:.3g} nats/token on a test sentence (tolerance {atol:g}), so every "
+                         "score would be wrong: the adapter does not reproduce this architecture (its final norm, a "
+                         "projection or its blocks' arguments)")
+    return {"sequences": len(seqs), "tokens": sum(len(s) for s in seqs), "max_diff_per_token": per_token,
+            "tolerance": atol, "causal_leak": leak}

@@ -39,14 +39,22 @@ def from_gguf(path: Path, dtype: torch.dtype = torch.float32):
         with contextlib.redirect_stderr(io.StringIO()):  # its own de-quantising progress bar
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        text = str(exc).strip()
-        raise ModelError(f"cannot load GGUF {path}: {text.splitlines()[0] if text else type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file (struct.error, ...): one line
+        text = " ".join(str(exc).split())
+        what = "struct.error" if type(exc).__module__ == "struct" else ""
+        detail = f"{what}: {text}" if what else (text or type(exc).__name__)
+        hint = " (the file is truncated or not a whole GGUF)" if what else ""
+        raise ModelError(f"cannot load GGUF {path}: {detail[:400]}{hint}") from None
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the GGUF loader marks it; a plain checkpoint has none
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(gguf_model.state_dict())
+    try:
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(gguf_model.state_dict())
+    except Exception as exc:  # noqa: BLE001 - metadata that describes no buildable model: one line
+        text = " ".join(str(exc).split())
+        raise ModelError(f"cannot load GGUF {path}: its metadata describes no model transformers can rebuild "
+                         f"({type(exc).__name__}: {text[:300]})") from None
     return plain.to(dtype), tokenizer
 
 
@@ -62,9 +70,22 @@ def _convert_smollm2(target: Path) -> None:
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        user_modes(tmp)  # mkdtemp and transformers' safetensors writer make 0700 / 0600
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def user_modes(directory: str | Path) -> None:
+    """Give a folder written through mkdtemp (0700) and its files (transformers saves
+    model.safetensors 0600) the modes mkdir()/open() would have given them under the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root = Path(directory)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def quiet_transformers() -> None:
