@@ -130,8 +130,14 @@ def run_search(
 
         cluster.check_options(workers, ray_address)
         cluster_opts = {"workers": workers, "address": ray_address}
-    out = rundir.check_out(out)
+    inputs = rundir.search_inputs(model, tasks)
+    out = rundir.claim(out, "run", inputs=inputs)  # resolved; never a user's directory or an input
     _refuse_old_store(out)
+    if export_formats:  # OUT/export: new, or the run's own earlier export (never a user's files in it)
+        from .export import MANIFEST
+
+        rundir.claim(out / "export", "export", inputs=inputs, force=(out / "export" / MANIFEST).exists(),
+                     what="the run's export folder")
     budget = int(budget_gb * 2**30) if budget_gb else None
     with rundir.lock(out, "search in"), _pool(cluster_opts, model, dtype, device, budget, candidates_per_pass,
                                               progress) as pool:
@@ -309,14 +315,14 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
            elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
     """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest.
     `out` must be new, empty or an export of the same request unless `force` (never a search run)."""
-    from .export import check_formats, check_out, export_model, request_of
+    from .export import check_formats, check_out, export_model, inputs_of, request_of
 
     formats = check_formats(formats)
     if dtype not in DTYPES:
         raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if not isinstance(model, models.BlockModel):
         models.check_device(device)
-        check_out(out, request_of(model, removed, formats, kv_cache), force)  # before the model loads
+        check_out(out, request_of(model, removed, formats, kv_cache), force, inputs_of(model))  # before the model loads
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
     return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force, elastic_sets=elastic_sets)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 
 from . import api, report, search
 from .analysis import AnalysisError
@@ -59,8 +62,17 @@ def _add_report_options(p: argparse.ArgumentParser, tolerance: float | None = 0.
                         f"(default {tolerance if tolerance is not None else 'the one the run was searched with'})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one `blockprune: error:` line (exit 2), as every other error is."""
+
+    def error(self, message: str):
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else None
+        help_hint = f"blockprune {cmd} --help" if cmd else "blockprune --help"
+        self.exit(2, f"blockprune: error: {cmd + ': ' if cmd else ''}{message} (see `{help_hint}`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="blockprune", description="Find which transformer blocks can be removed with the least loss.")
+    ap = _Parser(prog="blockprune", description="Find which transformer blocks can be removed with the least loss.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
@@ -125,8 +137,9 @@ def parser() -> argparse.ArgumentParser:
                         "(default hf)")
     e.add_argument("--kv-cache", action="store_true", help="also export the ONNX decoder with past key values")
     e.add_argument("--force", action="store_true",
-                   help="replace what --out holds (by default only a new or empty directory, or an export of the same "
-                        "request, is written; a search run directory never is)")
+                   help="replace an earlier blockprune export of another request in --out (by default only a new or "
+                        "empty directory, or an export of the same request, is written); never a directory holding "
+                        "files blockprune did not write, a search run, or the model")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
 
@@ -166,8 +179,64 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class _Signals:
+    """SIGTERM is handled as Ctrl-C is (KeyboardInterrupt, so every `finally` cleans up); once one
+    arrived, the next two are ignored so that the cleanup (removing a half-written export) finishes,
+    and a fourth ends the process at once (what it leaves is reclaimed by the next command)."""
+
+    def __init__(self):
+        self.signum = None
+        self.count = 0
+        self.old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count == 1:
+            self.signum = signum
+            raise KeyboardInterrupt
+        if self.count >= 4:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return False
+
+
+def _interrupted(args) -> str:
+    command = getattr(args, "command", None)
+    if command == "export":
+        return (f"interrupted; {args.out} is as it was (an export does not resume: rerun the command to "
+                "export again)")
+    if command in ("search", "demo"):
+        return "interrupted; rerun the same command to resume"
+    if command == "bench":
+        return "interrupted; nothing was written (rerun the command to measure again)"
+    return "interrupted; rerun the same command"
+
+
+def _where(args) -> str | None:
+    """The output a command writes (named when the file system refuses a write without a path)."""
+    if getattr(args, "command", None) == "report" and getattr(args, "from_seed", False):
+        return args.out or os.path.join(args.dir, "analysis")
+    return getattr(args, "out", None) or getattr(args, "dir", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    with _Signals() as signals:
+        return _main(args, signals)
+
+
+def _main(args, signals: _Signals) -> int:
     try:
         if args.command == "fetch":
             api.prepare_demo()
@@ -205,12 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blockprune: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file system that refused us (read-only, full, gone): one line, not a traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"blockprune: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        where = exc.filename or _where(args)
+        print(f"blockprune: error: {f'{where}: ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("blockprune: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        print(f"blockprune: {_interrupted(args)}", file=sys.stderr)
+        return 128 + (signals.signum or signal.SIGINT)
     print(open(out.out / "SUMMARY.md", encoding="utf-8").read())
     print(f"wrote {out.out} in {out.seconds:.0f} s (report: {out.out / _report_name(args.lang)})")
     return 0
@@ -221,12 +290,13 @@ def _report_name(lang: str) -> str:
 
 
 def _bench(args) -> int:
-    from . import latency
+    from . import latency, rundir
 
-    from .rundir import check_out
-
-    if args.out:
-        check_out(args.out)  # before minutes of measuring
+    if args.out:  # before minutes of measuring: the same rules as every output (and again when written)
+        inputs = [("the model", p) for p in rundir.spec_paths(args.model)]
+        inputs += [("an --onnx export", d) for d in (args.onnx or [])]
+        inputs += [("the --onnx-dense export", args.onnx_dense), ("blockprune's cache", str(rundir.cache_root()))]
+        rundir.claim(args.out, "bench", inputs=inputs)
     onnx_dirs = {"pruned": args.onnx, "dense": args.onnx_dense}
     result = latency.bench(args.model, args.remove, backends=[x for x in args.backend.split(",") if x],
                            batches=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len, warmup=args.warmup,

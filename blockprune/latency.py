@@ -472,17 +472,25 @@ def plot(result: dict, path: str | Path) -> None:
 
 
 def write(result: dict, out: str | Path) -> list[Path]:
-    """latency.json (atomically), latency.md and latency.png into `out`."""
-    from .store import atomic_write_json, atomic_write_text
+    """latency.json, latency.md and latency.png into `out` (`bench --out`): a new or empty directory,
+    or an earlier `bench --out` one (`rundir.claim`), locked while written; all three are written in
+    full before any is replaced, so an error or a full disk leaves the old ones."""
+    from . import rundir
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / LATENCY_FILE, result)
-    atomic_write_text(out / MARKDOWN_FILE, markdown(result))
-    tmp = out / f".{PLOT_FILE}.tmp.png"
-    plot(result, tmp)
-    os.replace(tmp, out / PLOT_FILE)
-    return [out / LATENCY_FILE, out / MARKDOWN_FILE, out / PLOT_FILE]
+    shown = Path(out)
+    out = rundir.claim(out, "bench")
+    with rundir.lock(out, "write latency files in", marker=LATENCY_FILE):
+        rundir.claim(out, "bench")  # again, now that no one else can write it
+        with rundir.TempDir(out) as tmp:
+            png = tmp.file(PLOT_FILE)
+            png.parent.mkdir(exist_ok=True)
+            plot(result, png)
+            rundir.chmod_like_user(png)
+            texts = {LATENCY_FILE: json.dumps(result, indent=2, sort_keys=False) + "\n", MARKDOWN_FILE: markdown(result)}
+            for name, text in texts.items():
+                rundir.chmod_like_user(tmp.write_text(name, text))
+            tmp.commit_files(out, [PLOT_FILE, *texts])
+    return [shown / LATENCY_FILE, shown / MARKDOWN_FILE, shown / PLOT_FILE]
 
 
 # ---- after a search: the report's measured speedups -------------------------------------------

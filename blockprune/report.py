@@ -18,9 +18,8 @@ Rules (documented in the report itself):
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,8 @@ from . import advice, latency, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .plots import PLOTS, fmt_set, plot_all
-from .rundir import chmod_like_user
-from .store import Store, atomic_write_json, atomic_write_text
+from .rundir import TempDir, chmod_like_user
+from .store import Store
 
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
 VALIDATION_FILE = "validation.json"
@@ -193,7 +192,8 @@ def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
 
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
-           decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None) -> str:
+           decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None,
+           plots_dir: Path | None = None) -> str:
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
@@ -279,7 +279,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
             L += ["", T["partial_note"].format(n="/".join(map(str, counts)), m=len(a.get("eliminated", [])))]
     L += ["", f"## {T['plots']}", ""]
     for name in PLOTS:
-        if (out / "plots" / f"{name}.png").exists():
+        if ((plots_dir or out / "plots") / f"{name}.png").exists():
             L.append(f"![{name}](plots/{name}.png)")
     L += ["", f"## {T['files']}", ""]
     report_name = "REPORT.zh.md" if lang == "zh" else "REPORT.md"
@@ -434,30 +434,31 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
                 "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
                 **({"held_out": {"flagged": held_out_flags(recs, validation), "sets": validation["sets"],
                                  "tasks": validation["tasks"]}} if validation else {})}
-    # plots into a temporary folder, swapped in whole; the caller holds the run's lock, so a
-    # `.plots-*` folder already here is what a killed report left behind
+    # Everything is written into a temporary folder of ours first (plots and files, in full), then
+    # moved into place: a full disk or an error leaves the old report as it was. The caller holds
+    # the run's lock, so a `.plots-*` folder here is what a killed report of an older blockprune
+    # left behind (a link of that name is not ours and is left alone); `rundir.TempDir` reclaims
+    # the folders of killed reports of this one.
     for stale in directory.glob(".plots-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=directory))
-    chmod_like_user(tmp, directory=True)
-    try:
-        plot_all(a, path, tmp)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    command = command_of(store.run_info, directory)
+    with TempDir(directory) as tmp:
+        chmod_like_user(tmp.new, directory=True)
+        plot_all(a, path, tmp.new)
         speed = latency.load_speedups(directory, a["model"])
         if speed:
-            latency.plot_drop_vs_speedup(a["candidates"], speed, tmp / "drop_vs_speedup.png")
-        final = directory / "plots"
-        old = directory / ".plots-old"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    command = command_of(store.run_info, directory)
-    atomic_write_json(directory / analysis_mod.ANALYSIS_FILE, analysis_mod.public(a))
-    atomic_write_json(directory / RECOMMENDATIONS_FILE, rec_json)
-    atomic_write_text(directory / analysis_mod.SUMMARY_FILE, analysis_mod.summary_markdown(a))
-    atomic_write_text(directory / ("REPORT.zh.md" if lang == "zh" else "REPORT.md"),
-                      render(a, recs, path, findings, lang, directory, command, decisions, validation,
-                             store.run_info.get("cluster")))
+            latency.plot_drop_vs_speedup(a["candidates"], speed, tmp.new / "drop_vs_speedup.png")
+        texts = {
+            analysis_mod.ANALYSIS_FILE: json.dumps(analysis_mod.public(a), indent=2, sort_keys=False) + "\n",
+            RECOMMENDATIONS_FILE: json.dumps(rec_json, indent=2, sort_keys=False) + "\n",
+            analysis_mod.SUMMARY_FILE: analysis_mod.summary_markdown(a),
+            ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render(
+                a, recs, path, findings, lang, directory, command, decisions, validation,
+                store.run_info.get("cluster"), plots_dir=tmp.new),
+        }
+        for name, text in texts.items():
+            chmod_like_user(tmp.write_text(name, text))
+        tmp.commit(directory / "plots")
+        tmp.commit_files(directory, texts)
     return rec_json

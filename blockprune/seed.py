@@ -44,7 +44,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .store import atomic_write_text
 
 RESULT_FILE = "exp3_accuracy_sensitivity_v2_results.json"
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
@@ -721,24 +720,33 @@ def cross_dataset_analysis(data: SeedData) -> dict:
 
 
 def write_seed_report(root: str | Path, out_dir: str | Path, lang: str = "en") -> list[Path]:
-    """Analyse the seed results under `root` and write, atomically, `pruning_recommendations.json`,
+    """Analyse the seed results under `root` and write `pruning_recommendations.json`,
     `cross_dataset_analysis.json` and `REPORT.md` (`REPORT.zh.md` for lang="zh") into `out_dir`.
-    Everything is computed before anything is written: on SeedError nothing is written."""
+    `out_dir` goes through blockprune's output rules (`rundir.claim`: new, empty or an earlier seed
+    report; never a search run, a user's files, or the seed root itself) and is locked while it is
+    written. Everything is computed, then written in full, before any file is replaced: on an error
+    (SeedError, a full disk) the files there are as they were."""
+    from . import rundir
+
     if lang not in TEXT:
         raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
-    out = Path(out_dir)
+    inputs = [("the seed root", root), ("blockprune's cache", str(rundir.cache_root()))]
+    try:
+        out = rundir.claim(out_dir, "seed-report", inputs=inputs)
+    except rundir.PathError as exc:
+        raise SeedError(str(exc)) from None
     data = load_seed(root)
     ref = reference_analysis(data)
     ours = our_view(data, ref)
     texts = {
         RECOMMENDATIONS_FILE: json.dumps({**ref, "blockprune_view": ours}, indent=2, ensure_ascii=False) + "\n",
         ANALYSIS_FILE: json.dumps(cross_dataset_analysis(data), indent=2, ensure_ascii=False) + "\n",
-        ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render_markdown(ref, ours, lang, out_dir=out),
+        ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render_markdown(ref, ours, lang, out_dir=Path(out_dir)),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in texts.items():
-        p = out / name
-        atomic_write_text(p, text)
-        paths.append(p)
-    return paths
+    try:
+        with rundir.lock(out, "write a report in", marker=RECOMMENDATIONS_FILE):
+            rundir.claim(out, "seed-report", inputs=inputs)  # again, now that no one else can write it
+            written = rundir.write_files(out, texts)
+    except rundir.PathError as exc:
+        raise SeedError(str(exc)) from None
+    return [Path(out_dir) / p.name for p in written]

@@ -1,10 +1,13 @@
 """Export of a pruned model: a Hugging Face checkpoint and ONNX graphs, each verified, with a manifest.
 
-`export_model(bm, removed, out)` writes into a temporary directory beside `out` and renames it
-into place only when every requested format has been written and verified, so a failed or
-interrupted export leaves nothing behind. `out` must be new, empty, or an earlier export of the
-same request (model, removed blocks, formats); anything else (a user's files, another export) is
-refused unless `force`, and a search run's directory is refused always. `export_manifest.json` lists the files (sha256, size),
+`export_model(bm, removed, out)` writes into a temporary folder of blockprune's beside `out`
+(`rundir.TempDir`: never inside it, a fixed-length name) and swaps it in whole only when every
+requested format has been written and verified, so a failed, interrupted or killed export leaves
+the old state or the complete new one (a killed export's folder is reclaimed by the next one).
+`out` (a symbolic link: its target) must be new, empty, or an earlier export of the same request
+(model, removed blocks, formats); another request's export is replaced only with `force`, and only
+when every file in it is one its manifest lists. A user's files, a search run, the model itself
+or a directory holding them are refused always (`rundir.claim`). `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
 """
 
@@ -12,17 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-from blockprune import versions
+from blockprune import rundir, versions
 from blockprune.models import BlockModel, remove_blocks
 from blockprune.rundir import PathError, chmod_like_user
-from blockprune.rundir import check_out as check_out_dir
 
 from . import hf
 from .onnx import ExportError
@@ -55,30 +55,30 @@ def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_ca
             "kv_cache": bool(kv_cache and "onnx" in formats)}
 
 
-def check_out(out: str | Path, request: dict, force: bool = False) -> Path:
-    """Refuse (one line, nothing written) an --out that would lose a user's files."""
-    out = Path(out)
+def _manifest_request(manifest: dict) -> dict | None:
     try:
-        check_out_dir(out)
+        old = manifest.get("request") or request_of(manifest["model"], manifest["removed"], manifest["formats"], False)
+        return {**old, "kv_cache": bool(old.get("kv_cache"))}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+
+
+def inputs_of(model, meta: dict | None = None) -> list[tuple[str, str]]:
+    """What an export reads and must never write over: the model (a local directory or GGUF file),
+    its source GGUF, the cache of the embedded model."""
+    found = [("the model being exported", p) for p in rundir.spec_paths(str(model))] if model else []
+    if meta and meta.get("gguf"):
+        found.append(("the model's GGUF file", meta["gguf"]))
+    return [*found, ("blockprune's cache", str(rundir.cache_root()))]
+
+
+def check_out(out: str | Path, request: dict, force: bool = False, inputs=()) -> Path:
+    """Refuse (one line, nothing written) an --out that would lose a user's files; returns it resolved."""
+    try:
+        return rundir.claim(out, "export", inputs=inputs, force=force,
+                            same=lambda manifest: _manifest_request(manifest) == request)
     except PathError as exc:
         raise ExportFailed(str(exc)) from None
-    if not out.is_dir() or not any(out.iterdir()):
-        return out
-    from blockprune.store import RESULTS_FILE, RUN_FILE
-
-    if (out / RUN_FILE).exists() or (out / RESULTS_FILE).exists():
-        raise ExportFailed(f"--out {out} is a search run directory; export into a new directory (e.g. {out / 'export'})")
-    try:
-        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        old_request = old.get("request") or request_of(old["model"], old["removed"], old["formats"], False)
-        old_request = {**old_request, "kv_cache": bool(old_request.get("kv_cache"))}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        old_request = None
-    if force or old_request == request:
-        return out
-    what = ("an export of another request" if old_request is not None
-            else "not empty and not a blockprune export")
-    raise ExportFailed(f"--out {out} is {what}; give a new directory, or --force to replace it")
 
 
 def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
@@ -88,14 +88,20 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     formats = check_formats(formats)
     remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     request = request_of(bm.name, removed, formats, kv_cache)
-    out = check_out(out, request, force)
+    inputs = inputs_of(bm.name, bm.meta)
+    shown = out
+    out = check_out(out, request, force, inputs)
     start = time.perf_counter()
+    made: list[Path] = []
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        made = rundir.make_dirs(out.parent)
+        staging = rundir.TempDir(out.parent, target=out)
+        tmp = staging.new
         chmod_like_user(tmp, directory=True)
     except OSError as exc:
+        rundir.remove_made(made)
         raise ExportFailed(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
+    committed = False
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
@@ -177,21 +183,29 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        out = check_out(out, request, force)  # again: the directory may have changed while we verified
-        if out.exists():
-            old = out.parent / f".{out.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        out = check_out(out, request, force, inputs)  # again: the directory may have changed while we verified
+        staging.commit(out)  # what it held (an earlier export) goes with the temporary folder
+        committed = True
         return manifest
     except hf.ParityError as exc:
         raise ExportFailed(f"parity check failed: {exc}") from None
     except ExportError as exc:  # the ONNX exporter or its onnxruntime verification
         raise ExportFailed(str(exc).splitlines()[0]) from None
     except OSError as exc:
-        raise ExportFailed(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+        raise ExportFailed(f"cannot write the export to {shown}: {_where(exc, tmp)}{exc.strerror or exc}"
+                           f"; {shown} is as it was") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staging.close()
+        if not committed:
+            rundir.remove_made(made)
+
+
+def _where(exc: OSError, tmp: Path) -> str:
+    """'hf/model.safetensors: ' for an error on a file of the export being written (else its path)."""
+    name = exc.filename
+    if not name:
+        return ""
+    try:
+        return f"{Path(name).relative_to(tmp)}: "
+    except ValueError:
+        return f"{name}: "

@@ -128,8 +128,10 @@ def test_export_refuses_a_users_directory_and_names_force(tiny_dir, tmp_path, ca
     assert cli.main(["export", "--model", str(tiny_dir), "--remove", "1", "--out", str(out)]) == 2
     one_error(capsys, "not empty", "--force")
     assert snapshot(out) == before
-    assert cli.main(["export", "--model", str(tiny_dir), "--remove", "1", "--out", str(out), "--force"]) == 0
-    assert (out / MANIFEST).exists() and not (out / "notes.txt").exists()
+    # --force replaces only an earlier blockprune export, never a user's files (#21)
+    assert cli.main(["export", "--model", str(tiny_dir), "--remove", "1", "--out", str(out), "--force"]) == 2
+    one_error(capsys, "not a blockprune export", "--force replaces only")
+    assert snapshot(out) == before
 
 
 def test_export_never_touches_a_search_run(run_copy, tiny_dir, capsys):
