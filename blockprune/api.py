@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -11,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from . import evolve, models, report, rundir, scores, search, versions
+from . import evolve, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
-from .store import RUN_FILE, Store, StoreError
-from .tasks import DEFAULT_PPL_WINDOW, check_spec, load_task
+from .store import RUN_FILE, Store, StoreError, refuse_changed_content
+from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, load_task, split_count
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,8 +119,16 @@ def run_search(
         raise search.SearchError(f"--sets are scored by --method given, not {method}")
     for spec in tasks:
         check_spec(spec)
+    if held_out and samples is None:  # every sample searched: nothing could be held out, after the whole search
+        every = next((spec for spec in tasks if split_count(spec)[1] is None), None)
+        if every is not None:
+            raise search.SearchError(f"--held-out re-scores samples the search did not use, but --samples 0 uses every "
+                                     f"sample of {every}; give --samples N (or {every}#N), or drop --held-out")
+    if budget_gb is not None and not (isinstance(budget_gb, (int, float)) and math.isfinite(budget_gb) and budget_gb > 0):
+        raise search.SearchError(f"--budget-gb must be a positive number of GiB, not {budget_gb}")
     report.check_options(lang, tolerance)
     scores.check_rank_by(rank_by)  # score names, before anything is loaded
+    search.check_rank_by_entries(rank_by)
     if export_formats:
         from .export import check_formats
 
@@ -138,7 +148,7 @@ def run_search(
 
         rundir.claim(out / "export", "export", inputs=inputs, force=(out / "export" / MANIFEST).exists(),
                      what="the run's export folder")
-    budget = int(budget_gb * 2**30) if budget_gb else None
+    budget = max(1, int(budget_gb * 2**30)) if budget_gb else None
     with rundir.lock(out, "search in"), _pool(cluster_opts, model, dtype, device, budget, candidates_per_pass,
                                               progress) as pool:
         return _search_locked(
@@ -152,7 +162,10 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
                    max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
                    held_out_samples, start, sets, pool=None) -> SearchOutput:
+    model_hash = sources.content_hash(model)
+    _refuse_changed_model(out, model_hash)  # before minutes of loading a model the run was not scored on
     bm = models.load(model, device=device, dtype=DTYPES[dtype])
+    model_hash = model_hash or sources.content_hash(model)  # an embedded model exists once loaded
     search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     search.check_sets(sets, bm.num_blocks, protected, min_depth)
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
@@ -161,12 +174,16 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
     for t in loaded:
         check_length(t, bm)
+        check_tokens(t, bm)
+        if held_out and t.n >= t.available:  # refused now, not after the whole search
+            raise search.SearchError(f"--held-out: {t.name} has {t.available} samples and the search uses all of them, "
+                                     "so none is left to hold out; lower --samples (or SPEC#N), or drop --held-out")
     try:
         ranking = scores.resolve_rank_by(rank_by, {t.name: t.kind for t in loaded})
     except scores.ScoreError as exc:
         raise search.SearchError(str(exc)) from None
     settings = {
-        "model": model,
+        "model": sources.absolute_model(model),  # the same model from any working directory
         "num_blocks": bm.num_blocks,
         "dtype": dtype,
         "seed": seed,
@@ -185,13 +202,14 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         # leading special tokens (BOS) every request starts with; absent when the tokenizer adds none
         **({"prefix_tokens": loaded[0].prefix} if loaded[0].prefix else {}),
         "tasks": {
-            t.name: {"spec": spec, "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
+            t.name: {"spec": absolute_spec(spec), "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
                      "n": t.n, "available": t.available, "sample_ids": t.sample_ids}
             for spec, t in zip(tasks, loaded)
         },
     }
+    content = {"model": model_hash, "tasks": {t.name: t.source_hash for t in loaded if getattr(t, "source_hash", None)}}
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
-                                              "prefix_tokens": loaded[0].prefix})
+                                              "prefix_tokens": loaded[0].prefix}, content=content)
     engine = Engine(bm, budget_bytes=budget)
     if pool is not None:
         _attach_pool(pool, engine, loaded, store)
@@ -217,6 +235,9 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
         validate.validate_run(out, bm, held_out_samples, tolerance, analysis=analysis)
     recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
+    if export_formats and not balanced["k"]:  # said, never a silent no-op
+        print(f"blockprune: warning: nothing exported: no balanced recommendation at tolerance {tolerance:.1%} (no set "
+              "removes a block within it); see the report, or raise --tolerance", file=sys.stderr)
     if export_formats and balanced["k"]:
         from .export import MANIFEST
 
@@ -261,6 +282,27 @@ def _attach_pool(pool, engine: Engine, tasks, store: Store) -> None:
 
     pool.on_step = record
     record(pool.summary())
+
+
+def check_tokens(task, bm: models.BlockModel) -> None:
+    """Refuse token ids the model has no embedding row for (a tokenizer larger than the model's vocabulary)."""
+    vocab = bm.head.weight.shape[0]
+    for r, req in enumerate(task.requests):
+        if req.tokens and max(req.tokens) >= vocab:
+            sample = task.sample_ids[task.request_sample[r]] if task.request_sample else r
+            raise search.SearchError(f"{task.name}: sample {sample} has token id {max(req.tokens)}, but the model's "
+                                     f"vocabulary has {vocab} entries (its tokenizer is larger than its embedding)")
+
+
+def _refuse_changed_model(out: Path, model_hash: str | None) -> None:
+    """A run whose model files changed since it was scored is refused before the model loads."""
+    import json
+
+    try:
+        stored = json.loads((Path(out) / RUN_FILE).read_text(encoding="utf-8")).get("content")
+    except (OSError, ValueError, AttributeError):
+        return  # no run yet (or corrupt: the store says so)
+    refuse_changed_content(Path(out), stored, {"model": model_hash}, "resume")
 
 
 def check_length(task, bm: models.BlockModel) -> None:
@@ -340,6 +382,9 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
         raise search.SearchError("--samples must be at least 1")
     models.check_device(device)
     settings = store.run_info["settings"]
+    # the run's own model (an absolute path in run.json), unchanged since: before it loads
+    refuse_changed_content(Path(directory), store.run_info.get("content"),
+                           {"model": sources.content_hash(settings["model"])}, "validate")
     with rundir.lock(directory, "validate"):
         bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
         result = validate_mod.validate_run(directory, bm, samples, tolerance)

@@ -171,7 +171,7 @@ def _archive(name: str) -> Path:
 def _corrupt(path: Path, exc: BaseException) -> DataError:
     return DataError(
         f"corrupt archive {path}: {_one_line(str(exc)) or type(exc).__name__}; "
-        "delete it and run `make data`"
+        "delete it and run `blockprune fetch`, which downloads it again"
     )
 
 

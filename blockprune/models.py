@@ -555,6 +555,32 @@ def _own_logits(bm: BlockModel, ids: list[int]) -> torch.Tensor:
     return logits[0].double()
 
 
+@torch.inference_mode()
+def _blockwise_logprobs(bm: BlockModel, seqs: list[list[int]]) -> list[float]:
+    """Summed log-probs of each sequence's tokens 1.. as the engine computes a dense row: the
+    sequences right-padded into one batch, the prelude, every block through the same in-place
+    runner, the final norm and the scoring head."""
+    from . import fused
+    from .kernels import scoring_head
+
+    longest = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [0] * (longest - len(s)) for s in seqs], device=bm.device)
+    prelude = bm.prelude(ids)
+    hidden = prelude.hidden.clone()
+    rows = torch.arange(len(seqs), device=hidden.device)
+    run = fused.runner_for(bm, None) or bm.run_block_inplace  # as the engine picks it
+    for layer in range(bm.num_blocks):
+        run(layer, hidden, rows, prelude, len(seqs))
+    out = []
+    for i, s in enumerate(seqs):
+        h = bm.normed(hidden[i, : len(s) - 1])
+        targets = torch.tensor(s[1:], device=h.device)
+        lse, tgt, _ = scoring_head(h, bm.head.weight, targets, bias=getattr(bm.head, "bias", None),
+                                   softcap=bm.logit_softcap)
+        out.append(float((tgt.double() - lse.double()).sum()))
+    return out
+
+
 def check_parity(bm: BlockModel) -> dict:
     """Refuse a model the engine would score wrongly, before any task is scored.
 
@@ -563,11 +589,6 @@ def check_parity(bm: BlockModel) -> dict:
     dense log-probs equal the model's own forward's (a final norm, a projection or block arguments
     the adapter does not reproduce would make every score wrong). Returns what was measured.
     """
-    import numpy as np
-
-    from .engine import Engine
-    from .request import Request
-
     seqs = _parity_sequences(bm)
     vocab = bm.head.weight.shape[0]
     ids = seqs[0]
@@ -583,9 +604,8 @@ def check_parity(bm: BlockModel) -> dict:
     for s in seqs:
         lp = torch.log_softmax(_own_logits(bm, s), -1)
         own.append(float(lp[:-1].gather(1, torch.tensor(s[1:], device=lp.device)[:, None]).sum()))
-    engine = Engine(bm, budget_bytes=256 * 2**20, pack=False, reuse_bytes=0)
     try:
-        got = engine.score([Request(tuple(s), 1) for s in seqs], np.ones((1, bm.num_blocks), dtype=bool)).logprob[0]
+        got = _blockwise_logprobs(bm, seqs)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any model: say which, in one line

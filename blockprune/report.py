@@ -362,9 +362,13 @@ def finding_lines(findings: list[dict], T: dict) -> list[str]:
 
 # ---- writing ----------------------------------------------------------------------------------
 def command_of(info: dict, out: Path) -> str:
+    """The search command that reproduces a run, every value shell-quoted (a path with spaces, `;` or `$`)."""
+    from shlex import quote as q
+
     s = info["settings"]
-    parts = ["blockprune search", f"--model {s['model']}"] + [f"--task {t['spec']}" for t in s["tasks"].values()]
-    parts += [f"--method {s['method']}", f"--beam-width {s['beam_width']}", f"--max-remove {s['max_remove']}"]
+    parts = ["blockprune search", f"--model {q(str(s['model']))}"] + [f"--task {q(str(t['spec']))}"
+                                                                     for t in s["tasks"].values()]
+    parts += [f"--method {q(str(s['method']))}", f"--beam-width {s['beam_width']}", f"--max-remove {s['max_remove']}"]
     if s.get("samples"):
         parts.append(f"--samples {s['samples']}")
     parts += [f"--seed {s['seed']}", f"--ppl-window {s['ppl_window']}"]
@@ -375,8 +379,8 @@ def command_of(info: dict, out: Path) -> str:
     for name, value in s.get("evolution", {}).items():
         parts.append(f"--{name} {value}")
     if s.get("sets"):
-        parts.append("--sets '" + ";".join(",".join(map(str, x)) for x in s["sets"]) + "'")
-    parts += [f"--min-depth {s['min_depth']}", f"--dtype {s['dtype']}", f"--out {out}"]
+        parts.append("--sets " + q(";".join(",".join(map(str, x)) for x in s["sets"])))
+    parts += [f"--min-depth {s['min_depth']}", f"--dtype {q(str(s['dtype']))}", f"--out {q(str(out))}"]
     return " \\\n    ".join(parts)
 
 

@@ -29,7 +29,7 @@ from .evaluator import Evaluated, Evaluator, Racing, rank
 from .store import key_of
 
 __all__ = ["METHODS", "SearchError", "SearchResult", "Evaluated", "Evaluator", "Racing", "run", "validate",
-           "parse_sets", "read_sets_file", "check_sets"]
+           "parse_sets", "read_sets_file", "check_sets", "check_rank_by_entries"]
 
 METHODS = ("sensitivity", "greedy", "beam", "exhaustive", "evolutionary", "block-influence", "angular", "given")
 
@@ -66,14 +66,24 @@ def parse_sets(text: str) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(sets))
 
 
+SETS_FILE_LIMIT = 16 * 2**20  # bytes: far more than any list of sets or recommendations file
+
+
 def read_sets_file(path: str) -> list[tuple[int, ...]]:
     """A text file (one set per line, `#` comments) or another run's pruning_recommendations.json
-    (its recommendations and the best set per k)."""
+    (its recommendations and the best set per k). At most SETS_FILE_LIMIT bytes are read
+    (`/dev/zero` or a model file given by mistake is refused, not read whole)."""
     import json
     from pathlib import Path
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(Path(path).expanduser(), "rb") as f:
+            raw = f.read(SETS_FILE_LIMIT + 1)
+        if len(raw) > SETS_FILE_LIMIT:
+            raise SearchError(f"--sets-file {path}: more than {SETS_FILE_LIMIT // 2**20} MiB, so not a list of sets")
+        if b"\0" in raw:
+            raise SearchError(f"--sets-file {path}: holds NUL bytes, so it is not a text file of sets")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SearchError(f"--sets-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     if text.lstrip().startswith("{"):
@@ -81,10 +91,38 @@ def read_sets_file(path: str) -> list[tuple[int, ...]]:
             recs = json.loads(text)
             sets = [tuple(r["removed"]) for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
             sets += [tuple(v["best"]["removed"]) for v in recs.get("independent_best", {}).values()]
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise SearchError(f"--sets-file {path}: JSON, but not a blockprune pruning_recommendations.json") from None
         return parse_sets(";".join(",".join(map(str, s)) for s in sets))
     return parse_sets(text)
+
+
+def check_rank_by_entries(spec: str | None) -> None:
+    """Refuse `--rank-by` entries that name different scores for the same tasks (the later one
+    would silently win): one task given twice, `default` with `metric`, or two bare scores that
+    tasks of one kind both have. A TASK=SCORE entry may refine a bare one, and a bare one `default`."""
+    from .scores import BY_KIND
+
+    tasks: dict[str, str] = {}
+    bases: list[str] = []
+    bare: list[str] = []
+    for entry in [e.strip() for e in (spec or "").split(",") if e.strip()]:
+        task, sep, name = entry.rpartition("=")
+        if sep:
+            if task in tasks and tasks[task] != name:
+                raise SearchError(f"--rank-by: task {task} is given two scores ({task}={tasks[task]}, {entry}); give one")
+            tasks[task] = name
+        elif name in ("default", "metric"):
+            if bases and bases[0] != name:
+                raise SearchError(f"--rank-by: {bases[0]} and {name} contradict each other; give one")
+            bases.append(name)
+        else:
+            for other in bare:
+                shared = sorted(k for k, names in BY_KIND.items() if name in names and other in names and name != other)
+                if shared:
+                    raise SearchError(f"--rank-by: {other} and {name} are both scores of {shared[0].replace('_', ' ')} "
+                                      f"tasks, so they contradict each other; give one (or TASK=SCORE per task)")
+            bare.append(name)
 
 
 def check_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, protected: Sequence[int] = (), min_depth: int = 1) -> None:
@@ -107,10 +145,11 @@ def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), mi
     bad = sorted(b for b in protected if not 0 <= b < num_blocks)
     if bad:
         raise SearchError(f"protected block ids {bad} out of range 0..{num_blocks - 1}")
-    if max_remove < 1:
-        raise SearchError("--max-remove must be at least 1")
-    if max_remove >= num_blocks:
-        raise SearchError(f"--max-remove {max_remove} must be less than the number of blocks ({num_blocks})")
+    if method != "given":  # given sets say how many blocks they remove; --max-remove is not used
+        if max_remove < 1:
+            raise SearchError("--max-remove must be at least 1")
+        if max_remove >= num_blocks:
+            raise SearchError(f"--max-remove {max_remove} must be less than the number of blocks ({num_blocks})")
     if not 0 <= min_depth <= num_blocks:
         raise SearchError(f"--min-depth must be in 0..{num_blocks}")
     if min_depth >= num_blocks:

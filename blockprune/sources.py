@@ -176,3 +176,79 @@ def resolve(spec: str) -> str:
                          f"Hugging Face cache, and the hub is {'off (HF_HUB_OFFLINE)' if offline else 'unreachable'} "
                          f"{where}")
     return spec
+
+
+# ---- what a model is, by content ---------------------------------------------------------------
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                    "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_CHUNK = 64 * 2**10
+
+
+def _sample_file(h, path: Path) -> None:
+    """Size, header and a few chunks of a weight file: cheap (a few reads), and any retraining or
+    re-quantisation changes them. A safetensors header (names, shapes, offsets) is read whole."""
+    size = path.stat().st_size
+    h.update(f"{path.name}\0{size}\0".encode())
+    with open(path, "rb") as f:
+        head = f.read(8)
+        h.update(head)
+        if path.suffix == ".safetensors" and len(head) == 8:
+            n = int.from_bytes(head, "little")
+            h.update(f.read(min(n, 64 * 2**20)))
+        for i in range(1, 9):
+            f.seek(size * i // 9)
+            h.update(f.read(_CHUNK))
+        f.seek(max(0, size - _CHUNK))
+        h.update(f.read(_CHUNK))
+
+
+def content_hash(spec: str) -> str | None:
+    """A short hash of what a --model value names, from its files (never from loading it): the
+    config, the tokenizer's files, the weight index and each weight file's size, header and sampled
+    chunks. None where the files are not on this machine (a hub id not in the cache)."""
+    import hashlib
+
+    if spec in EMBEDDED:
+        from . import data
+
+        path = data.cache_dir() / "models" / spec
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(spec, "config.json")
+            except Exception:  # noqa: BLE001 - not a repo id: nothing to hash
+                hit = None
+            if not isinstance(hit, str):
+                return None
+            path = Path(hit).parent
+    h = hashlib.sha256()
+    try:
+        if path.is_file():
+            _sample_file(h, path)
+        elif path.is_dir():
+            names = sorted(p.name for p in path.iterdir() if p.is_file())
+            for name in names:
+                if name == "config.json" or name in _TOKENIZER_FILES or name.endswith(".index.json"):
+                    h.update(f"{name}\0".encode())
+                    h.update((path / name).read_bytes())
+            for name in names:
+                if name.endswith(_WEIGHT_SUFFIXES):
+                    _sample_file(h, path / name)
+        else:
+            return None
+    except OSError:
+        return None
+    return h.hexdigest()[:16]
+
+
+def absolute_model(spec: str) -> str:
+    """A --model value as run.json keeps it: a local directory or GGUF file as an absolute path (a
+    run then loads the same model from any working directory); embedded names and hub ids as given."""
+    if spec in EMBEDDED:
+        return spec
+    path = Path(spec).expanduser()
+    return os.path.abspath(path) if path.exists() else spec

@@ -15,6 +15,12 @@
 * Records of `"type": "plan"` list the sets a search step is about to score, and `"type": "done"`
   marks a search that finished: a report on a store without it says the run is incomplete and
   which planned sets have no record.
+* `run.json`'s `"content"`: hashes of what the run read (`{"model": ..., "tasks": {name: ...}}`,
+  see blockprune.sources.content_hash and blockprune.tasks.source_hash). Resuming, or validating,
+  with a model or task data whose content changed since is refused in one line; a run written
+  before blockprune kept them gets them on its next resume.
+* A record naming blocks out of the model's range, or holding per-sample values that are not
+  finite numbers (NaN, a string), is skipped with a warning like any other unusable line.
 * Records of `"type": "part"` hold a candidate's per-sample scores on some samples of a task
   (racing scores candidates on growing sample subsets; see blockprune.search). A candidate that
   reaches the end of a race gets a whole record like any other; one eliminated early keeps parts.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -75,7 +82,30 @@ def _ids(value) -> bool:
     return isinstance(value, list) and all(isinstance(b, int) and not isinstance(b, bool) for b in value)
 
 
-def _shape_error(rec, tasks: dict | None) -> str | None:
+def _out_of_range(ids: list, num_blocks) -> str | None:
+    if isinstance(num_blocks, int) and not isinstance(num_blocks, bool):
+        bad = sorted({b for b in ids if not 0 <= b < num_blocks})
+        if bad:
+            return f"block ids {bad[:5]} out of range 0..{num_blocks - 1}"
+    if len(set(ids)) != len(ids):
+        return "a block id named twice"
+    return None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, Real) and math.isfinite(v)
+
+
+def _values_error(per: dict) -> str | None:
+    for field, values in per.items():
+        for v in values:
+            if not (_finite(v) or (isinstance(v, list) and all(_finite(x) for x in v))):
+                shown = repr(v) if len(repr(v)) <= 20 else repr(v)[:17] + "..."
+                return f"per-sample {field!r} holds {shown}, not a finite number"
+    return None
+
+
+def _shape_error(rec, tasks: dict | None, num_blocks=None) -> str | None:
     """Why `rec` is not a record this store can use, or None."""
     if not isinstance(rec, dict):
         return "not a JSON object"
@@ -84,11 +114,16 @@ def _shape_error(rec, tasks: dict | None) -> str | None:
         return None
     if kind == "plan":
         ok = isinstance(rec.get("sets"), list) and all(_ids(s) for s in rec["sets"])
-        return None if ok else "a plan without a list of block-id lists"
+        if not ok:
+            return "a plan without a list of block-id lists"
+        return next((f"a plan set {why}" for s in rec["sets"] if (why := _out_of_range(s, num_blocks))), None)
     if kind not in (None, "part"):
         return f"unknown record type {kind!r}"
     if not _ids(rec.get("removed")):
         return "'removed' is not a list of block ids"
+    why = _out_of_range(rec["removed"], num_blocks)
+    if why:
+        return f"'removed' names {why}"
     if not isinstance(rec.get("task"), str) or (tasks is not None and rec["task"] not in tasks):
         return f"unknown task {rec.get('task')!r}"
     per = rec.get("per_sample")
@@ -105,7 +140,46 @@ def _shape_error(rec, tasks: dict | None) -> str | None:
             return "per-sample lists of the wrong length"
         if not isinstance(rec.get("value"), Real) or isinstance(rec.get("value"), bool):
             return "'value' is not a number"
-    return None
+    return _values_error(per)
+
+
+def content_changes(stored: dict | None, now: dict | None) -> list[str]:
+    """What differs between a run's recorded content hashes and the ones measured now (only what
+    both have: a hash not recorded, or not measurable now, cannot be compared)."""
+    if not isinstance(stored, dict) or not isinstance(now, dict):
+        return []
+    changed = []
+    if isinstance(stored.get("model"), str) and isinstance(now.get("model"), str) and stored["model"] != now["model"]:
+        changed.append(f"the model (content {stored['model'][:8]}, now {now['model'][:8]})")
+    old_tasks = stored.get("tasks") if isinstance(stored.get("tasks"), dict) else {}
+    for name, digest in (now.get("tasks") or {}).items():
+        old = old_tasks.get(name)
+        if isinstance(old, str) and isinstance(digest, str) and old != digest:
+            changed.append(f"the data of task {name} (content {old[:8]}, now {digest[:8]})")
+    return changed
+
+
+def refuse_changed_content(directory: Path, stored: dict | None, now: dict | None, doing: str) -> None:
+    """StoreError (one line) when the model or a task's data changed since the run was scored."""
+    changed = content_changes(stored, now)
+    if changed:
+        tail = ("resuming would mix old and new scores: restore them, or use a new --out directory" if doing == "resume"
+                else "its held-out scores would not be of the searched model and data: restore them, or search again")
+        raise StoreError(f"{directory} was scored on other content: {'; '.join(changed[:3])} changed since the "
+                         f"search; {tail}")
+
+
+def merge_content(stored: dict | None, now: dict) -> dict:
+    """The run's content hashes with what it lacks filled in from `now`."""
+    base = dict(stored) if isinstance(stored, dict) else {}
+    if not isinstance(base.get("model"), str) and isinstance(now.get("model"), str):
+        base["model"] = now["model"]
+    tasks = dict(base.get("tasks")) if isinstance(base.get("tasks"), dict) else {}
+    for name, digest in (now.get("tasks") or {}).items():
+        if isinstance(digest, str) and not isinstance(tasks.get(name), str):
+            tasks[name] = digest
+    base["tasks"] = tasks
+    return base
 
 
 def key_of(removed: Iterable[int]) -> tuple[int, ...]:
@@ -113,11 +187,14 @@ def key_of(removed: Iterable[int]) -> tuple[int, ...]:
 
 
 class Store:
-    def __init__(self, directory: Path, settings: dict, extra: dict | None = None, readonly: bool = False):
+    def __init__(self, directory: Path, settings: dict, extra: dict | None = None, readonly: bool = False,
+                 content: dict | None = None):
         """Open (or create) the store in `directory` for `settings`.
 
         `settings` are what the scores depend on, and the search that produced them; `extra`
-        (versions, timestamps) is recorded but not compared. `readonly`: never write (reports).
+        (versions, timestamps) is recorded but not compared. `content`: hashes of the model and of
+        each task's data (`{"model": str | None, "tasks": {name: str}}`), compared with the run's
+        (refused when they differ; recorded when the run has none). `readonly`: never write (reports).
         """
         self.dir = Path(directory)
         self.settings = settings
@@ -145,11 +222,17 @@ class Store:
                     f"{self.dir} holds a run with different settings ({', '.join(diff)}); "
                     "rerun with the same settings to resume, or use a new --out directory"
                 )
+            if content is not None:
+                info = self.run_info
+                refuse_changed_content(self.dir, info.get("content"), content, "resume")
+                merged = merge_content(info.get("content"), content)
+                if merged != info.get("content") and not readonly:
+                    self.set_info("content", merged)
             self._load()
         elif results_file.exists():
             # run.json is gone: the records may say whose they are
             self._load(adopt=True)
-            atomic_write_json(run_file, {"settings": settings, **(extra or {})})
+            atomic_write_json(run_file, {"settings": settings, **(extra or {}), **({"content": content} if content else {})})
             print(f"blockprune: warning: {run_file} was missing; rebuilt it from results.jsonl, whose "
                   f"{len(self.results)} records were all scored under these settings", file=sys.stderr)
         else:
@@ -159,7 +242,7 @@ class Store:
                                  f"(holds {', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}); "
                                  "give a new or empty directory")
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_file, {"settings": settings, **(extra or {})})
+            atomic_write_json(run_file, {"settings": settings, **(extra or {}), **({"content": content} if content else {})})
 
     @classmethod
     def open_existing(cls, directory: Path) -> "Store":
@@ -209,6 +292,7 @@ class Store:
             with open(path, "r+b") as f:
                 f.truncate(good_end)
         tasks = self.settings.get("tasks") if isinstance(self.settings.get("tasks"), dict) else None
+        num_blocks = self.settings.get("num_blocks")
         for lineno, line in enumerate(raw[:good_end].splitlines(), 1):
             if not line.strip():
                 continue
@@ -217,7 +301,7 @@ class Store:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 self._skip(path, lineno, "not valid JSON")
                 continue
-            why = _shape_error(rec, tasks)
+            why = _shape_error(rec, tasks, num_blocks)
             if why is None and rec.get("run", self.run_id if not adopt else None) != self.run_id:
                 if adopt:
                     raise StoreError(f"{self.dir} has {RESULTS_FILE} but no {RUN_FILE}, and its line {lineno} was not "

@@ -30,13 +30,22 @@ Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>
 `kl:jsonl:<path>`, `kl:hf:...`), `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
 `hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory),
 `lm-eval:<task name | path/to/task.yaml>` (lm-evaluation-harness's own task: blockprune.lmeval). A `#N` suffix
-overrides the number of samples for that task (`bigbench:emoji_movie#30`).
+overrides the number of samples for that task (`bigbench:emoji_movie#30`): only a trailing `#<digits>`
+counts, a `#` anywhere else is part of the spec (`jsonl:notes#2/rows.jsonl`), and a spec that
+itself ends in `#<digits>` is written with one more `#` at the end (`jsonl:take#2#`: the file
+`take#2`, every sample). `split_count` reads it.
+
+Every task built from rows or a text keeps `source_hash`, a hash of its whole source (all rows,
+or the text) before any sample is chosen: run.json binds a run to it (see blockprune.store).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -314,7 +323,7 @@ def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
                 raise TaskError(f"{name}: {loc}: 'choices' must be a list of at least 2 strings")
             label = row["label"]
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(ch):
-                got = f"the boolean {str(label).lower()}" if isinstance(label, bool) else repr(label)
+                got = f"the boolean {str(label).lower()}" if isinstance(label, bool) else _short(label)
                 raise TaskError(f"{name}: {loc}: 'label' must be an integer index into choices (0..{len(ch) - 1}), "
                                 f"not {got}")
             if not isinstance(row["context"], str):
@@ -331,6 +340,24 @@ def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
             if not isinstance(row["prompt"], str):
                 raise TaskError(f"{name}: {loc}: 'prompt' must be a string")
     return kind
+
+
+def _short(value, limit: int = 40) -> str:
+    """repr() of a value from a user's file, cut to fit a one-line message (a 5,000-digit label)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str() (Python's 4300-digit limit)
+        return f"an integer of more than {limit} digits"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def source_hash(rows_or_text) -> str:
+    """A short content hash of a task's whole source: its rows (as parsed) or its text."""
+    if isinstance(rows_or_text, str):
+        data = rows_or_text.encode("utf-8", "surrogatepass")
+    else:
+        data = json.dumps(rows_or_text, sort_keys=True, ensure_ascii=True, default=str).encode("ascii")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -352,8 +379,19 @@ def read_jsonl(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TaskError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise TaskError(f"{path}:{lineno}: JSON nested too deeply to be a task row") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise TaskError(f"{path}:{lineno}: unreadable JSON value ({' '.join(str(exc).split())[:120]})") from None
         if not isinstance(row, dict):
             raise TaskError(f"{path}:{lineno}: a row must be a JSON object")
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800": a lone surrogate, which no tokenizer can encode
+            raise TaskError(f"{path}:{lineno}: a string holds a lone UTF-16 surrogate (an escape such as \\ud800 "
+                            "without its pair), which is not text") from None
+        except RecursionError:
+            raise TaskError(f"{path}:{lineno}: JSON nested too deeply to be a task row") from None
         row["_line"] = lineno
         rows.append(row)
     if not rows:
@@ -369,10 +407,12 @@ def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl
         text = "\n\n".join(r["text"] for r in rows)
         return _ppl_task(name, text, tokenizer, samples, seed, window, kl, exclude)
     available = len(rows)
+    digest = source_hash([[i, r] for i, r in zip(ids, rows)])
     ids, rows = _select(ids, rows, samples, seed, name, exclude)
     task = MultipleChoiceTask(name, rows, tokenizer, ids) if kind == "multiple_choice" else \
         ExactMatchTask(name, rows, tokenizer, ids, eos)
     task.available = available
+    task.source_hash = digest
     return task
 
 
@@ -388,6 +428,7 @@ def _ppl_task(name, text, tokenizer, samples, seed, window, kl=False, exclude=()
     ids, windows = _select(ids, windows, samples, seed, name, exclude)
     task = (KLTask if kl else PerplexityTask)(name, windows, ids, leading_specials(tokenizer))
     task.available = available
+    task.source_hash = source_hash(text)
     return task
 
 
@@ -412,18 +453,70 @@ def _bigbench_rows(task: dict, name: str) -> list[dict]:
 
 
 SCHEMES = ("ppl", "kl", "bigbench", "jsonl", "hf", "lm-eval")
+_COUNT = re.compile(r"#(\d+)$")
+
+
+def split_count(spec: str) -> tuple[str, int | None]:
+    """'SPEC#N' -> (SPEC, N). Only a trailing `#<digits>` is the count; any other `#` is part of the
+    spec (a path may hold one); a trailing lone `#` means "no count" (`jsonl:take#2#` is the file
+    `take#2`, every sample)."""
+    m = _COUNT.search(spec)
+    if m:
+        digits = m.group(1)
+        if len(digits) > 12 or int(digits) < 1:
+            raise TaskError(f"bad sample count {digits[:20]!r}{'...' if len(digits) > 20 else ''} in task spec "
+                            f"{spec[: m.start()][:200]!r}: use SPEC#N with N >= 1")
+        return spec[: m.start()], int(digits)
+    if spec.endswith("#"):
+        return spec[:-1], None
+    return spec, None
+
+
+def join_count(base: str, count: int | None = None) -> str:
+    """The spec split_count reads back as (base, count): escaped where `base` itself ends in `#<digits>` or `#`."""
+    escaped = base + "#" if re.search(r"#\d*$", base) else base
+    return f"{escaped}#{count}" if count else escaped
+
+
+def _path_of(rest: str) -> Path:
+    return Path(os.path.expanduser(rest))
+
+
+def absolute_spec(spec: str) -> str:
+    """The spec with its local paths (jsonl:, kl:jsonl:, a local hf: directory, an lm-eval YAML file)
+    made absolute, so a run reads the same files from any working directory; the count is kept."""
+    base, count = split_count(spec)
+    scheme, _, rest = base.partition(":")
+    prefix = ""
+    if scheme == "kl" and rest.startswith(("jsonl:", "hf:")):
+        prefix, (scheme, _, rest) = "kl:", rest.partition(":")
+    if scheme == "jsonl" and rest:
+        rest = os.path.abspath(_path_of(rest))
+    elif scheme == "hf" and rest:
+        name, at, split = rest.partition("@")
+        if _path_of(name).exists():
+            rest = os.path.abspath(_path_of(name)) + at + split
+    elif scheme == "lm-eval" and rest.endswith((".yaml", ".yml")) and _path_of(rest).exists():
+        rest = os.path.abspath(_path_of(rest))
+    else:
+        return spec
+    return join_count(f"{prefix}{scheme}:{rest}", count)
 
 
 def check_spec(spec: str) -> None:
     """Syntax of a task spec, checked before anything is loaded."""
-    scheme, sep, rest = spec.partition("#")[0].partition(":")
+    base, _ = split_count(spec)
+    scheme, sep, rest = base.partition(":")
     if not sep or not rest:
         raise TaskError(f"unknown task spec {spec!r}: expected ppl:shakespeare/<play>, kl:<text source>, "
                         "bigbench:<task>[/<subtask>], jsonl:<path>, hf:<dataset> or lm-eval:<task name | task.yaml>")
     if scheme not in SCHEMES:
         raise TaskError(f"unknown task scheme {scheme!r} in {spec!r}: expected {', '.join(SCHEMES)}")
+    if scheme in ("ppl", "bigbench") or (scheme == "kl" and rest.startswith("shakespeare/")):
+        if "#" in rest:  # names, never paths: a '#' in them is a mistyped count
+            raise TaskError(f"bad sample count in task spec {spec!r}: use SPEC#N with N >= 1 (a trailing #<digits>)")
     if scheme == "kl":
-        source = rest.partition("#")[0]
+        source = rest
         if not (source.startswith("shakespeare/") or source.startswith("jsonl:") or source.startswith("hf:")):
             raise TaskError(f"unknown KL text source {source!r} in {spec!r}: expected kl:shakespeare/<play>, "
                             "kl:jsonl:<path> ({\"text\"} rows) or kl:hf:<dataset>")
@@ -436,11 +529,9 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
     from . import data
 
     check_spec(spec)
-    spec, _, count = spec.partition("#")
+    spec, count = split_count(spec)
     if count:
-        if not count.isdigit() or int(count) < 1:
-            raise TaskError(f"bad sample count {count!r} in task spec: use SPEC#N with N >= 1")
-        samples = int(count)
+        samples = count
     scheme, _, rest = spec.partition(":")
     if scheme == "lm-eval":
         from .lmeval import load_lmeval_task
@@ -470,7 +561,7 @@ def load_task(spec: str, tokenizer, eos_token_id: int | None = None, samples: in
         return _from_rows(name, rows, [f"example {i}" for i in ids], ids, tokenizer, eos_token_id, samples, seed, ppl_window,
                           exclude=exclude)
     if scheme == "jsonl":
-        path = Path(rest)
+        path = _path_of(rest)
         rows = read_jsonl(path)
         where = [f"{path}:{r.pop('_line')}" for r in rows]
         ids = [str(r.get("id", i)) for i, r in enumerate(rows)]

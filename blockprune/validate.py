@@ -21,8 +21,8 @@ import torch
 
 from . import advice, models, report, stats
 from .engine import Engine
-from .store import Store, atomic_write_json
-from .tasks import load_task
+from .store import Store, atomic_write_json, refuse_changed_content
+from .tasks import join_count, load_task, split_count
 
 VALIDATION_FILE = report.VALIDATION_FILE
 
@@ -60,7 +60,8 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
     `analysis`: the run's, when the caller has built it already."""
     directory = Path(directory)
     store = Store.open_existing(directory)
-    settings = store.run_info["settings"]
+    info_all = store.run_info
+    settings = info_all["settings"]
     if settings["num_blocks"] != bm.num_blocks:
         raise report.ReportError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
                                  f"this one has {bm.num_blocks}")
@@ -75,12 +76,15 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
     out = {"tolerance": tolerance, "seed": settings["seed"], "tasks": {}, "dense": {}, "sets": {}}
     per_set = {k: {"removed": list(k), "drops": {}, "metric_drops": {}, "values": {}} for k in sets}
     for name, info in settings["tasks"].items():
-        spec = info["spec"].partition("#")[0]
+        spec = join_count(split_count(info["spec"])[0])  # without its #N (still escaped)
         n = samples or info["n"]
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
                          exclude=info["sample_ids"])
         if task.name != name:
             raise report.ReportError(f"task {spec} now loads as {task.name}, the run calls it {name}")
+        # the held-out samples come from the data the search used (its whole source is hashed)
+        refuse_changed_content(directory, info_all.get("content"),
+                               {"tasks": {name: getattr(task, "source_hash", None)}}, "validate")
         kl = task.kind == "kl"
         res = engine.score(task.requests, masks, kl=kl)
         per_sample = task.per_sample(res.logprob, res.greedy, res.kl)

@@ -52,7 +52,20 @@ def save(bm: BlockModel, removed: Sequence[int], directory: Path) -> BlockModel:
     pruned.model.save_pretrained(directory, safe_serialization=True)
     if bm.tokenizer is not None and hasattr(bm.tokenizer, "save_pretrained"):
         bm.tokenizer.save_pretrained(directory)
+    _user_modes(Path(directory))
     return pruned
+
+
+def _user_modes(directory: Path) -> None:
+    """transformers writes model.safetensors 0600: give the saved files the mode open() gives
+    under the user's umask (0644 under 022), as every other file blockprune writes."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in directory.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o666 & ~mask)
 
 
 @torch.inference_mode()
