@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -102,6 +104,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         rundir.remove_made(made)
         raise ExportFailed(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     committed = False
+    step = ""  # the part being written, named when the file system refuses it
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
@@ -111,11 +114,13 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             formats = ["hf", *formats]  # built from the verified checkpoint, which ships beside them
             manifest["formats"] = list(formats)
         if "hf" in formats:
+            step = "hf/"
             t = time.perf_counter()
             (tmp / "hf").mkdir()
             pruned = hf.save(bm, removed, tmp / "hf")
             manifest["parity"]["hf"] = {**hf.verify(bm, removed, tmp / "hf"), "export_seconds": round(time.perf_counter() - t, 2)}
         if "onnx" in formats:
+            step = "onnx/"
             from . import onnx as onnx_export
 
             pruned = pruned or remove_blocks(bm, removed)
@@ -132,6 +137,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             manifest["onnxruntime_providers"] = sorted({p for k, v in manifest["parity"].items() if k.startswith("onnx")
                                                         for p in v.get("providers", [])})
         if "onnx-elastic" in formats:
+            step = "onnx-elastic/"
             from . import elastic
             from . import onnx as onnx_export
 
@@ -153,6 +159,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             shutil.rmtree(work, ignore_errors=True)
             manifest["parity"]["onnx_elastic"] = info
         if "genai" in formats:
+            step = "genai/"
             from . import genai
 
             for precision in genai.PRECISIONS:  # fp32 must match token for token; int4 states its agreement
@@ -162,6 +169,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
                 info.update(genai.verify(pruned.model, bm.tokenizer, target, precision))
                 manifest["parity"][f"genai_{precision}"] = info
         if "gguf" in formats and not from_hf_gguf:  # the source GGUF's kept blocks, as they are
+            step = "gguf/"
             from . import gguf
 
             (tmp / "gguf").mkdir()
@@ -171,6 +179,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             info.update(gguf.verify(bm, removed, target))
             manifest["parity"]["gguf"] = info
         elif "gguf" in formats:  # written from the pruned checkpoint: f16 and q8_0
+            step = "gguf/"
             from . import gguf
 
             (tmp / "gguf").mkdir()
@@ -182,6 +191,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)
+        step = MANIFEST
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         out = check_out(out, request, force, inputs)  # again: the directory may have changed while we verified
         staging.commit(out)  # what it held (an earlier export) goes with the temporary folder
@@ -192,8 +202,14 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     except ExportError as exc:  # the ONNX exporter or its onnxruntime verification
         raise ExportFailed(str(exc).splitlines()[0]) from None
     except OSError as exc:
-        raise ExportFailed(f"cannot write the export to {shown}: {_where(exc, tmp)}{exc.strerror or exc}"
-                           f"; {shown} is as it was") from None
+        raise ExportFailed(f"cannot write the export to {shown}: {_where(exc, tmp) or (step + ': ' if step else '')}"
+                           f"{exc.strerror or exc} (in {out.parent}); {shown} is as it was") from None
+    except Exception as exc:  # safetensors reports a full disk as its own error, naming no file
+        code = re.search(r"os error (\d+)", str(exc))
+        if type(exc).__name__ != "SafetensorError" or not code:
+            raise
+        raise ExportFailed(f"cannot write the export to {shown}: {step or 'hf/'}: {os.strerror(int(code.group(1)))} "
+                           f"(in {out.parent}); {shown} is as it was") from None
     finally:
         staging.close()
         if not committed:
