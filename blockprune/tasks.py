@@ -32,8 +32,9 @@ Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>
 `lm-eval:<task name | path/to/task.yaml>` (lm-evaluation-harness's own task: blockprune.lmeval). A `#N` suffix
 overrides the number of samples for that task (`bigbench:emoji_movie#30`): only a trailing `#<digits>`
 counts, a `#` anywhere else is part of the spec (`jsonl:notes#2/rows.jsonl`), and a spec that
-itself ends in `#<digits>` is written with one more `#` at the end (`jsonl:take#2#`: the file
-`take#2`, every sample). `split_count` reads it.
+itself ends in `#<digits>` is written with one more `#` before the count or at the end
+(`jsonl:take#2#`: the file `take#2`, every sample; `jsonl:take#2##5`: five of them). `split_count`
+reads it, `join_count` writes it.
 
 Every task built from rows or a text keeps `source_hash`, a hash of its whole source (all rows,
 or the text) before any sample is chosen: run.json binds a run to it (see blockprune.store).
@@ -458,15 +459,17 @@ _COUNT = re.compile(r"#(\d+)$")
 
 def split_count(spec: str) -> tuple[str, int | None]:
     """'SPEC#N' -> (SPEC, N). Only a trailing `#<digits>` is the count; any other `#` is part of the
-    spec (a path may hold one); a trailing lone `#` means "no count" (`jsonl:take#2#` is the file
-    `take#2`, every sample)."""
+    spec (a path may hold one). One `#` more before the count, or at the end, is the escape of a spec
+    that itself ends in `#<digits>` or `#`: `jsonl:take#2#` is the file `take#2`, every sample, and
+    `jsonl:take#2##5` five of its samples."""
     m = _COUNT.search(spec)
     if m:
         digits = m.group(1)
         if len(digits) > 12 or int(digits) < 1:
             raise TaskError(f"bad sample count {digits[:20]!r}{'...' if len(digits) > 20 else ''} in task spec "
                             f"{spec[: m.start()][:200]!r}: use SPEC#N with N >= 1")
-        return spec[: m.start()], int(digits)
+        base = spec[: m.start()]
+        return (base[:-1] if base.endswith("#") else base), int(digits)
     if spec.endswith("#"):
         return spec[:-1], None
     return spec, None
