@@ -93,9 +93,9 @@ def one_error_text(err: str, *needles) -> str:
     return lines[0]
 
 
-def no_temp_left(parent: Path):
-    left = [p.name for p in Path(parent).iterdir() if p.name.startswith(".")]
-    assert not left, left
+def files(d: Path) -> dict:
+    """snapshot() without the lock file, whose content is the pid of its last holder."""
+    return {k: v for k, v in snapshot(d).items() if k != rundir.LOCK_FILE}
 
 
 # ---- 1. data loss: the export swap ---------------------------------------------------------------
@@ -426,7 +426,7 @@ def small_disk(tmp_path: Path, size_mb: int = 48):
     """A small tmpfs (root where mounting works); None where it cannot be mounted here."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)],
+    if os.environ.get("BLOCKPRUNE_TEST_NO_TMPFS") or os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)],
                                            capture_output=True).returncode != 0:
         yield None
         return
@@ -460,25 +460,25 @@ def test_disk_full_during_export_keeps_the_old_export_and_names_the_path(exporte
         if disk is None:  # no tmpfs here: files limited in size instead
             out = tmp_path / "exp"
             shutil.copytree(exported, out)
-            before = snapshot(out)
+            before = files(out)
             r = limited_child(export_args(tiny_dir, out, "--force", remove="2"), 1 << 20)
             assert r.returncode == 2, r.stderr
             one_error_text(r.stderr, f"cannot write the export to {out}", "hf/")
         else:
             out = disk / "exp"
             shutil.copytree(exported, out)
-            before = snapshot(out)
+            before = files(out)
             fill(disk, 1 << 20)
             assert cli.main(export_args(tiny_dir, out, "--force", remove="2")) == 2
             one_error(capsys, f"cannot write the export to {out}", "hf/", "no space left")
-        assert snapshot(out) == before
-        assert listing(out.parent) == sorted(["exp", *(["filler"] if disk else [])])
+        assert files(out) == before
+        assert [n for n in listing(out.parent) if n not in ("disk", "filler")] == ["exp"]
 
 
 def test_disk_full_during_report_keeps_the_old_report(run_copy, tmp_path, capsys):
     with small_disk(tmp_path, 16) as disk:
         if disk is None:
-            before = snapshot(run_copy)
+            before = files(run_copy)
             r = limited_child(["report", str(run_copy), "--lang", "en", "--tolerance", "0.2"], 4096)
             assert r.returncode == 2, r.stderr
             one_error_text(r.stderr, str(run_copy))
@@ -486,11 +486,11 @@ def test_disk_full_during_report_keeps_the_old_report(run_copy, tmp_path, capsys
         else:
             run = disk / "run"
             shutil.copytree(run_copy, run)
-            before = snapshot(run)
+            before = files(run)
             fill(disk, 8192)
             assert cli.main(["report", str(run), "--tolerance", "0.2"]) == 2
             one_error(capsys, "no space left", str(run))
-        assert snapshot(run) == before
+        assert files(run) == before
 
 
 def test_disk_full_during_a_seed_report_keeps_the_old_one(seed_root, tmp_path, capsys):
@@ -498,15 +498,76 @@ def test_disk_full_during_a_seed_report_keeps_the_old_one(seed_root, tmp_path, c
         if disk is None:
             out = tmp_path / "analysis"
             assert cli.main(["report", str(seed_root), "--from-seed", "--out", str(out)]) == 0
-            before = snapshot(out)
+            before = files(out)
             r = limited_child(["report", str(seed_root), "--from-seed", "--out", str(out), "--lang", "zh"], 2048)
             assert r.returncode == 2, r.stderr
             one_error_text(r.stderr, str(out))
         else:
             out = disk / "analysis"
             assert cli.main(["report", str(seed_root), "--from-seed", "--out", str(out)]) == 0
-            before = snapshot(out)
+            before = files(out)
             fill(disk, 2048)
             assert cli.main(["report", str(seed_root), "--from-seed", "--out", str(out), "--lang", "zh"]) == 2
             one_error(capsys, "no space left", str(out))
-        assert snapshot(out) == before
+        assert files(out) == before
+
+
+# ---- the swap without an atomic exchange, and a swap killed half-way ------------------------------
+def test_without_an_atomic_exchange_the_swap_still_replaces_whole(export_copy, tiny_dir, monkeypatch):
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)  # a file system without RENAME_EXCHANGE
+    assert cli.main(export_args(tiny_dir, export_copy, "--force", remove="2")) == 0
+    assert json.loads((export_copy / MANIFEST).read_text())["removed"] == [2]
+    assert listing(export_copy.parent) == ["exp"]
+
+
+def test_a_swap_killed_between_its_renames_gets_the_old_export_back(export_copy, tmp_path):
+    before = snapshot(export_copy)
+    stale = tmp_path / f"{rundir.TMP_PREFIX}killed1"  # what kill -9 between the two renames leaves
+    stale.mkdir()
+    (stale / rundir.TMP_MARKER).write_text(json.dumps({"pid": 1, "target": str(export_copy)}))
+    os.rename(export_copy, stale / "old")
+    assert rundir.reclaim(tmp_path) == [stale]
+    assert snapshot(export_copy) == before and listing(tmp_path) == ["exp"]
+
+
+def test_a_live_temp_folder_is_never_reclaimed(tmp_path):
+    with rundir.TempDir(tmp_path) as tmp:
+        (tmp.new / "part").write_text("being written")
+        assert rundir.reclaim(tmp_path) == [] and (tmp.new / "part").exists()
+    assert listing(tmp_path) == []
+
+
+def test_disk_full_during_a_search_names_the_run_and_a_rerun_resumes(tiny_dir, jsonl_tasks, tmp_path, capsys):
+    with small_disk(tmp_path, 4) as disk:
+        if disk is None:
+            pytest.skip("no tmpfs here (the other disk-full cases fall back to RLIMIT_FSIZE)")
+        out = disk / "run"
+        fill(disk, 20000)
+        assert cli.main(search_args(tiny_dir, jsonl_tasks, out, "--max-remove", "1")) == 2
+        one_error(capsys, str(out), "no space left")
+        (disk / "filler").unlink()
+        assert cli.main(search_args(tiny_dir, jsonl_tasks, out, "--max-remove", "1")) == 0
+        assert (out / "REPORT.md").exists()
+
+
+def test_disk_full_during_bench_out_keeps_the_old_files(tiny_dir, tmp_path, capsys):
+    argv = lambda out: ["bench", "--model", str(tiny_dir), "--remove", "1", "--out", str(out), "--device", "cpu",  # noqa: E731
+                        "--prompt-len", "8", "--gen-len", "2", "--warmup", "0", "--reps", "1"]
+    with small_disk(tmp_path, 4) as disk:
+        if disk is None:
+            out = tmp_path / "lat"
+            assert cli.main(argv(out)) == 0
+            before = files(out)
+            r = limited_child(argv(out), 2048)
+            assert r.returncode == 2, r.stderr
+            one_error_text("\n".join(ln for ln in r.stderr.splitlines() if not ln.startswith("bench: ")), str(out))
+        else:
+            out = disk / "lat"
+            assert cli.main(argv(out)) == 0
+            before = files(out)
+            fill(disk, 4096)
+            capsys.readouterr()
+            assert cli.main(argv(out)) == 2
+            err = "\n".join(ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("bench: "))
+            one_error_text(err, str(out), "no space left")
+        assert files(out) == before
