@@ -27,13 +27,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+import logging
+
 import numpy as np
 import torch
 
 from . import packing
+from . import kernels
 from .kernels import kl_head, scoring_head
-from .models import BlockModel
+from .models import BlockModel, Prelude
 from .request import Request
+
+log = logging.getLogger("blockprune")
 
 
 @dataclass
@@ -71,6 +76,13 @@ class Scores:
     greedy: np.ndarray  # [C, R] bool: every scored token is the argmax
     work: Work
     kl: np.ndarray | None = None  # [C, R] float64: sum over scored positions of KL(dense || candidate)
+
+
+def packing_tolerance(dtype: torch.dtype) -> float:
+    """Packed and plain log-probs of the self-check agree within this (relative and absolute): a few
+    rounding units of the dtype, since the two layouts reduce in different orders (1e-4 in fp32;
+    bf16 rounds at 2^-8, so 1e-4 would turn packing off on every bf16 model)."""
+    return 1e-4 if torch.finfo(dtype).bits >= 32 else 4 * torch.finfo(dtype).eps
 
 
 def default_budget(device: torch.device) -> int:
@@ -153,6 +165,7 @@ class Engine:
         self.max_packed_len = max_packed_len
         self.head_positions = head_positions  # scored positions per scoring-head call
         self._packing_limit: int | bool | None = None
+        self.packing_note = "packing off (--no-pack)" if not pack else None
         self.cpu_micro_tokens = cpu_micro_tokens
         self.budget = budget_bytes or default_budget(model.device)
         self.max_batch = max_batch
@@ -208,10 +221,24 @@ class Engine:
         keep = np.ones((1, self.model.num_blocks), dtype=bool)
         try:
             packed = self._score_rows(packing.pack(reqs, limit), len(reqs), keep, None)[0]
-        except Exception:  # noqa: BLE001 - a model that rejects custom masks simply runs unpacked
+        except Exception as exc:  # noqa: BLE001 - a model that rejects custom masks simply runs unpacked
+            self.packing_note = f"packing off: the model rejects a packed row ({type(exc).__name__})"
+            log.info("%s: %s", self.model.name, self.packing_note)
             return False
         plain = self._score_rows(packing.pack(reqs, None), len(reqs), keep, None)[0]
-        return bool(np.allclose(packed, plain, rtol=1e-4, atol=1e-4))
+        tol = packing_tolerance(self.model.dtype)
+        ok = bool(np.allclose(packed, plain, rtol=tol, atol=tol))
+        worst = float(np.max(np.abs(packed - plain)))
+        self.packing_note = (f"packing {'on' if ok else 'off'}: packed vs plain log-probs differ by {worst:.3g} "
+                             f"(tolerance {tol:g} for {str(self.model.dtype).replace('torch.', '')})")
+        (log.info if ok else log.warning)("%s: %s", self.model.name, self.packing_note)
+        return ok
+
+    def info(self) -> dict:
+        """How this engine runs, for run.json and the bench rows."""
+        return {"device": str(self.model.device), "dtype": str(self.model.dtype).replace("torch.", ""),
+                "fused": self.fused, "fused_reason": self.model.meta.get("fused_reason"),
+                "kernels": kernels.backend(), "packing_limit": self.packing_limit(), "packing": self.packing_note}
 
     def row_tokens(self, requests: Sequence[Request]) -> int:
         """Tokens of the rows the requests become (choices sharing a context are packed into one)."""
@@ -239,12 +266,6 @@ class Engine:
             chunks.append(current)
         return group, chunks
 
-    @staticmethod
-    def _rows_of(node_ids: list[int], batch: int, sample_of_row: torch.Tensor) -> torch.Tensor:
-        """Row ids of these trie nodes (node n holds rows n*batch .. n*batch + batch - 1)."""
-        nodes_t = torch.tensor(node_ids, device=sample_of_row.device, dtype=torch.long)
-        return (nodes_t[:, None] * batch + sample_of_row[None, :]).reshape(-1)
-
     def retain(self, keep: np.ndarray) -> None:
         """Keep stored states only on these keep-masks' paths (see StateCache)."""
         if self.cache is not None:
@@ -263,21 +284,14 @@ class Engine:
                     break
         return starts
 
-    @staticmethod
-    def _restore(states: list[torch.Tensor], length: int, like: torch.Tensor) -> torch.Tensor:
-        rows = torch.zeros((len(states), length, like.shape[-1]), dtype=like.dtype, device=like.device)
-        for j, state in enumerate(states):
-            rows[j, : state.shape[0]] = state.to(like.device)
-        return rows
-
     def _store(self, keys: list[bytes], rows: list[packing.Row], prefix: bytes, hidden: torch.Tensor, first: int) -> None:
-        """Store one node's rows under `prefix`: one copy for the node, each row a view of it."""
+        """Store one node's rows under `prefix`: one copy per run of missing rows, each row a view
+        of it. Slices only: no index tensor is uploaded."""
         missing = [j for j, k in enumerate(keys) if (k, prefix) not in self.cache.entries]
-        if not missing:
-            return
-        copy = hidden.index_select(0, torch.tensor(missing, device=hidden.device) + first)
-        for i, j in enumerate(missing):
-            self.cache.put((keys[j], prefix), copy[i, : len(rows[j])])
+        for run in _runs(missing):
+            copy = hidden[first + run[0] : first + run[-1] + 1].clone()
+            for i, j in enumerate(run):
+                self.cache.put((keys[j], prefix), copy[i, : len(rows[j])])
 
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -328,140 +342,266 @@ class Engine:
                     ) -> tuple[np.ndarray, np.ndarray, Work, np.ndarray | None]:
         """One chunk of rows under every mask. Returns [C, num_requests] arrays that are zero
         (False) for requests not in these rows; with `kl` the summed KL to the dense mask's node
-        (which `masks` must contain)."""
-        model = self.model
-        device = model.device
-        batch = len(rows)
-        length = max(len(r) for r in rows)
-        pad = model.eos_token_id or 0
-        ids = torch.full((batch, length), pad, dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r.tokens)
-        extra = {}
-        if any(r.packed for r in rows):
-            positions = torch.zeros((batch, length), dtype=torch.long)
-            for j, r in enumerate(rows):
-                positions[j, : len(r)] = torch.tensor(r.positions)
-                positions[j, len(r):] = torch.arange(len(r), length)
-            eager = getattr(model.model.config, "_attn_implementation", "sdpa") == "eager"
-            mask = packing.attention_mask(rows, length, model.dtype if eager else None)
-            extra = {"position_ids": positions.to(device), "attention_mask": mask.to(device)}
-        prelude = model.prelude(ids, **extra)
-        hidden = prelude.hidden  # rows of node n: n*batch .. (n+1)*batch-1
+        (which `masks` must contain).
+
+        Four phases: plan the trie walk on the host (`plan_trie`), upload every index it needs in
+        one copy (`_upload_plan`), run the blocks on preallocated rows (`_run_blocks`), score the
+        live nodes (`_score_nodes`), and bring the per-node sums back in one copy."""
         keys = [row_key(r) for r in rows] if self.cache is not None else []
         starts = self._cached_starts(keys, masks)
-        nodes: list[np.ndarray] = [np.flatnonzero(starts == 0)]
-        # candidates whose states are stored join at the block where their stored prefix ends
-        waiting: dict[int, dict[bytes, list[int]]] = {}
-        for c in np.flatnonzero(starts > 0):
-            waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
+        plan = plan_trie(masks, starts)
+        device = self.model.device
+        prelude, index = self._upload_plan(rows, plan, masks)
+        work = Work(naive_block_rows=int(masks.sum()) * index.num_requests,
+                    naive_block_tokens=int(masks.sum()) * index.request_tokens,
+                    naive_head_positions=len(masks) * index.request_tokens)  # every position, every candidate
         # take the stored states now: storing new ones during the pass may evict them
-        reusing = bool(waiting)
-        held = {prefix: [self.cache.get((k, prefix)) for k in keys] for groups in waiting.values() for prefix in groups}
-        sample_of_row = torch.arange(batch, device=device)
-        micro = max(1, (self.budget // 2) // self._activation_bytes(length))
-        if device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
-            micro = min(micro, max(1, self.cpu_micro_tokens // length))
-        num_requests_here = sum(len(r.scored) for r in rows)
-        request_tokens = sum(len(p) + int(p[0]) + 1 for r in rows for _, p, _ in r.scored)
-        work = Work(naive_block_rows=int(masks.sum()) * num_requests_here,
-                    naive_block_tokens=int(masks.sum()) * request_tokens)
+        held = {prefix: [self.cache.get((k, prefix)) for k in keys] for _, _, prefix in plan.restores}
+        hidden = self._run_blocks(rows, plan, prelude, index, held, keys, masks, work, progress)
+        if plan.restores:  # what the trie alone would have run, less what ran
+            work.reused_block_rows = trie_block_rows(masks) * len(rows) - work.block_rows
+        sums = self._score_nodes(hidden, plan, index, masks, kl)
+        work.head_positions = len(plan.live) * index.num_positions
+        lp_np, miss_np, kl_np = to_host(sums)
+        logprob = np.zeros((len(masks), num_requests))
+        greedy = np.zeros((len(masks), num_requests), dtype=bool)
+        kl_out = np.zeros((len(masks), num_requests)) if kl else None
+        for i, n in enumerate(plan.live):
+            cands = plan.nodes[n]
+            logprob[np.ix_(cands, index.req_ids)] = lp_np[i]
+            greedy[np.ix_(cands, index.req_ids)] = miss_np[i] == 0
+            if kl:
+                kl_out[np.ix_(cands, index.req_ids)] = kl_np[i]
+        if kl:  # the dense model against itself: exactly 0, not the rounding of two equal log-sum-exps
+            kl_out[masks.all(axis=1)] = 0.0
+        return logprob, greedy, work, kl_out
 
-        for layer in range(model.num_blocks):
-            for prefix, cands in waiting.pop(layer, {}).items():
-                hidden = torch.cat([hidden, self._restore(held.pop(prefix), length, hidden)])
-                nodes.append(np.array(cands))
-            in_place: list[int] = []  # nodes whose candidates all keep this block
-            forks: list[tuple[int, np.ndarray]] = []  # (node, candidates that keep it)
-            for n, cands in enumerate(nodes):
-                if len(cands) == 0:
-                    continue
-                kept = masks[cands, layer]
-                if kept.all():
-                    in_place.append(n)
-                elif kept.any():
-                    forks.append((n, cands[kept]))
-                    nodes[n] = cands[~kept]
-            if not in_place and not forks:
-                continue
-            if forks:  # the keeping part of a fork gets a copy of the node's rows, then runs in place
-                fork_rows = self._rows_of([n for n, _ in forks], batch, sample_of_row)
-                in_place.extend(range(len(nodes), len(nodes) + len(forks)))
-                nodes.extend(c for _, c in forks)
-                hidden = torch.cat([hidden, hidden.index_select(0, fork_rows)])
-            idx = self._rows_of(in_place, batch, sample_of_row)
-            self.run_inplace(layer, hidden, idx, prelude, micro)
-            work.block_rows += len(idx)
-            work.block_tokens += len(idx) * length
-            if progress is not None:
-                progress(len(idx) * length)
-            if self.cache is not None and layer + 1 < model.num_blocks:
-                for n in in_place:  # states at the input of block layer+1, under each node's prefix
-                    self._store(keys, rows, masks[nodes[n][0], : layer + 1].tobytes(), hidden, n * batch)
-
-        if reusing:  # what the trie alone would have run, less what ran
-            work.reused_block_rows = trie_block_rows(masks) * batch - work.block_rows
-        # Scoring: only at positions that predict a scored token.
+    def _upload_plan(self, rows: list[packing.Row], plan: "TriePlan", masks: np.ndarray) -> tuple[Prelude, "ChunkIndex"]:
+        """The chunk's tokens, positions and every index of the pass in one host-to-device copy
+        (pinned, non-blocking on CUDA), then the prelude. The packing mask is the only other upload."""
+        model, device = self.model, self.model.device
+        batch, length = len(rows), max(len(r) for r in rows)
+        ids = np.full((batch, length), model.eos_token_id or 0, dtype=np.int64)
+        positions = np.zeros((batch, length), dtype=np.int64)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = r.tokens
+            positions[j, : len(r)] = r.positions
+            positions[j, len(r):] = np.arange(len(r), length)
+        # scoring: only the positions that predict a scored token
         pos_row, pos_t, targets, pos_req = [], [], [], []
+        request_tokens = 0
         for j, r in enumerate(rows):
             for req, predict, tgt in r.scored:
                 pos_row.append(np.full(len(predict), j))
                 pos_t.append(predict)
                 targets.append(tgt)
                 pos_req.append(np.full(len(predict), req))
-                work.naive_head_positions += len(masks) * (len(predict) + int(predict[0]) + 1)  # whole sequence
-        pos_row_t = torch.from_numpy(np.concatenate(pos_row)).to(device)
-        pos_t_t = torch.from_numpy(np.concatenate(pos_t)).to(device)
-        targets_t = torch.from_numpy(np.concatenate(targets)).to(device)
-        req_ids = np.unique(np.concatenate(pos_req))
-        seg_of_pos = torch.from_numpy(np.searchsorted(req_ids, np.concatenate(pos_req))).to(device)
-        num_pos, num_seg = len(pos_t_t), len(req_ids)
-        # nodes left empty (every candidate restored from stored states, or moved to a fork) score nothing
-        live = [n for n, cands in enumerate(nodes) if len(cands)]
-        live_t = torch.tensor(live, dtype=torch.long, device=device)
-        lp_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device)
-        miss_node = torch.zeros((len(nodes), num_seg), dtype=torch.long, device=device)
-        kl_node = torch.zeros((len(nodes), num_seg), dtype=torch.float64, device=device) if kl else None
+                request_tokens += len(predict) + int(predict[0]) + 1
+        pos_req_np = np.concatenate(pos_req)
+        req_ids = np.unique(pos_req_np)
+        pos_row_np, pos_t_np = np.concatenate(pos_row), np.concatenate(pos_t)
+        parts = {"ids": ids, "positions": positions, "pos_row": pos_row_np, "pos_t": pos_t_np,
+                 "targets": np.concatenate(targets), "seg": np.searchsorted(req_ids, pos_req_np),
+                 "live": np.asarray(plan.live, dtype=np.int64)}
+        for layer, step in enumerate(plan.steps):
+            if step.fork_src:
+                parts[f"src{layer}"] = node_rows(step.fork_src, batch)
+                parts[f"dst{layer}"] = node_rows(step.fork_dst, batch)
+            if step.run:
+                parts[f"run{layer}"] = node_rows(step.run, batch)
+        flat = upload(np.concatenate([np.asarray(v, dtype=np.int64).ravel() for v in parts.values()]), device)
+        views, offset = {}, 0
+        for name, value in parts.items():
+            views[name] = flat[offset : offset + value.size].view(value.shape)
+            offset += value.size
+        extra = {}
+        if any(r.packed for r in rows):
+            eager = getattr(model.model.config, "_attn_implementation", "sdpa") == "eager"
+            mask = packing.attention_mask(rows, length, model.dtype if eager else None)
+            extra = {"position_ids": views["positions"], "attention_mask": upload(mask, device)}
+        prelude = model.prelude(views["ids"], **extra)
+        index = ChunkIndex(views=views, req_ids=req_ids, num_positions=len(pos_t_np),
+                           num_requests=sum(len(r.scored) for r in rows), request_tokens=request_tokens,
+                           batch=batch, length=length)
+        return prelude, index
+
+    def _run_blocks(self, rows, plan: "TriePlan", prelude: Prelude, index: "ChunkIndex", held: dict, keys, masks,
+                    work: Work, progress) -> torch.Tensor:
+        """Every block on the rows that keep it, in place: node n owns rows n*batch .. (n+1)*batch-1
+        of one preallocated tensor; a fork copies its node's rows into the new node's slot."""
+        batch, length, model = index.batch, index.length, self.model
+        first = prelude.hidden
+        hidden = first.new_empty((plan.num_nodes * batch, length, first.shape[-1]))
+        hidden[:batch] = first
+        micro = max(1, (self.budget // 2) // self._activation_bytes(length))
+        if model.device.type == "cpu":  # CPU caches prefer ~2k tokens per call over one huge batch
+            micro = min(micro, max(1, self.cpu_micro_tokens // length))
+        restores = {}
+        for layer, node, prefix in plan.restores:
+            restores.setdefault(layer, []).append((node, prefix))
+        for layer, step in enumerate(plan.steps):
+            for node, prefix in restores.get(layer, ()):
+                slot = hidden[node * batch : (node + 1) * batch]
+                slot.zero_()
+                for j, state in enumerate(held.pop(prefix)):
+                    slot[j, : state.shape[0]] = state
+            if step.fork_src:
+                hidden.index_copy_(0, index.views[f"dst{layer}"], hidden.index_select(0, index.views[f"src{layer}"]))
+            if not step.run:
+                continue
+            idx = index.views[f"run{layer}"]
+            self.run_inplace(layer, hidden, idx, prelude, micro)
+            work.block_rows += len(step.run) * batch
+            work.block_tokens += len(step.run) * batch * length
+            if progress is not None:
+                progress(len(step.run) * batch * length)
+            if self.cache is not None and layer + 1 < model.num_blocks:
+                for n in step.run:  # states at the input of block layer+1, under each node's prefix
+                    self._store(keys, rows, masks[plan.nodes[n][0], : layer + 1].tobytes(), hidden, n * batch)
+        return hidden
+
+    def _score_nodes(self, hidden: torch.Tensor, plan: "TriePlan", index: "ChunkIndex", masks: np.ndarray,
+                     kl: bool) -> torch.Tensor:
+        """[3 or 2, live nodes, requests] float64 on the device: summed log-prob, greedy misses and
+        (with kl) KL to the dense node, per live node and request of the chunk."""
+        model, device, batch = self.model, self.model.device, index.batch
+        v = index.views
+        num_pos, num_seg = index.num_positions, len(index.req_ids)
+        live = v["live"]
+        out = torch.zeros((3 if kl else 2, len(plan.live), num_seg), dtype=torch.float64, device=device)
         head_chunk = max(1, self.head_positions // num_pos)
         head = dict(bias=getattr(model.head, "bias", None), softcap=model.logit_softcap)
-        if kl:  # the dense model's normed states at the scored positions, shared by every node
-            is_dense = masks.all(axis=1)
-            dense_node = next(n for n, cands in enumerate(nodes) if is_dense[cands].any())
-            dense_h = model.normed(hidden[dense_node * batch + pos_row_t, pos_t_t])
-            dense_index = torch.arange(num_pos, device=device)
-        for n0 in range(0, len(live), head_chunk):
-            node_ids = live_t[n0 : n0 + head_chunk]
-            h = hidden[(node_ids[:, None] * batch + pos_row_t[None, :]).reshape(-1), pos_t_t.repeat(len(node_ids))]
-            targets_rep = targets_t.repeat(len(node_ids))
-            if kl:
-                kls, lse, tgt, is_max = kl_head(model.normed(h), dense_h, model.head.weight, targets_rep,
-                                                dense_index=dense_index.repeat(len(node_ids)), **head)
+        if kl:  # the dense model's side, once per chunk: its normed states (and log-sum-exp, expectation)
+            dense_node = plan.dense_node(masks)
+            dense_h = model.normed(hidden[dense_node * batch + v["pos_row"], v["pos_t"]])
+            if model.logit_softcap is None:
+                dense_lse, dense_mean = kernels.dense_expectation(dense_h, model.head.weight, head["bias"])
+        for n0 in range(0, len(plan.live), head_chunk):
+            node_ids = live[n0 : n0 + head_chunk]
+            count = len(node_ids)
+            h = model.normed(hidden[(node_ids[:, None] * batch + v["pos_row"][None, :]).reshape(-1),
+                                    v["pos_t"].repeat(count)])
+            targets_rep = v["targets"].repeat(count)
+            seg = (torch.arange(count, device=device)[:, None] * num_seg + v["seg"][None, :]).reshape(-1)
+            if kl and model.logit_softcap is not None:  # tanh breaks linearity: both sides per tile
+                kls, lse, tgt, is_max = kl_head(h, dense_h.repeat(count, 1), model.head.weight, targets_rep, **head)
             else:
-                lse, tgt, is_max = scoring_head(model.normed(h), model.head.weight, targets_rep, **head)
-            local = torch.arange(len(node_ids), device=device)
-            seg = (local[:, None] * num_seg + seg_of_pos[None, :]).reshape(-1)
-            if kl:
-                flat_kl = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
-                flat_kl.index_add_(0, seg, kls.double())
-                kl_node[node_ids] = flat_kl.view(len(node_ids), num_seg)
-            flat_lp = torch.zeros(len(node_ids) * num_seg, dtype=torch.float64, device=device)
-            flat_lp.index_add_(0, seg, (tgt - lse).double())
-            flat_miss = torch.zeros(len(node_ids) * num_seg, dtype=torch.long, device=device)
-            flat_miss.index_add_(0, seg, (~is_max).long())
-            lp_node[node_ids] = flat_lp.view(len(node_ids), num_seg)
-            miss_node[node_ids] = flat_miss.view(len(node_ids), num_seg)
-        work.head_positions = len(live) * num_pos
+                lse, tgt, is_max = scoring_head(h, model.head.weight, targets_rep, **head)
+                if kl:
+                    kls = kernels.kl_from_expectation(h, dense_h.repeat(count, 1), lse, dense_lse.repeat(count),
+                                                      dense_mean.repeat(count, 1))
+            values = [tgt - lse, (~is_max).to(torch.float64)] + ([kls] if kl else [])
+            for k, value in enumerate(values):
+                flat = torch.zeros(count * num_seg, dtype=torch.float64, device=device)
+                flat.index_add_(0, seg, value.double())
+                out[k, n0 : n0 + count] = flat.view(count, num_seg)
+        return out
 
-        logprob = np.zeros((len(masks), num_requests))
-        greedy = np.zeros((len(masks), num_requests), dtype=bool)
-        kl_out = np.zeros((len(masks), num_requests)) if kl else None
-        lp_np, miss_np = lp_node.cpu().numpy(), miss_node.cpu().numpy()
-        kl_np = kl_node.cpu().numpy() if kl else None
+
+@dataclass
+class Step:
+    """One block of a trie walk: nodes forked (src -> new dst) and nodes that run the block."""
+
+    fork_src: list[int]
+    fork_dst: list[int]
+    run: list[int]
+
+
+@dataclass
+class TriePlan:
+    """The whole trie walk of one chunk, planned on the host before any block runs.
+
+    nodes[n]: the candidates whose rows node n holds at the end; steps[l]: block l's forks and runs;
+    restores: (layer, node, prefix) for candidates that start from stored states at that layer."""
+
+    nodes: list[np.ndarray]
+    steps: list[Step]
+    restores: list[tuple[int, int, bytes]]
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def live(self) -> list[int]:
+        """Nodes that still hold candidates (the others moved to forks or were restored)."""
+        return [n for n, cands in enumerate(self.nodes) if len(cands)]
+
+    def dense_node(self, masks: np.ndarray) -> int:
+        """The live node of the all-keep mask (KL's reference)."""
+        dense = masks.all(axis=1)
+        return next(n for n in self.live if dense[self.nodes[n]].any())
+
+
+def plan_trie(masks: np.ndarray, starts: np.ndarray) -> TriePlan:
+    """Walk the keep-masks' prefix trie block by block (see the module doc). Candidates with
+    starts[c] > 0 join at block starts[c] from stored states, one node per stored prefix."""
+    num_blocks = masks.shape[1]
+    nodes: list[np.ndarray] = [np.flatnonzero(starts == 0)]
+    waiting: dict[int, dict[bytes, list[int]]] = {}
+    for c in np.flatnonzero(starts > 0):
+        waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
+    steps, restores = [], []
+    for layer in range(num_blocks):
+        for prefix, cands in waiting.pop(layer, {}).items():
+            restores.append((layer, len(nodes), prefix))
+            nodes.append(np.array(cands))
+        run, src, forked = [], [], []
         for n, cands in enumerate(nodes):
-            logprob[np.ix_(cands, req_ids)] = lp_np[n]
-            greedy[np.ix_(cands, req_ids)] = miss_np[n] == 0
-            if kl:
-                kl_out[np.ix_(cands, req_ids)] = kl_np[n]
-        if kl:  # the dense model against itself: exactly 0, not the rounding of two equal log-sum-exps
-            kl_out[masks.all(axis=1)] = 0.0
-        return logprob, greedy, work, kl_out
+            if len(cands) == 0:
+                continue
+            kept = masks[cands, layer]
+            if kept.all():
+                run.append(n)
+            elif kept.any():  # the keeping part gets a copy of the node's rows, then runs
+                src.append(n)
+                forked.append(cands[kept])
+                nodes[n] = cands[~kept]
+        dst = list(range(len(nodes), len(nodes) + len(forked)))
+        nodes.extend(forked)
+        steps.append(Step(src, dst, run + dst))
+    return TriePlan(nodes, steps, restores)
+
+
+@dataclass
+class ChunkIndex:
+    """What `_upload_plan` put on the device (one tensor, sliced into `views`) and what it measured."""
+
+    views: dict[str, torch.Tensor]
+    req_ids: np.ndarray
+    num_positions: int
+    num_requests: int
+    request_tokens: int
+    batch: int
+    length: int
+
+
+def node_rows(nodes: Sequence[int], batch: int) -> np.ndarray:
+    """Row ids of these trie nodes (node n holds rows n*batch .. n*batch + batch - 1)."""
+    return (np.asarray(nodes, dtype=np.int64)[:, None] * batch + np.arange(batch)[None, :]).reshape(-1)
+
+
+def _runs(indices: Sequence[int]) -> list[list[int]]:
+    """Sorted ints as maximal runs of consecutive values: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def upload(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on CUDA from pinned memory without blocking the host."""
+    host = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
+    if device.type != "cuda":
+        return host.to(device)
+    if torch.cuda.is_available():
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def to_host(sums: torch.Tensor) -> list[np.ndarray]:
+    """The pass's per-node sums as numpy arrays: one device-to-host copy."""
+    return list(sums.cpu().numpy()) + [None] * (3 - len(sums))

@@ -24,6 +24,7 @@ against the plain path on random rows.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import textwrap
 from typing import Any
@@ -34,6 +35,7 @@ from torch import nn
 from . import kernels
 from .models import BlockModel, Prelude, _select_rows
 
+log = logging.getLogger("blockprune")
 ROLES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 # Norm variants tried on a module of unknown class, in order (see kernels.gather_norm_reference).
 RMS_VARIANTS = (
@@ -177,8 +179,8 @@ def verify(bm: BlockModel, runner: FusedRunner) -> str | None:
     batch, seq = 2, 8
     prelude = bm.prelude(torch.randint(0, vocab, (batch, seq), generator=g))
     base = prelude.hidden
-    scale = base.float().std().clamp_min(1e-3)
-    noise = (torch.randn((4, *base.shape[1:]), generator=g) * scale).to(base.device, base.dtype)
+    scale = base.float().std().clamp_min(1e-3)  # a 0-dim tensor on the model's device
+    noise = (torch.randn((4, *base.shape[1:]), generator=g).to(base.device) * scale).to(base.dtype)
     hidden = torch.cat([base, base.repeat(2, 1, 1) + noise])  # 6 rows; row r uses sample r % 2
     idx = torch.tensor([0, 3, 4], device=base.device)
     untouched = torch.tensor([1, 2, 5], device=base.device)
@@ -210,8 +212,9 @@ def runner_for(bm: BlockModel, mode: bool | None = None):
     """A callable with BlockModel.run_block_inplace's signature, or None to use the plain path.
 
     mode None (auto): fused when the model is on CUDA and Triton imports, or BLOCKPRUNE_FUSED=1
-    (BLOCKPRUNE_FUSED=0 turns it off); unsupported models or a failed check quietly take the plain
-    path. True: fused or FusedError saying why not. False: the plain path.
+    (BLOCKPRUNE_FUSED=0 turns it off); an unsupported model, a failed check or a check that raises
+    takes the plain path, and why is said once (log and `bm.meta["fused_reason"]`, which run.json
+    records). True: fused or FusedError saying why not. False: the plain path.
     """
     if mode is False or (mode is None and not _auto_enabled(bm)):
         return None
@@ -219,11 +222,20 @@ def runner_for(bm: BlockModel, mode: bool | None = None):
     problem = bm.meta.get(key)
     runner = None
     if problem is None:
-        problem = unsupported_reason(bm)
-        if problem is None:
-            runner = FusedRunner(bm)
-            problem = verify(bm, runner)
+        try:
+            problem = unsupported_reason(bm)
+            if problem is None:
+                runner = FusedRunner(bm)
+                problem = verify(bm, runner)
+        except Exception as exc:  # noqa: BLE001 - auto mode must never end a run over an optimisation
+            if mode:
+                raise
+            text = str(exc).strip()
+            problem = f"its check raised {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
         bm.meta[key] = problem or ""
+        if problem and not mode:
+            bm.meta["fused_reason"] = problem
+            log.warning("fused block runner off for %s, plain path used: %s", bm.name, problem)
     if problem:
         if mode:
             raise FusedError(f"{bm.name}: no fused block runner: {problem}")

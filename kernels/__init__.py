@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from .gather_norm import gather_norm_reference
-from .kl_head import kl_head_reference
+from .kl_head import dense_expectation, kl_from_expectation, kl_head_reference
 from .residual_add import residual_add_reference
 from .scoring_head import scoring_head_reference
 
@@ -110,6 +110,6 @@ def residual_add(hidden, idx, out):
 
 
 __all__ = [
-    "backend", "gather_norm", "gather_norm_reference", "kl_head", "kl_head_reference", "residual_add",
+    "backend", "dense_expectation", "gather_norm", "kl_from_expectation", "gather_norm_reference", "kl_head", "kl_head_reference", "residual_add",
     "residual_add_reference", "scoring_head", "scoring_head_reference", "triton_available",
 ]

@@ -18,7 +18,7 @@ import triton.language as tl
 from .gather_norm import check_gather_args, gather_norm_dtype
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "T"])  # batch shapes vary: never recompile for them
 def _gather_norm_kernel(
     hidden_ptr, idx_ptr, weight_ptr, bias_ptr, out_ptr,
     P, T, D,

@@ -114,3 +114,47 @@ def kl_head_reference(
     # KL = sum p_a (a - b) - lse_a + lse_b, with p_a = e / sum e
     kl = ((sum_aa[idx] - sum_ab) / sum_a[idx] - lse_a[idx] + lse).clamp_min(0.0)
     return kl, lse, target_logit, target_logit >= run_max
+
+
+def dense_expectation(
+    dense_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense side of KL without a softcap, once per position: (lse_a [Q] fp32, mean [Q, D] fp32)
+    with mean = sum_v p_dense(v) W_v, the LM-head row expected under the dense distribution.
+
+    Logits are affine in the hidden state (a = W h_a + c, b = W h_b + c), so
+    ``sum_v p_a(v) (a_v - b_v) = mean . (h_a - h_b)`` and every candidate's KL needs only its own
+    log-sum-exp (`kl_from_expectation`): the dense logits are computed once per chunk of positions,
+    not once per candidate. Online over vocabulary chunks in fp32 (GEMMs: cuBLAS on a GPU).
+    """
+    if dense_hidden.dim() != 2 or weight.dim() != 2 or dense_hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"dense_hidden {tuple(dense_hidden.shape)} and weight {tuple(weight.shape)} do not match")
+    num, dim = dense_hidden.shape
+    device = dense_hidden.device
+    h = dense_hidden.float()
+    run_max = torch.full((num,), float("-inf"), device=device)
+    total = torch.zeros(num, device=device)
+    mean = torch.zeros((num, dim), device=device)
+    for start in range(0, weight.shape[0], chunk):
+        w = weight[start : start + chunk].float()
+        logits = h @ w.T
+        if bias is not None:
+            logits = logits + bias[start : start + chunk].float()
+        new_max = torch.maximum(run_max, logits.max(dim=1).values)
+        scale = torch.exp(run_max - new_max)  # 0 on the first chunk
+        e = torch.exp(logits - new_max[:, None])
+        total = total * scale + e.sum(dim=1)
+        mean = mean * scale[:, None] + e @ w
+        run_max = new_max
+    return run_max + torch.log(total), mean / total[:, None]
+
+
+def kl_from_expectation(hidden: torch.Tensor, dense_hidden: torch.Tensor, lse: torch.Tensor,
+                        dense_lse: torch.Tensor, dense_mean: torch.Tensor) -> torch.Tensor:
+    """KL(p_dense || p_candidate) [P] fp32 from the candidate's log-sum-exp (the scoring head's)
+    and the dense side of `dense_expectation`: ``mean . (h_a - h_b) - lse_a + lse_b``, clamped at 0."""
+    cross = (dense_mean * (dense_hidden.float() - hidden.float())).sum(dim=1)
+    return (cross - dense_lse + lse).clamp_min(0.0)

@@ -1,12 +1,15 @@
 """Fused Triton KL scoring head: per position, KL(p_dense || p_candidate) plus the candidate's
 log-sum-exp, target logit and target-is-argmax, with each LM-head tile read once for both models.
 
-Same signature (less `chunk`) and outputs as `kl_head_reference` (the ground truth). Each program
-owns BLOCK_P positions (and their dense rows, read through `dense_index` when given) and walks the
-vocabulary BLOCK_V rows at a time; every [BLOCK_D, BLOCK_V] weight tile feeds two fp32 dots, the
-dense and the candidate hidden states, so only one tile of logits per model ever exists. Online
-log-sum-exps for both, the KL cross term rescaled with the dense running max. Runs on CUDA, or on
-CPU under TRITON_INTERPRET=1 (set before this module is imported).
+Same signature (less `chunk`) and outputs as `kl_head_reference` (the ground truth). Program (i, s)
+owns BLOCK_P positions (and their dense rows, read through `dense_index` when given) and the s-th
+vocabulary slice, walked BLOCK_V rows at a time; every [BLOCK_D, BLOCK_V] weight tile feeds two fp32
+dots, the dense and the candidate hidden states, so only one tile of logits per model ever exists.
+Online log-sum-exps for both, the KL cross term rescaled with the dense running max; the slices'
+partials are merged by a small combine (as in the scoring head, whose settings it shares: 64-bit
+offsets, counts not specialised on). The engine uses this kernel only with a logit softcap: without
+one the dense side is computed once per chunk (`kl_head.dense_expectation`). Runs on CUDA, or on CPU
+under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
 from __future__ import annotations
@@ -20,28 +23,32 @@ import triton
 import triton.language as tl
 
 from .kl_head import check_kl_args
-from .scoring_head_triton import _block, _tanh
+from .scoring_head_triton import _tanh, combine_splits, head_settings, programs_wanted
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "V", "V_SPLIT"])
 def _kl_head_kernel(
     hidden_ptr, dense_ptr, weight_ptr, targets_ptr, bias_ptr, index_ptr,
-    kl_ptr, lse_ptr, tgt_ptr, max_ptr,
-    P, V, D,
+    part_ptr,
+    P, V, D, V_SPLIT,
     stride_hp, stride_hd, stride_dp, stride_dd, stride_wv, stride_wd, stride_t, stride_b,
     stride_i, softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_INDEX: tl.constexpr, NATIVE_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
     targets = tl.load(targets_ptr + offs_p * stride_t, mask=mask_p, other=-1).to(tl.int64)
     if HAS_INDEX:
         # each position's dense row; masked positions read row 0, never stored
         rows = tl.load(index_ptr + offs_p * stride_i, mask=mask_p, other=0).to(tl.int64)
     else:
-        rows = offs_p.to(tl.int64)
+        rows = offs_p
+    v_start = split.to(tl.int64) * V_SPLIT
+    v_stop = tl.minimum(v_start + V_SPLIT, V)
 
     # candidate (b): online log-sum-exp, target logit
     run_max = tl.full((BLOCK_P,), float("-inf"), tl.float32)
@@ -52,9 +59,9 @@ def _kl_head_kernel(
     sum_a = tl.zeros((BLOCK_P,), tl.float32)
     cross = tl.zeros((BLOCK_P,), tl.float32)
 
-    for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
-        mask_v = offs_v < V
+    for v0 in range(v_start, v_stop, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        mask_v = offs_v < v_stop
         acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         acc_a = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         for d0 in range(0, D, BLOCK_D):
@@ -102,13 +109,26 @@ def _kl_head_kernel(
         cross = cross * scale + tl.sum(tl.where(mask_v[None, :], e * (acc_a - acc), 0.0), axis=1)
         max_a = new_max_a
 
-    lse = run_max + tl.log(run_sum)
-    lse_a = max_a + tl.log(sum_a)
-    kl = tl.maximum(cross / sum_a - lse_a + lse, 0.0)
-    tl.store(kl_ptr + offs_p, kl, mask=mask_p)
-    tl.store(lse_ptr + offs_p, lse, mask=mask_p)
-    tl.store(tgt_ptr + offs_p, tgt_logit, mask=mask_p)
-    tl.store(max_ptr + offs_p, (tgt_logit >= run_max).to(tl.int8), mask=mask_p)
+    # partials [6, SPLITS, P]: candidate max, sum, target logit; dense max, sum, cross
+    out = split.to(tl.int64) * P + offs_p
+    plane = num_splits.to(tl.int64) * P
+    tl.store(part_ptr + out, run_max, mask=mask_p)
+    tl.store(part_ptr + plane + out, run_sum, mask=mask_p)
+    tl.store(part_ptr + 2 * plane + out, tgt_logit, mask=mask_p)
+    tl.store(part_ptr + 3 * plane + out, max_a, mask=mask_p)
+    tl.store(part_ptr + 4 * plane + out, sum_a, mask=mask_p)
+    tl.store(part_ptr + 5 * plane + out, cross, mask=mask_p)
+
+
+def combine_kl_splits(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[6, S, P] partials of the vocabulary slices -> (kl, lse, target logit, target is argmax)."""
+    lse, tgt, is_max = combine_splits(part[0], part[1], part[2])
+    top_a = part[3].max(dim=0).values
+    scale = torch.exp(part[3] - top_a[None, :])
+    sum_a = (part[4] * scale).sum(dim=0)
+    cross = (part[5] * scale).sum(dim=0)
+    kl = (cross / sum_a - (top_a + torch.log(sum_a)) + lse).clamp_min(0.0)
+    return kl, lse, tgt, is_max
 
 
 def kl_head_triton(
@@ -119,6 +139,7 @@ def kl_head_triton(
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
     dense_index: torch.Tensor | None = None,
+    programs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """hidden [P, D] (candidate), dense_hidden [P, D] (or [Q, D] with dense_index [P] naming each
     position's dense row), weight [V, D], targets [P] -> (kl [P] fp32, lse [P] fp32,
@@ -130,24 +151,15 @@ def kl_head_triton(
     num_pos, dim = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
-    kl = torch.empty(num_pos, dtype=torch.float32, device=device)
-    lse = torch.empty(num_pos, dtype=torch.float32, device=device)
-    tgt = torch.empty(num_pos, dtype=torch.float32, device=device)
-    is_max = torch.empty(num_pos, dtype=torch.int8, device=device)
     if num_pos == 0:
-        return kl, lse, tgt, is_max.bool()
-
-    # tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary tiles, more
-    # warps and pipelining; interpreted: small tiles keep the tests fast. Two logit tiles are live
-    # (dense and candidate), so BLOCK_P stops at 64 as in the scoring head.
+        empty = torch.empty(0, dtype=torch.float32, device=device)
+        return empty, empty.clone(), empty.clone(), torch.empty(0, dtype=torch.bool, device=device)
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    native = (not interpreted and hidden.dtype in (torch.float16, torch.bfloat16)
-              and hidden.dtype == dense_hidden.dtype == weight.dtype)
-    block_p = _block(num_pos, 16, 64)
-    block_v = 64 if interpreted else 128
-    block_d = _block(dim, 16, 64)
-    launch = {} if interpreted else {"num_warps": 8, "num_stages": 3}
-    grid = (triton.cdiv(num_pos, block_p),)
+    same = hidden.dtype == dense_hidden.dtype
+    cfg = head_settings(num_pos, dim, vocab, hidden.dtype if same else torch.float32, weight.dtype, interpreted,
+                        programs or programs_wanted(device))
+    part = torch.empty((6, cfg["splits"], num_pos), dtype=torch.float32, device=device)
+    grid = (triton.cdiv(num_pos, cfg["BLOCK_P"]), cfg["splits"])
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
     if dense_index is not None:
         dense_index = dense_index.to(device)
@@ -155,15 +167,15 @@ def kl_head_triton(
     with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         _kl_head_kernel[grid](
             hidden, dense_hidden, weight, targets, bias_arg, index_arg,
-            kl, lse, tgt, is_max,
-            num_pos, vocab, dim,
+            part,
+            num_pos, vocab, dim, cfg["v_split"],
             hidden.stride(0), hidden.stride(1), dense_hidden.stride(0), dense_hidden.stride(1),
             weight.stride(0), weight.stride(1),
             targets.stride(0), bias.stride(0) if bias is not None else 0,
             dense_index.stride(0) if dense_index is not None else 0,
             float(softcap) if softcap is not None else 1.0,
             HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None,
-            HAS_INDEX=dense_index is not None, NATIVE_DOT=native,
-            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d, **launch,
+            HAS_INDEX=dense_index is not None, NATIVE_DOT=cfg["NATIVE_DOT"],
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_V=cfg["BLOCK_V"], BLOCK_D=cfg["BLOCK_D"], **cfg["launch"],
         )
-    return kl, lse, tgt, is_max.bool()
+    return combine_kl_splits(part)

@@ -19,7 +19,7 @@ from .gather_norm_triton import row_settings
 from .residual_add import check_residual_args
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "T"])  # batch shapes vary: never recompile for them
 def _residual_add_kernel(
     hidden_ptr, idx_ptr, out_ptr,
     P, T, D,

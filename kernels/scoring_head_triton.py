@@ -1,10 +1,14 @@
 """Fused Triton scoring head: per position, log-sum-exp over the vocabulary, the target's logit,
 and whether the target is the argmax, computed with an online log-sum-exp over vocabulary chunks.
 
-Same signature and outputs as `scoring_head_reference` (the ground truth). Each program owns
-BLOCK_P positions and walks the vocabulary BLOCK_V rows at a time, accumulating logits over D in
-BLOCK_D steps in fp32; only one [BLOCK_P, BLOCK_V] tile of logits ever exists. Runs on CUDA, or on
-CPU under TRITON_INTERPRET=1 (set before this module is imported).
+Same signature and outputs as `scoring_head_reference` (the ground truth). Program (i, s) owns
+BLOCK_P positions and the s-th of SPLITS equal slices of the vocabulary, which it walks BLOCK_V rows
+at a time, accumulating logits over D in BLOCK_D steps in fp32; only one [BLOCK_P, BLOCK_V] tile of
+logits ever exists. Each slice leaves a partial (max, sum of exp, target logit) that a small combine
+merges. The split fills the chip: 4096 positions are 64 programs, and an H100/H200 has 132 SMs.
+Offsets are 64-bit (positions x hidden and vocabulary x hidden pass 2^31 at real sizes); the
+position and vocabulary counts are not specialised on, so a new batch size never recompiles.
+Runs on CUDA, or on CPU under TRITON_INTERPRET=1 (set before this module is imported).
 """
 
 from __future__ import annotations
@@ -26,28 +30,31 @@ def _tanh(x):
     return tl.where(x < 0, -y, y)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "V", "V_SPLIT"])
 def _scoring_head_kernel(
     hidden_ptr, weight_ptr, targets_ptr, bias_ptr,
-    lse_ptr, tgt_ptr, max_ptr,
-    P, V, D,
+    max_ptr, sum_ptr, tgt_ptr,
+    P, V, D, V_SPLIT,
     stride_hp, stride_hd, stride_wv, stride_wd, stride_t, stride_b,
     softcap,
     HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, NATIVE_DOT: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    split = tl.program_id(1)
+    offs_p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
     targets = tl.load(targets_ptr + offs_p * stride_t, mask=mask_p, other=-1).to(tl.int64)
+    v_start = split.to(tl.int64) * V_SPLIT
+    v_stop = tl.minimum(v_start + V_SPLIT, V)
 
     run_max = tl.full((BLOCK_P,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_P,), tl.float32)
     tgt_logit = tl.zeros((BLOCK_P,), tl.float32)
 
-    for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
-        mask_v = offs_v < V
+    for v0 in range(v_start, v_stop, BLOCK_V):
+        offs_v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        mask_v = offs_v < v_stop
         acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -79,14 +86,53 @@ def _scoring_head_kernel(
         hit = offs_v[None, :] == targets[:, None]
         tgt_logit += tl.sum(tl.where(hit, logits, 0.0), axis=1)
 
-    lse = run_max + tl.log(run_sum)
-    tl.store(lse_ptr + offs_p, lse, mask=mask_p)
-    tl.store(tgt_ptr + offs_p, tgt_logit, mask=mask_p)
-    tl.store(max_ptr + offs_p, (tgt_logit >= run_max).to(tl.int8), mask=mask_p)
+    out = split.to(tl.int64) * P + offs_p  # partials are [SPLITS, P]
+    tl.store(max_ptr + out, run_max, mask=mask_p)
+    tl.store(sum_ptr + out, run_sum, mask=mask_p)
+    tl.store(tgt_ptr + out, tgt_logit, mask=mask_p)
 
 
 def _block(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def vocab_splits(position_programs: int, vocab: int, block_v: int, programs_wanted: int) -> int:
+    """How many vocabulary slices so that programs (positions x slices) reach `programs_wanted`,
+    never more slices than vocabulary tiles, at least 1."""
+    tiles = triton.cdiv(max(vocab, 1), block_v)
+    return max(1, min(tiles, triton.cdiv(programs_wanted, max(position_programs, 1))))
+
+
+def programs_wanted(device: torch.device) -> int:
+    """Programs that fill the device: four per SM on a GPU (1 in the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def head_settings(num_pos: int, dim: int, vocab: int, dtype: torch.dtype, weight_dtype: torch.dtype,
+                  interpreted: bool, programs: int) -> dict:
+    """Tile, warp and split settings of the head kernels (also what the compile-for-Hopper test
+    enumerates). tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary
+    tiles, more warps and pipelining; interpreted: small tiles keep the tests fast."""
+    native = not interpreted and dtype in (torch.float16, torch.bfloat16) and dtype == weight_dtype
+    block_p = _block(num_pos, 16, 64)
+    block_v = 64 if interpreted else 128
+    splits = vocab_splits(triton.cdiv(num_pos, block_p), vocab, block_v, programs)
+    v_split = triton.cdiv(triton.cdiv(vocab, splits), block_v) * block_v  # slices start on a tile
+    splits = triton.cdiv(vocab, v_split)
+    return {"NATIVE_DOT": native, "BLOCK_P": block_p, "BLOCK_V": block_v, "BLOCK_D": _block(dim, 16, 64),
+            "splits": splits, "v_split": v_split,
+            "launch": {} if interpreted else {"num_warps": 8, "num_stages": 3}}
+
+
+def combine_splits(run_max: torch.Tensor, run_sum: torch.Tensor, tgt: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[S, P] partials of the vocabulary slices -> (lse, target logit, target is argmax) [P]."""
+    top = run_max.max(dim=0).values
+    total = (run_sum * torch.exp(run_max - top[None, :])).sum(dim=0)
+    target = tgt.sum(dim=0)  # the target lies in exactly one slice; the others add 0
+    return top + torch.log(total), target, target >= top
 
 
 def scoring_head_triton(
@@ -95,9 +141,11 @@ def scoring_head_triton(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
+    programs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """hidden [P, D], weight [V, D], targets [P] -> (lse [P] fp32, target_logit [P] fp32,
-    is_argmax [P] bool). See `scoring_head_reference`."""
+    is_argmax [P] bool). See `scoring_head_reference`. `programs`: how many programs to aim for
+    (default: fill the device; tests set it to force vocabulary splits in the interpreter)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match")
     num_pos, dim = hidden.shape
@@ -107,33 +155,25 @@ def scoring_head_triton(
     if bias is not None and bias.shape != (vocab,):
         raise ValueError(f"bias {tuple(bias.shape)} should be ({vocab},)")
     device = hidden.device
-    lse = torch.empty(num_pos, dtype=torch.float32, device=device)
-    tgt = torch.empty(num_pos, dtype=torch.float32, device=device)
-    is_max = torch.empty(num_pos, dtype=torch.int8, device=device)
     if num_pos == 0:
-        return lse, tgt, is_max.bool()
+        empty = torch.empty(0, dtype=torch.float32, device=device)
+        return empty, empty.clone(), torch.empty(0, dtype=torch.bool, device=device)
     if vocab == 0:
         raise ValueError("empty vocabulary")
-
-    # tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary tiles, more
-    # warps and pipelining; interpreted: small tiles keep the tests fast.
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    native = (not interpreted and hidden.dtype in (torch.float16, torch.bfloat16) and hidden.dtype == weight.dtype)
-    block_p = _block(num_pos, 16, 64)
-    block_v = 64 if interpreted else 128
-    block_d = _block(dim, 16, 64)
-    launch = {} if interpreted else {"num_warps": 8, "num_stages": 3}
-    grid = (triton.cdiv(num_pos, block_p),)
+    cfg = head_settings(num_pos, dim, vocab, hidden.dtype, weight.dtype, interpreted, programs or programs_wanted(device))
+    partial = torch.empty((3, cfg["splits"], num_pos), dtype=torch.float32, device=device)
+    grid = (triton.cdiv(num_pos, cfg["BLOCK_P"]), cfg["splits"])
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False
     with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         _scoring_head_kernel[grid](
             hidden, weight, targets, bias_arg,
-            lse, tgt, is_max,
-            num_pos, vocab, dim,
+            partial[0], partial[1], partial[2],
+            num_pos, vocab, dim, cfg["v_split"],
             hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
             targets.stride(0), bias.stride(0) if bias is not None else 0,
             float(softcap) if softcap is not None else 1.0,
-            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, NATIVE_DOT=native,
-            BLOCK_P=block_p, BLOCK_V=block_v, BLOCK_D=block_d, **launch,
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, NATIVE_DOT=cfg["NATIVE_DOT"],
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_V=cfg["BLOCK_V"], BLOCK_D=cfg["BLOCK_D"], **cfg["launch"],
         )
-    return lse, tgt, is_max.bool()
+    return combine_splits(partial[0], partial[1], partial[2])

@@ -6,6 +6,9 @@ import torch
 # before any kernel module is imported. With CUDA the compiled kernels are tested.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # references are fp32: no TF32 rounding in the matmuls they are compared with
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 import pytest  # noqa: E402
 

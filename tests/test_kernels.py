@@ -1,6 +1,8 @@
 """The Triton scoring head against the pure-torch reference (CPU: via TRITON_INTERPRET=1, set in
 conftest before any kernel module is imported; on a CUDA machine the compiled kernel)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,40 @@ def test_engine_triton_matches_torch(monkeypatch, arch):
     out = Engine(bm).score(reqs, keep)
     np.testing.assert_allclose(out.logprob, ref.logprob, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(out.greedy, ref.greedy)
+
+
+@pytest.mark.parametrize("vocab", [97, 130, 200, 333])
+@pytest.mark.parametrize("programs", [3, 10**6])
+def test_vocabulary_splits_match_reference(vocab, programs):
+    # the interpreter's own choice is one slice: force several (10**6: one per vocabulary tile)
+    from blockprune.kernels.scoring_head_triton import head_settings
+
+    cfg = head_settings(5, 40, vocab, torch.float32, torch.float32, True, programs)
+    assert cfg["splits"] > 1 and (cfg["splits"] - 1) * cfg["v_split"] < vocab <= cfg["splits"] * cfg["v_split"]
+    hidden, weight, targets, bias = make_inputs(5, 40, vocab, torch.float32, with_bias=True, seed=5)
+    got = scoring_head_triton(hidden, weight, targets, bias=bias, programs=programs)
+    ref = kernels.scoring_head_reference(hidden, weight, targets, bias=bias, chunk=32)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[1], ref[1], atol=1e-4, rtol=0)
+    assert torch.equal(got[2], ref[2])
+
+
+def test_combine_splits_hand_checked():
+    # two slices of one position: slice 0 holds logits [0, ln 2] (max ln 2, sum e^(l - max) = 1.5),
+    # slice 1 holds [ln 4] (max ln 4, sum 1) and the target; lse = ln(1 + 2 + 4) = ln 7
+    from blockprune.kernels.scoring_head_triton import combine_splits
+
+    ln = math.log
+    lse, tgt, is_max = combine_splits(torch.tensor([[ln(2)], [ln(4)]]), torch.tensor([[1.5], [1.0]]),
+                                      torch.tensor([[0.0], [ln(4)]]))
+    assert abs(lse.item() - ln(7)) < 1e-6 and abs(tgt.item() - ln(4)) < 1e-6 and is_max.item()
+
+
+def test_programs_fill_the_device():
+    from blockprune.kernels.scoring_head_triton import head_settings
+
+    # 4096 positions at BLOCK_P 64 are 64 programs; 528 wanted (4 per SM on 132 SMs): 9 slices
+    cfg = head_settings(4096, 4096, 128256, torch.bfloat16, torch.bfloat16, False, 528)
+    assert cfg["NATIVE_DOT"] and cfg["BLOCK_P"] == 64 and cfg["splits"] == 9
+    assert 64 * cfg["splits"] >= 528 and cfg["v_split"] % cfg["BLOCK_V"] == 0
+    assert head_settings(4096, 4096, 128256, torch.float32, torch.float32, False, 528)["NATIVE_DOT"] is False
