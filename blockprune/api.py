@@ -207,6 +207,7 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
             for spec, t in zip(tasks, loaded)
         },
     }
+    _keep_stored_spelling(Path(out), settings)
     content = {"model": model_hash, "tasks": {t.name: t.source_hash for t in loaded if getattr(t, "source_hash", None)}}
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
                                               "prefix_tokens": loaded[0].prefix}, content=content)
@@ -292,6 +293,25 @@ def check_tokens(task, bm: models.BlockModel) -> None:
             sample = task.sample_ids[task.request_sample[r]] if task.request_sample else r
             raise search.SearchError(f"{task.name}: sample {sample} has token id {max(req.tokens)}, but the model's "
                                      f"vocabulary has {vocab} entries (its tokenizer is larger than its embedding)")
+
+
+def _keep_stored_spelling(out: Path, settings: dict) -> None:
+    """A run written before run.json kept absolute paths resumes where its relative --model or task
+    path names the same file from here (its content hashes are recorded on this resume)."""
+    import json
+
+    try:
+        stored = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"]
+        old_tasks = stored.get("tasks") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    old = stored.get("model")
+    if isinstance(old, str) and old != settings["model"] and sources.absolute_model(old) == settings["model"]:
+        settings["model"] = old
+    for name, task in settings["tasks"].items():
+        spec = old_tasks.get(name, {}).get("spec") if isinstance(old_tasks.get(name), dict) else None
+        if isinstance(spec, str) and spec != task["spec"] and absolute_spec(spec) == task["spec"]:
+            task["spec"] = spec
 
 
 def _refuse_changed_model(out: Path, model_hash: str | None) -> None:

@@ -170,6 +170,28 @@ def test_run_json_keeps_absolute_paths_and_content_hashes(project):
     assert set(info["content"]["tasks"]) == {"mc", "ppl"}
 
 
+def test_a_run_written_with_relative_paths_still_resumes_from_its_directory(project, monkeypatch, capsys):
+    from blockprune import store
+    from blockprune.engine import Engine
+
+    root, argv = project
+    run = root / "run"
+    info = json.loads((run / RUN_FILE).read_text())
+    old, new = info["settings"], json.loads(json.dumps(info["settings"]))  # as an older blockprune wrote it:
+    new["model"] = "model"  # paths as typed, no content hashes
+    for t in new["tasks"].values():
+        t["spec"] = t["spec"].replace(f"{root}/", "")
+    info["settings"] = new
+    del info["content"]
+    (run / RUN_FILE).write_text(json.dumps(info))
+    recs = [{**r, "run": store.fingerprint(new)} if r.get("run") == store.fingerprint(old) else r for r in results(run)]
+    (run / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    monkeypatch.setattr(Engine, "score", lambda *a, **k: pytest.fail("resume re-scored a stored candidate"))
+    assert cli.main(argv) == 0
+    info = json.loads((run / RUN_FILE).read_text())
+    assert info["settings"] == new and info["content"]["model"] == sources.content_hash(str(root / "model"))
+
+
 def test_validate_from_another_directory_reads_the_runs_model_and_data(project, tmp_path, monkeypatch, capsys):
     root, _ = project
     elsewhere = tmp_path / "elsewhere"
