@@ -224,7 +224,7 @@ class BlockModel:
         for s in range(0, len(idx), micro):
             part = idx[s : s + micro]
             out = self.run_block(index, hidden.index_select(0, part), prelude, part % prelude.batch)
-            hidden.index_copy_(0, part, out)
+            hidden.index_copy_(0, part, out.to(hidden.dtype))  # some blocks return fp32 from bf16 input
 
     def normed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm (and projection) applied to hidden states before the LM head."""

@@ -157,7 +157,7 @@ def kl_head_triton(
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     same = hidden.dtype == dense_hidden.dtype
     cfg = head_settings(num_pos, dim, vocab, hidden.dtype if same else torch.float32, weight.dtype, interpreted,
-                        programs or programs_wanted(device))
+                        programs or programs_wanted(device), two_tiles=True)
     part = torch.empty((6, cfg["splits"], num_pos), dtype=torch.float32, device=device)
     grid = (triton.cdiv(num_pos, cfg["BLOCK_P"]), cfg["splits"])
     bias_arg = bias if bias is not None else weight  # never read when HAS_BIAS is False

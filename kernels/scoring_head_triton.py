@@ -111,19 +111,26 @@ def programs_wanted(device: torch.device) -> int:
 
 
 def head_settings(num_pos: int, dim: int, vocab: int, dtype: torch.dtype, weight_dtype: torch.dtype,
-                  interpreted: bool, programs: int) -> dict:
-    """Tile, warp and split settings of the head kernels (also what the compile-for-Hopper test
-    enumerates). tl.dot needs every tile dimension >= 16. Compiled on a GPU: larger vocabulary
-    tiles, more warps and pipelining; interpreted: small tiles keep the tests fast."""
+                  interpreted: bool, programs: int, two_tiles: bool = False) -> dict:
+    """Tile, warp and split settings of the head kernels (`two_tiles`: the KL kernel, which holds a
+    dense and a candidate logit tile). tl.dot needs every tile dimension >= 16. Compiled, the tiles
+    are the largest that compile for sm_90 without spilling registers (kernels/hopper.py checks
+    every one): bf16/fp16 on tensor cores 64 x 128 x 64 (KL 64 x 64 x 32), three stages; exact
+    fp32 (FMA, no tensor cores) 64 x 64 x 16, two stages. Interpreted: small tiles keep tests fast."""
     native = not interpreted and dtype in (torch.float16, torch.bfloat16) and dtype == weight_dtype
     block_p = _block(num_pos, 16, 64)
-    block_v = 64 if interpreted else 128
+    if interpreted:
+        block_v, block_d, launch = 64, _block(dim, 16, 64), {}
+    elif native:
+        block_v, block_d = (64, 32) if two_tiles else (128, 64)
+        launch = {"num_warps": 8, "num_stages": 3}
+    else:
+        block_v, block_d, launch = 64, 16, {"num_warps": 8, "num_stages": 2}
     splits = vocab_splits(triton.cdiv(num_pos, block_p), vocab, block_v, programs)
     v_split = triton.cdiv(triton.cdiv(vocab, splits), block_v) * block_v  # slices start on a tile
     splits = triton.cdiv(vocab, v_split)
-    return {"NATIVE_DOT": native, "BLOCK_P": block_p, "BLOCK_V": block_v, "BLOCK_D": _block(dim, 16, 64),
-            "splits": splits, "v_split": v_split,
-            "launch": {} if interpreted else {"num_warps": 8, "num_stages": 3}}
+    return {"NATIVE_DOT": native, "BLOCK_P": block_p, "BLOCK_V": block_v, "BLOCK_D": block_d,
+            "splits": splits, "v_split": v_split, "launch": launch}
 
 
 def combine_splits(run_max: torch.Tensor, run_sum: torch.Tensor, tgt: torch.Tensor

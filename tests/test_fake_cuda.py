@@ -1,0 +1,139 @@
+"""The CUDA path on this CPU-only build (#20): the engine driven on fake CUDA tensors.
+
+Under `fakecuda.fake_cuda()` the model's parameters live on `cuda:0` without data, so every op
+runs for its shapes and devices only: a CPU tensor meeting a CUDA one anywhere in the engine, the
+packing, the prelude, the state cache or the heads raises `FakeTensorDeviceMismatchError` here,
+as it would on a card. The same mode counts what a GPU run pays a host synchronisation for
+(value reads, device-to-host and pageable host-to-device copies), which must stay a few per
+(candidate group, row chunk) whatever the number of blocks. The values themselves are checked
+by the CPU tests (test_engine, test_kernel_ops); here only devices and synchronisations.
+"""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from blockprune import engine as engine_mod
+from blockprune import fused, models
+from blockprune.engine import Engine
+from blockprune.request import Request
+from conftest import CharTokenizer, tiny_model
+from fakecuda import fake_cuda
+
+VALUE_OPS = {"_local_scalar_dense.default", "item.default", "allclose.default", "equal.default", "is_nonzero.default"}
+
+
+def config(arch: str, layers: int):
+    # eager attention: the CPU build cannot run SDPA's CUDA dispatch even on fake tensors
+    common = dict(vocab_size=262, num_hidden_layers=layers, hidden_size=48, intermediate_size=80,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  attn_implementation="eager")
+    if arch == "llama":
+        return transformers.LlamaConfig(**common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(head_dim=12, use_sliding_window=True, sliding_window=16,
+                                        max_window_layers=layers // 2, **common)
+    if arch == "gemma3":  # softcapped logits: the KL head's two-sided path; not a fused-runner model
+        return transformers.Gemma3TextConfig(head_dim=12, sliding_window=16, final_logit_softcapping=30.0, **common)
+    raise ValueError(arch)
+
+
+def requests():
+    """Multiple choice (choices share their context: packed rows) and two plain sequences."""
+    ctx = tuple(range(10, 22))
+    mc = [Request(ctx + (40 + c, 41 + c), len(ctx)) for c in range(3)]
+    return mc + [Request(tuple(range(3, 30)), 5), Request(tuple(range(50, 70)), 8)]
+
+
+def masks(num_blocks: int, skip: list[list[int]]) -> np.ndarray:
+    keep = np.ones((len(skip), num_blocks), dtype=bool)
+    for row, blocks in enumerate(skip):
+        keep[row, blocks] = False
+    return keep
+
+
+def fake_engine(fc, arch: str, layers: int, runner: str) -> Engine:
+    bm = models.wrap(fc.model(config(arch, layers)), CharTokenizer(), f"fake-{arch}")
+    assert bm.device == torch.device("cuda", 0)
+    mode = {"plain": False, "fused": True, "auto": None}[runner]
+    with fc.syncs():  # the one-off self-checks read values: emulated
+        eng = Engine(bm, fused=mode)
+        assert eng.packing_limit() is not None
+    return eng
+
+
+@pytest.mark.parametrize("kl", [False, True])
+@pytest.mark.parametrize("arch,runner", [("llama", "plain"), ("llama", "fused"), ("qwen3", "fused"),
+                                         ("gemma3", "auto")])
+def test_engine_runs_on_cuda_without_mixing_devices(monkeypatch, arch, runner, kl):
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")  # the kernels' references: Triton needs a real GPU
+    monkeypatch.setenv("BLOCKPRUNE_FUSED", "1")  # auto mode tries the fused runner (Gemma: plain, said why)
+    with fake_cuda() as fc:
+        eng = fake_engine(fc, arch, 4, runner)
+        assert eng.fused == (runner == "fused")
+        if runner == "auto":
+            assert "not the Llama pre-norm block forward" in eng.info()["fused_reason"]
+        with fc.syncs() as syncs:
+            first = eng.score(requests(), masks(4, [[], [2], [1]]), kl=kl)
+            # beam children of the first call's sets: they start from its stored states
+            second = eng.score(requests(), masks(4, [[2, 3], [1, 3], [1, 2]]), kl=kl)
+        assert first.logprob.shape == second.logprob.shape == (3, 5)
+        assert second.work.reused_block_rows > 0
+        assert not {op for op, _ in syncs.events} & VALUE_OPS, syncs.events
+
+
+def count_syncs(monkeypatch, layers: int) -> tuple[int, int, Counter]:
+    """(host syncs of one score call, (group, chunk) passes it made, syncs by kind)."""
+    passes = []
+    original = Engine._score_rows
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_score_rows", counted)
+    with fake_cuda() as fc:
+        eng = fake_engine(fc, "llama", layers, "plain")
+        eng.cache = None  # every block computed: the most forks
+        keep = masks(layers, [[], [1], [2], [1, 2], [layers - 1], [0, layers - 2]])
+        passes.clear()
+        with fc.syncs() as syncs:
+            eng.score(requests(), keep, kl=True)
+    return syncs.count(), len(passes), Counter(op for op, _ in syncs.events)
+
+
+def test_host_syncs_per_pass_are_few_and_independent_of_depth(monkeypatch):
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
+    shallow, passes_4, kinds = count_syncs(monkeypatch, 4)
+    deep, passes_12, _ = count_syncs(monkeypatch, 12)
+    assert passes_4 == passes_12 >= 1
+    # per pass: the plan upload, the packing mask upload, the results download
+    assert shallow <= 3 * passes_4, kinds
+    assert deep == shallow, (deep, shallow)
+    assert set(kinds) <= {"host_to_device", "device_to_host"}
+
+
+def test_auto_mode_takes_the_plain_path_when_a_check_raises(monkeypatch):
+    bm = tiny_model("llama", layers=3)
+    monkeypatch.setenv("BLOCKPRUNE_FUSED", "1")
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(fused, "verify", broken)
+    eng = Engine(bm)  # auto: never ends the run over the optimisation
+    assert not eng.fused
+    assert "RuntimeError: Expected all tensors" in eng.info()["fused_reason"]
+    with pytest.raises(RuntimeError):
+        fused.runner_for(tiny_model("llama", layers=3), True)  # forced: the error is the user's to see
+
+
+def test_packing_tolerance_fits_the_dtype():
+    # bf16 rounds at 2^-8: a 1e-4 tolerance would switch packing off for every bf16 model
+    assert engine_mod.packing_tolerance(torch.float32) == 1e-4
+    assert engine_mod.packing_tolerance(torch.bfloat16) == 4 * 2**-7
+    assert engine_mod.packing_tolerance(torch.float16) == 4 * 2**-10
