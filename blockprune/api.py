@@ -65,7 +65,7 @@ def run_search(
     max_candidates: int = 5000,
     candidates_per_pass: int = 256,
     device: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     budget_gb: float | None = None,
     progress: bool = True,
     lang: str = "en",
@@ -99,8 +99,7 @@ def run_search(
     # every option is checked before the model is loaded or anything is written
     if not tasks:
         raise search.SearchError("give at least one --task")
-    if dtype not in DTYPES:
-        raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    dtype = resolve_dtype(dtype, device)
     if samples is not None and samples < 1:
         raise search.SearchError("--samples must be at least 1")
     if min(population, generations, offspring) < 1:
@@ -157,6 +156,16 @@ def run_search(
             sets, pool)
 
 
+def resolve_dtype(dtype: str, device) -> str:
+    """--dtype: "auto" is bfloat16 on CUDA (tensor cores in the blocks and the scoring head; fp32
+    would run the head on CUDA cores) and float32 elsewhere; a named dtype is checked."""
+    if dtype == "auto":
+        return "bfloat16" if sources.check_device(device).type == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise search.SearchError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
+    return dtype
+
+
 def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
                    max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance,
                    export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
@@ -211,6 +220,7 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
                                               "prefix_tokens": loaded[0].prefix}, content=content)
     engine = Engine(bm, budget_bytes=budget)
+    store.set_info("engine", engine.info())  # fused runner or why not, packing limit: how the scores were made
     if pool is not None:
         _attach_pool(pool, engine, loaded, store)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,

@@ -41,7 +41,8 @@ _sizes = _int_list("batch sizes")
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
+    p.add_argument("--dtype", default="auto", choices=["auto", *sorted(api.DTYPES)],
+                   help="auto (default): bfloat16 on CUDA, float32 elsewhere")
     p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
