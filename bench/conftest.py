@@ -7,6 +7,7 @@ tiny decoder-with-past ONNX graph.
 
 import importlib.util
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,9 @@ _tests = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_tests)
 tiny_model = _tests.tiny_model
 tiny_dir = _tests.tiny_dir  # noqa: F401 - a fixture, re-exported
+# tests/reference.py: the one naive reference loop of tests and benchmarks (`import reference`);
+# appended, so that tests/conftest.py never shadows this file as `conftest`
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def write_tiny_decoder(bm, removed, out: Path) -> Path:

@@ -1,0 +1,103 @@
+"""Independent references for tests and bench/: what one writes without blockprune's engine or exporter.
+
+A removal set's reference is a physically pruned copy of the model (`models.remove_blocks`) run
+with plain HF forwards, one unpadded sequence at a time; an artifact's reference is that copy
+compared with the artifact reloaded by its own runtime (plain transformers, onnxruntime,
+onnxruntime-genai), never with the figures the exporter wrote into its manifest.
+
+    from reference import naive_scores, pruned, greedy, reload_hf_matches   # tests/ and bench/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pruned(bm, removed):
+    """The model with `removed` physically deleted (a deep copy), or the model itself when nothing is."""
+    from blockprune import models
+
+    return models.remove_blocks(bm, removed) if len(removed) else bm
+
+
+@torch.inference_mode()
+def naive_scores(bm, requests, removed) -> tuple[np.ndarray, np.ndarray]:
+    """Per request: the float64 log-probability of the scored tokens and whether greedy decoding
+    reproduces all of them, from a plain forward of the physically pruned copy (full logits)."""
+    pm = pruned(bm, removed)
+    lp, gr = [], []
+    for r in requests:
+        logits = pm.model(torch.tensor([r.tokens]), use_cache=False).logits[0].double()
+        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
+        tgt = torch.tensor(r.tokens[r.score_from:])
+        lp.append(torch.log_softmax(logits, -1)[pos, tgt].sum().item())
+        gr.append(bool((logits[pos].argmax(-1) == tgt).all()))
+    return np.array(lp), np.array(gr)
+
+
+@torch.inference_mode()
+def naive_kl(bm, requests, removed) -> np.ndarray:
+    """Per request: the sum over its scored positions of KL(p_dense || p_pruned), float64, full logits."""
+    pm = pruned(bm, removed)
+    out = []
+    for r in requests:
+        ids = torch.tensor([r.tokens])
+        dense = torch.log_softmax(bm.model(ids, use_cache=False).logits[0].double(), -1)
+        cut = torch.log_softmax(pm.model(ids, use_cache=False).logits[0].double(), -1)
+        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
+        out.append((dense[pos].exp() * (dense[pos] - cut[pos])).sum().item())
+    return np.array(out)
+
+
+@torch.inference_mode()
+def greedy(model, ids: np.ndarray, gen_len: int) -> np.ndarray:
+    """HF generate, greedy, exactly gen_len new tokens (EOS never stops it): (batch, gen_len)."""
+    ids_t = torch.as_tensor(np.asarray(ids))
+    out = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=gen_len,
+                         min_new_tokens=gen_len, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[:, ids_t.shape[1]:].numpy()
+
+
+def probe_ids(vocab: int, seed: int = 0) -> list[torch.Tensor]:
+    """Fixed random prompts of two shapes the exporters do not use for their own checks."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (1, 11), generator=g), torch.randint(3, vocab, (2, 19), generator=g)]
+
+
+@torch.inference_mode()
+def reload_hf_matches(hf_dir: Path, bm, removed, atol: float = 1e-5) -> float:
+    """Reload `hf_dir` with plain transformers and compare it with the physically pruned model:
+    logits on probe prompts within `atol` and the same greedy tokens (KV cache). Returns the max diff."""
+    import transformers
+
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    reference = pruned(bm, removed).model.eval()
+    vocab = reference.get_input_embeddings().num_embeddings
+    worst = 0.0
+    for ids in probe_ids(vocab):
+        diff = (reloaded(ids).logits.float() - reference(ids, use_cache=False).logits.float()).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= atol, f"reloaded {hf_dir} differs from the pruned model by {diff:.3g} > {atol}"
+    ids = probe_ids(vocab)[0]
+    np.testing.assert_array_equal(greedy(reloaded, ids, 8), greedy(reference, ids, 8))
+    return worst
+
+
+def genai_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy tokens from onnxruntime-genai itself (its Generator, no blockprune code)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    out = []
+    for ids in prompts:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.generate_next_token()
+        out.append(list(gen.get_sequence(0))[len(ids):])
+    return out
