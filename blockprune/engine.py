@@ -37,6 +37,8 @@ from . import kernels
 from .kernels import kl_head, scoring_head
 from .models import BlockModel, Prelude
 from .request import Request
+from .trie import (ChunkIndex, StateCache, TriePlan, node_rows, plan_trie, row_key, runs_of, to_host,
+                   trie_block_rows, upload)
 
 log = logging.getLogger("blockprune")
 
@@ -91,69 +93,6 @@ def default_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
     return 3 * 2**30
-
-
-def trie_block_rows(masks: np.ndarray) -> int:
-    """Block evaluations per request for these keep-masks: distinct kept prefixes summed over blocks."""
-    total = 0
-    num_blocks = masks.shape[1]
-    for layer in range(num_blocks):
-        prefixes = {row[: layer + 1].tobytes() for row in masks if row[layer]}
-        total += len(prefixes)
-    return total
-
-
-class StateCache:
-    """Hidden states of rows at block boundaries, kept across scoring calls (reuse across steps).
-
-    Key: (row, keep-mask prefix m[:l]) -> the row's hidden state at the input of block l under that
-    prefix. A beam child that removes block j from parent P has P's prefix up to block j, so it
-    starts at block j from P's stored state instead of recomputing P's blocks 0..j-1. Within one
-    call the prefix trie already shares those blocks; the cache saves them across calls (racing
-    rounds, candidate groups, the next beam step). Memory-bounded: least recently stored or used
-    entries go first; `retain(masks)` drops everything not on those masks' paths (the search calls
-    it with the candidates still in the race, then with the beam).
-    """
-
-    def __init__(self, max_bytes: int):
-        from collections import OrderedDict
-
-        self.max_bytes = max_bytes
-        self.entries: "OrderedDict[tuple[bytes, bytes], torch.Tensor]" = OrderedDict()
-        self.bytes = 0
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def get(self, key: tuple[bytes, bytes]) -> torch.Tensor | None:
-        value = self.entries.get(key)
-        if value is not None:
-            self.entries.move_to_end(key)
-        return value
-
-    def put(self, key: tuple[bytes, bytes], value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > self.max_bytes:
-            return
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old.numel() * old.element_size()
-        self.entries[key] = value
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, dropped = self.entries.popitem(last=False)
-            self.bytes -= dropped.numel() * dropped.element_size()
-
-    def retain(self, masks: np.ndarray) -> None:
-        paths = [np.asarray(m, dtype=bool).tobytes() for m in masks]
-        for key in [k for k in self.entries if not any(p.startswith(k[1]) for p in paths)]:
-            value = self.entries.pop(key)
-            self.bytes -= value.numel() * value.element_size()
-
-
-def row_key(row: packing.Row) -> bytes:
-    """Identity of a row's content (tokens, positions, packing segments)."""
-    return np.asarray([len(row.tokens), *row.tokens, *row.positions, *row.segment], dtype=np.int64).tobytes()
 
 
 class Engine:
@@ -288,7 +227,7 @@ class Engine:
         """Store one node's rows under `prefix`: one copy per run of missing rows, each row a view
         of it. Slices only: no index tensor is uploaded."""
         missing = [j for j, k in enumerate(keys) if (k, prefix) not in self.cache.entries]
-        for run in _runs(missing):
+        for run in runs_of(missing):
             copy = hidden[first + run[0] : first + run[-1] + 1].clone()
             for i, j in enumerate(run):
                 self.cache.put((keys[j], prefix), copy[i, : len(rows[j])])
@@ -496,112 +435,3 @@ class Engine:
                 flat.index_add_(0, seg, value.double())
                 out[k, n0 : n0 + count] = flat.view(count, num_seg)
         return out
-
-
-@dataclass
-class Step:
-    """One block of a trie walk: nodes forked (src -> new dst) and nodes that run the block."""
-
-    fork_src: list[int]
-    fork_dst: list[int]
-    run: list[int]
-
-
-@dataclass
-class TriePlan:
-    """The whole trie walk of one chunk, planned on the host before any block runs.
-
-    nodes[n]: the candidates whose rows node n holds at the end; steps[l]: block l's forks and runs;
-    restores: (layer, node, prefix) for candidates that start from stored states at that layer."""
-
-    nodes: list[np.ndarray]
-    steps: list[Step]
-    restores: list[tuple[int, int, bytes]]
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.nodes)
-
-    @property
-    def live(self) -> list[int]:
-        """Nodes that still hold candidates (the others moved to forks or were restored)."""
-        return [n for n, cands in enumerate(self.nodes) if len(cands)]
-
-    def dense_node(self, masks: np.ndarray) -> int:
-        """The live node of the all-keep mask (KL's reference)."""
-        dense = masks.all(axis=1)
-        return next(n for n in self.live if dense[self.nodes[n]].any())
-
-
-def plan_trie(masks: np.ndarray, starts: np.ndarray) -> TriePlan:
-    """Walk the keep-masks' prefix trie block by block (see the module doc). Candidates with
-    starts[c] > 0 join at block starts[c] from stored states, one node per stored prefix."""
-    num_blocks = masks.shape[1]
-    nodes: list[np.ndarray] = [np.flatnonzero(starts == 0)]
-    waiting: dict[int, dict[bytes, list[int]]] = {}
-    for c in np.flatnonzero(starts > 0):
-        waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
-    steps, restores = [], []
-    for layer in range(num_blocks):
-        for prefix, cands in waiting.pop(layer, {}).items():
-            restores.append((layer, len(nodes), prefix))
-            nodes.append(np.array(cands))
-        run, src, forked = [], [], []
-        for n, cands in enumerate(nodes):
-            if len(cands) == 0:
-                continue
-            kept = masks[cands, layer]
-            if kept.all():
-                run.append(n)
-            elif kept.any():  # the keeping part gets a copy of the node's rows, then runs
-                src.append(n)
-                forked.append(cands[kept])
-                nodes[n] = cands[~kept]
-        dst = list(range(len(nodes), len(nodes) + len(forked)))
-        nodes.extend(forked)
-        steps.append(Step(src, dst, run + dst))
-    return TriePlan(nodes, steps, restores)
-
-
-@dataclass
-class ChunkIndex:
-    """What `_upload_plan` put on the device (one tensor, sliced into `views`) and what it measured."""
-
-    views: dict[str, torch.Tensor]
-    req_ids: np.ndarray
-    num_positions: int
-    num_requests: int
-    request_tokens: int
-    batch: int
-    length: int
-
-
-def node_rows(nodes: Sequence[int], batch: int) -> np.ndarray:
-    """Row ids of these trie nodes (node n holds rows n*batch .. n*batch + batch - 1)."""
-    return (np.asarray(nodes, dtype=np.int64)[:, None] * batch + np.arange(batch)[None, :]).reshape(-1)
-
-
-def _runs(indices: Sequence[int]) -> list[list[int]]:
-    """Sorted ints as maximal runs of consecutive values: [0, 1, 3] -> [[0, 1], [3]]."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
-
-
-def upload(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host array on `device`: on CUDA from pinned memory without blocking the host."""
-    host = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
-    if device.type != "cuda":
-        return host.to(device)
-    if torch.cuda.is_available():
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
-
-
-def to_host(sums: torch.Tensor) -> list[np.ndarray]:
-    """The pass's per-node sums as numpy arrays: one device-to-host copy."""
-    return list(sums.cpu().numpy()) + [None] * (3 - len(sums))

@@ -8,7 +8,7 @@ need pieces, and the cut must not throw away what makes the engine fast:
   tokens (largest first into the lightest bin). A unit holds one bin's share of a job, so every
   unit runs the job's whole candidate trie and no block row is computed twice; and a worker keeps
   seeing the same rows step after step, so the states it stored for the beam's parents serve
-  their children (engine.StateCache) as they do in one process.
+  their children (trie.StateCache) as they do in one process.
 * Sets only when a piece is still too big for one worker (more workers than samples, or an
   exhaustive step of thousands of sets): the sets, sorted by keep-mask as the engine's trie sorts
   them, are cut into contiguous runs, so candidates that share a kept prefix stay together and
@@ -26,7 +26,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .engine import Engine, Scores, trie_block_rows
+from .engine import Engine, Scores
+from .trie import trie_block_rows
 
 
 @dataclass
