@@ -24,6 +24,9 @@
 * Records of `"type": "part"` hold a candidate's per-sample scores on some samples of a task
   (racing scores candidates on growing sample subsets; see blockprune.search). A candidate that
   reaches the end of a race gets a whole record like any other; one eliminated early keeps parts.
+* For tests only: with `BLOCKPRUNE_KILL_AFTER_RECORDS=N` in its environment a process SIGKILLs
+  itself right after the append that brings the records it wrote to N or more -- `kill -9` at a
+  known point, however fast the machine. Unset (always, outside tests), nothing happens.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 from numbers import Real
@@ -45,6 +49,18 @@ RESULTS_FILE = "results.jsonl"
 
 
 _WARNED: set[str] = set()
+
+
+_written = 0  # records this process appended (for the tests' kill point)
+
+
+def _kill_point(n: int) -> None:
+    """BLOCKPRUNE_KILL_AFTER_RECORDS=N (tests only): SIGKILL this process once it has appended N records."""
+    global _written
+    _written += n
+    limit = os.environ.get("BLOCKPRUNE_KILL_AFTER_RECORDS")
+    if limit and _written >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StoreError(Exception):
@@ -358,6 +374,7 @@ class Store:
         for r in fresh:
             # index what a reader of the file would get back, so resumed and fresh runs agree
             self._index(json.loads(json.dumps(r)))
+        _kill_point(len(fresh))
 
     def plan(self, sets: Iterable[Iterable[int]]) -> None:
         """Record the sets a search step is about to score (a report can then name the missing ones)."""

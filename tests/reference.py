@@ -68,22 +68,29 @@ def probe_ids(vocab: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def reload_hf_matches(hf_dir: Path, bm, removed, atol: float = 1e-5) -> float:
-    """Reload `hf_dir` with plain transformers and compare it with the physically pruned model:
-    logits on probe prompts within `atol` and the same greedy tokens (KV cache). Returns the max diff."""
-    import transformers
-
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+def same_as_pruned(model, bm, removed, atol: float = 1e-5, tokens: bool = True) -> float:
+    """`model` (an artifact reloaded by its own reader) vs the physically pruned model: logits on
+    probe prompts within `atol`, and (`tokens`) the same greedy tokens with a KV cache. Returns the max diff."""
     reference = pruned(bm, removed).model.eval()
+    model = model.eval()
     vocab = reference.get_input_embeddings().num_embeddings
     worst = 0.0
     for ids in probe_ids(vocab):
-        diff = (reloaded(ids).logits.float() - reference(ids, use_cache=False).logits.float()).abs().max().item()
+        diff = (model(ids).logits.float() - reference(ids, use_cache=False).logits.float()).abs().max().item()
         worst = max(worst, diff)
-        assert diff <= atol, f"reloaded {hf_dir} differs from the pruned model by {diff:.3g} > {atol}"
-    ids = probe_ids(vocab)[0]
-    np.testing.assert_array_equal(greedy(reloaded, ids, 8), greedy(reference, ids, 8))
+        assert diff <= atol, f"the reloaded model differs from the pruned model by {diff:.3g} > {atol}"
+    if tokens:
+        ids = probe_ids(vocab)[0]
+        np.testing.assert_array_equal(greedy(model, ids, 8), greedy(reference, ids, 8))
     return worst
+
+
+def reload_hf_matches(hf_dir: Path, bm, removed, atol: float = 1e-5) -> float:
+    """Reload `hf_dir` with plain transformers and compare it with the physically pruned model (`same_as_pruned`)."""
+    import transformers
+
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    return same_as_pruned(reloaded, bm, removed, atol)
 
 
 def genai_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -101,3 +108,24 @@ def genai_greedy(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> 
             gen.generate_next_token()
         out.append(list(gen.get_sequence(0))[len(ids):])
     return out
+
+
+def hf_greedy_until_eos(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy HF generate per prompt, stopping at (and keeping) the model's EOS as a runtime does."""
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    out = []
+    with torch.inference_mode():
+        for ids in prompts:
+            seq = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False,
+                                 eos_token_id=sorted(eos) or None, pad_token_id=min(eos) if eos else 0)
+            out.append(until_eos(seq[0, len(ids):].tolist(), eos))
+    return out
+
+
+def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """Tokens up to and including the first EOS (runtimes differ in what they pad after it)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -62,18 +61,14 @@ def test_unloadable_model(tmp_path, jsonl_tasks, capsys):
 def test_resume_after_kill_9_loses_nothing_and_scores_nothing_twice(tiny_dir, jsonl_tasks, tmp_path):
     args = search_args(tiny_dir, jsonl_tasks, tmp_path / "killed", "--method", "exhaustive", "--max-remove", "3",
                        "--candidates-per-pass", "2")
-    proc = subprocess.Popen([sys.executable, "-m", "blockprune", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # killed at a deterministic point (blockprune.store's test hook: SIGKILL right after the
+    # append that makes 12 records), not when a polling loop happens to see them
+    killed = subprocess.run([sys.executable, "-m", "blockprune", *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "BLOCKPRUNE_KILL_AFTER_RECORDS": "12"})
+    assert killed.returncode == -signal.SIGKILL, f"the search was not killed: {killed.stderr[-500:]}"
     results = tmp_path / "killed" / RESULTS_FILE
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 12:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the search finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     before = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    assert len(before) >= 12 and not any(r.get("type") == "done" for r in before)
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr
     after = [json.loads(line) for line in results.read_text().splitlines()]
