@@ -1,7 +1,7 @@
 """Generation latency of a tiny model: PyTorch dense vs pruned vs the exported ONNX decoder (pytest-benchmark).
 
 One greedy generation (prompt 32 + 16 tokens, batch 1, KV cache) per round with the runners that
-`blockprune bench` uses (`latency.TorchRunner`, `latency.OrtRunner`); every runner must produce
+`blockprune bench` uses (`latency.TorchGeneration`, `latency.OrtGeneration`); every runner must produce
 the tokens of HF `generate()`. On a real model: `blockprune bench` (see README.md).
 """
 
@@ -39,17 +39,17 @@ def _check(run: dict, expected: np.ndarray) -> None:
 @pytest.mark.benchmark(group=GROUP)
 def test_torch_dense(benchmark, setup):
     bm, ids, expected, _ = setup
-    _check(benchmark(latency.TorchRunner(bm.model), ids, GEN), expected[()])
+    _check(benchmark(latency.TorchGeneration(bm.model), ids, GEN), expected[()])
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_torch_pruned(benchmark, setup):
     bm, ids, expected, _ = setup
     pruned = models.remove_blocks(bm, [1, 3])
-    _check(benchmark(latency.TorchRunner(pruned.model), ids, GEN), expected[(1, 3)])
+    _check(benchmark(latency.TorchGeneration(pruned.model), ids, GEN), expected[(1, 3)])
 
 
 @pytest.mark.benchmark(group=GROUP)
 def test_onnxruntime_dense(benchmark, setup):
     bm, ids, expected, graph = setup
-    _check(benchmark(latency.OrtRunner(graph, torch.device("cpu")), ids, GEN), expected[()])
+    _check(benchmark(latency.OrtGeneration(graph, torch.device("cpu")), ids, GEN), expected[()])

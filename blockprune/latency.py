@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 from . import models, versions
-from .runners import GenaiRunner, OrtRunner, TorchRunner, _sync  # noqa: F401  (the runners bench uses)
+from .export.discovery import ExportNotFound, find_decoder as _find_decoder, find_genai as _find_genai
+from .generation import GenaiGeneration, OrtGeneration, TorchGeneration
+from .latency_report import LATENCY_FILE, MARKDOWN_FILE, PLOT_FILE, markdown, pareto_front, plot  # noqa: F401
 
 BACKENDS = ("torch", "onnxruntime", "genai")
-LATENCY_FILE = "latency.json"
-MARKDOWN_FILE = "latency.md"
-PLOT_FILE = "latency.png"
+# the timed generations' names before #22 (bench/ and older callers)
+TorchRunner, OrtRunner, GenaiRunner = TorchGeneration, OrtGeneration, GenaiGeneration
 # Settings used after a search (a few seconds per set on SmolLM2 on 2 CPU cores).
 REPORT_SETTINGS = {"prompt_len": 64, "gen_len": 16, "warmup": 1, "reps": 5}
 
@@ -108,68 +109,23 @@ def _check_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]]) -> list[tu
     return out
 
 
-# ---- ONNX exports -----------------------------------------------------------------------------
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def _check_manifest(root: Path, bm: models.BlockModel, removed: Sequence[int]) -> None:
-    """The export in `root` must be of this model without exactly these blocks."""
-    from blockprune.export import MANIFEST
-
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise BenchError(f"{root}: no readable {MANIFEST}, cannot tell which model the export is") from None
-    if not _same_model(str(manifest.get("model")), bm.name):
-        raise BenchError(f"{root} is an export of {manifest.get('model')!r}, not {bm.name!r}")
-    if sorted(manifest.get("removed", [])) != sorted(removed):
-        raise BenchError(f"{root} is an export without blocks {manifest.get('removed')}, not {list(removed)}")
-    if manifest.get("kept_blocks") != bm.num_blocks - len(removed):
-        raise BenchError(f"{root} keeps {manifest.get('kept_blocks')} blocks; {bm.name} without {list(removed)} "
-                         f"keeps {bm.num_blocks - len(removed)}")
-
-
-def _hint(bm: models.BlockModel, removed: Sequence[int], d: Path, fmt: str) -> str:
-    # never suggest writing over what the directory holds (an HF export, a user's files)
-    suffix = fmt.split()[0]
-    target = d if not d.exists() or (d.is_dir() and not any(d.iterdir())) else d.parent / f"{d.name}-{suffix}"
-    return (f"blockprune export --model {bm.name} --remove {','.join(map(str, removed)) or repr('')} "
-            f"--format {fmt} --out {target}")
-
-
 def find_decoder(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
-    """The decoder-with-past graph of an export of `bm` without `removed`, checked against its manifest.
-
-    `directory` is an export directory (with `export_manifest.json` and `onnx/`) or its `onnx/`.
-    """
-    from blockprune.export import MANIFEST
-    from blockprune.export.onnx import DECODER_FILE
-
-    d = Path(directory)
-    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
-    root = d.parent if (d / DECODER_FILE).exists() and not (d / MANIFEST).exists() else d
-    graph = root / "onnx" / DECODER_FILE
-    if not graph.exists():
-        raise BenchError(f"no ONNX decoder with past for {what} in {d} (write one with: {_hint(bm, removed, d, 'onnx --kv-cache')})")
-    _check_manifest(root, bm, removed)
-    return graph
+    """`export.discovery.find_decoder`, refused as a BenchError."""
+    try:
+        return _find_decoder(directory, bm, removed)
+    except ExportNotFound as exc:
+        raise BenchError(str(exc)) from None
 
 
 def find_genai(directory: str | Path, bm: models.BlockModel, removed: Sequence[int]) -> Path:
-    """The fp32 ONNX Runtime GenAI model of an export of `bm` without `removed`."""
-    d = Path(directory)
-    what = "the dense model" if not removed else f"blocks {list(removed)} removed"
-    model_dir = d / "genai" / "fp32"
-    if not (model_dir / "genai_config.json").exists():
-        raise BenchError(f"no ONNX Runtime GenAI model for {what} in {d} (write one with: {_hint(bm, removed, d, 'genai')})")
-    _check_manifest(d, bm, removed)
-    return model_dir
+    """`export.discovery.find_genai`, refused as a BenchError."""
+    try:
+        return _find_genai(directory, bm, removed)
+    except ExportNotFound as exc:
+        raise BenchError(str(exc)) from None
 
 
+# ---- ONNX exports -----------------------------------------------------------------------------
 def _check_onnx_dirs(onnx_dirs: dict | None, bm: models.BlockModel, sets: list[tuple[int, ...]],
                      backend: str = "onnxruntime") -> dict:
     onnx_dirs = onnx_dirs or {}
@@ -202,16 +158,16 @@ def _prompt(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.ndarra
     return gen.integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
 
 
-def _measure(runners: dict, ids: np.ndarray, gen_len: int, warmup: int, reps: int, device: torch.device,
+def _measure(generations: dict, ids: np.ndarray, gen_len: int, warmup: int, reps: int, device: torch.device,
              progress=None) -> dict:
-    """Interleaved runs of every runner: {key: {"runs": [...], "tokens": first tokens, "consistent": bool, ...}}."""
-    keys = list(runners)
+    """Interleaved runs of every timed generation: {key: {"runs": [...], "tokens": first tokens, "consistent": bool, ...}}."""
+    keys = list(generations)
     out = {k: {"runs": [], "tokens": None, "consistent": True, "peak_allocated": 0} for k in keys}
     for r in range(warmup + reps):
         for k in (keys if r % 2 == 0 else keys[::-1]):
             if device.type == "cuda" and r >= warmup:
                 torch.cuda.reset_peak_memory_stats(device)
-            run = runners[k](ids, gen_len)
+            run = generations[k](ids, gen_len)
             rec = out[k]
             if rec["tokens"] is None:
                 rec["tokens"] = run["tokens"]
@@ -286,26 +242,26 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     }
     for backend in backends:
         if backend == "torch":
-            runners = {k: TorchRunner(v.model) for k, v in variants.items()}
+            generations = {k: TorchGeneration(v.model) for k, v in variants.items()}
         elif backend == "genai":
-            runners = {k: GenaiRunner(genai_dirs[k]) for k in variants}
+            generations = {k: GenaiGeneration(genai_dirs[k]) for k in variants}
             result["genai"] = {"models": {_variant_name(k): str(g) for k, g in genai_dirs.items()}, "precision": "fp32"}
-            for k, r in runners.items():
+            for k, r in generations.items():
                 if r.num_layers != L - len(k):
                     raise BenchError(f"{genai_dirs[k]} has {r.num_layers} layers, expected {L - len(k)}")
         else:
-            runners = {k: OrtRunner(graphs[k], device) for k in variants}
-            result.setdefault("onnxruntime", {"providers": runners[()].providers, "intra_op_num_threads": runners[()].threads,
+            generations = {k: OrtGeneration(graphs[k], device) for k in variants}
+            result.setdefault("onnxruntime", {"providers": generations[()].providers, "intra_op_num_threads": generations[()].threads,
                                               "graphs": {_variant_name(k): str(g) for k, g in graphs.items()}})
-            for k, r in runners.items():
+            for k, r in generations.items():
                 if r.num_layers != L - len(k):
                     raise BenchError(f"{graphs[k]} has {r.num_layers} layers of past, expected {L - len(k)}")
         for batch in batches:
             if log:
-                log(f"{backend}, batch {batch}: {len(runners)} variants x ({warmup} warm-up + {reps}) runs "
+                log(f"{backend}, batch {batch}: {len(generations)} variants x ({warmup} warm-up + {reps}) runs "
                     f"of {prompt_len} + {gen_len} tokens")
             ids = _prompt(vocab, batch, prompt_len)
-            measured = _measure(runners, ids, gen_len, warmup, reps, device)
+            measured = _measure(generations, ids, gen_len, warmup, reps, device)
             rows = {}
             for k, m in measured.items():
                 prefill = [x["prefill"] for x in m["runs"]]
@@ -321,7 +277,7 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
                     "decode_tokens_per_s": batch / float(np.median(steps)),
                     "e2e_tokens_per_s": batch * gen_len / float(np.median(e2e)),
                     "tokens_identical_across_runs": m["consistent"],
-                    "memory": {"weights_mib": runners[k].weights_bytes / 2**20,
+                    "memory": {"weights_mib": generations[k].weights_bytes / 2**20,
                                "kv_cache_mib": m["runs"][-1]["kv_bytes"] / 2**20},
                 }
                 if device.type == "cuda" and backend == "torch":
@@ -400,77 +356,6 @@ def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequ
 
 
 # ---- output -----------------------------------------------------------------------------------
-def _fmt_stats(s: dict, digits: int = 2) -> str:
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
-
-
-def markdown(result: dict) -> str:
-    st = result["settings"]
-    m = result["machine"]
-    L = [f"# Latency: {result['model']} ({result['num_blocks']} blocks), dense vs pruned", "",
-         f"{result['device']}, {result['dtype']}; {m['cpu']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}; "
-         + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + f"; {result['timestamp']}.", "",
-         f"Prompt {st['prompt_len']} tokens, {st['gen_len']} generated (greedy, no EOS stop); {st['warmup']} warm-up + "
-         f"{st['reps']} timed runs per variant, interleaved (A B, then B A). Times are median (min–max): prefill over runs, "
-         "decode over every step of every run (the first token is the prefill's). Speedup = median over runs of "
-         "dense run r / pruned run r (adjacent in time; decode: their median step times), min–max beside it; "
-         "ideal = L/(L-k)."
-         + (f" Load average (1/5/15 min) {m['loadavg_start']} before, {m.get('loadavg_end')} after."
-            if "loadavg_start" in m else ""), "",
-         "| backend | batch | variant | blocks | prefill ms | prefill p90 | decode ms/token | decode p90 | decode tok/s "
-         "| end-to-end tok/s | KV cache MiB |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in result["results"]:
-        L.append(f"| {r['backend']} | {r['batch']} | {r['variant']} | {r['kept_blocks']} | {_fmt_stats(r['prefill_ms'])} | "
-                 f"{r['prefill_ms']['p90']:.2f} | {_fmt_stats(r['decode_ms_per_token'])} | "
-                 f"{r['decode_ms_per_token']['p90']:.2f} | {r['decode_tokens_per_s']:.1f} | {r['e2e_tokens_per_s']:.1f} | "
-                 f"{r['memory']['kv_cache_mib']:.2f} |")
-    L += ["", "| backend | batch | removed | k | ideal L/(L-k) | prefill speedup (min–max) | decode speedup (min–max) "
-          "| decode ratio of medians | decode % of ideal | % of ideal gain |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for s in result["speedups"]:
-        p, q = s["decode_paired"], s["prefill_paired"]
-        L.append(f"| {s['backend']} | {s['batch']} | {s['removed']} | {s['k']} | {s['ideal']:.3f} | "
-                 f"{s['prefill']:.3f} ({q['min']:.3f}–{q['max']:.3f}) | {s['decode']:.3f} ({p['min']:.3f}–{p['max']:.3f}) | "
-                 f"{s['decode_ratio_of_medians']:.3f} | "
-                 f"{100 * s['decode_fraction_of_ideal']:.1f}% | {100 * s['decode_fraction_of_ideal_gain']:.0f}% |")
-    L += ["", f"Memory: {result['memory_note']}."]
-    rss = max((r["memory"].get("process_peak_rss_mib", 0) for r in result["results"]), default=0)
-    L.append(f"Process peak RSS: {rss:.0f} MiB.")
-    if "onnxruntime" in result:
-        o = result["onnxruntime"]
-        L.append(f"onnxruntime: providers {', '.join(o['providers'])}, {o['intra_op_num_threads']} intra-op threads; "
-                 "its graph computes logits at every prompt position (no logits_to_keep).")
-    return "\n".join(L) + "\n"
-
-
-def plot(result: dict, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    speedups = result["speedups"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
-    for ax, phase in zip(axes[0], ("prefill", "decode")):
-        labels = [f"{'ort' if s['backend'] == 'onnxruntime' else s['backend']} b{s['batch']}\n-{','.join(map(str, s['removed']))}"
-                  for s in speedups]
-        x = np.arange(len(speedups))
-        med = [s[phase] for s in speedups]
-        lo = [s[phase] - s[f"{phase}_paired"]["min"] for s in speedups]
-        hi = [s[f"{phase}_paired"]["max"] - s[phase] for s in speedups]
-        ax.bar(x, med, yerr=np.clip([lo, hi], 0, None), capsize=3, color="tab:blue", label="measured: paired median (min–max)")
-        ax.scatter(x, [s["ideal"] for s in speedups], marker="_", s=400, color="tab:red", zorder=3, label="ideal L/(L-k)")
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.set_ylabel(f"{phase} speedup vs dense")
-        ax.set_title(f"{phase}: {result['model']}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write(result: dict, out: str | Path) -> list[Path]:
     """latency.json, latency.md and latency.png into `out` (`bench --out`): a new or empty directory,
     or an earlier `bench --out` one (`rundir.claim`), locked while written; all three are written in
@@ -520,68 +405,3 @@ def bench_run(directory: str | Path, bm: models.BlockModel, tolerance: float, pr
     return result
 
 
-def load_speedups(directory: str | Path, model: str | None = None) -> dict[tuple[int, ...], dict] | None:
-    """{removed set: speedup record} from DIR/latency.json (PyTorch, the smallest batch), or None."""
-    path = Path(directory) / LATENCY_FILE
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-        speedups = result["speedups"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if model is not None and result.get("model") != model:
-        return None
-    rows = [s for s in speedups if s.get("backend") == "torch"] or speedups
-    if not rows:
-        return None
-    batch = min(s["batch"] for s in rows)
-    return {tuple(s["removed"]): s for s in rows if s["batch"] == batch}
-
-
-def load_settings(directory: str | Path) -> dict:
-    """{prompt, gen, reps, device} of DIR/latency.json, for the report's sentence."""
-    result = json.loads((Path(directory) / LATENCY_FILE).read_text(encoding="utf-8"))
-    st = result["settings"]
-    return {"prompt": st["prompt_len"], "gen": st["gen_len"], "reps": st["reps"],
-            "device": f"{result['device']}, {result['machine'].get('gpu') or result['machine']['cpu']}, "
-                      f"torch threads {result['machine']['torch_threads']}"}
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (drop, speedup) not dominated by another (lower-or-equal drop and
-    higher-or-equal speedup, one strictly), ordered by speedup."""
-    front = []
-    for i, (d, s) in enumerate(points):
-        if not any((d2 <= d and s2 >= s and (d2 < d or s2 > s)) for j, (d2, s2) in enumerate(points) if j != i):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][1])
-
-
-def plot_drop_vs_speedup(candidates: list[dict], speedups: dict, path: str | Path) -> bool:
-    """Mean drop vs measured decode speedup of every benched set, Pareto front marked; False if none."""
-    drops = {tuple(c["removed"]): c["mean_drop"] for c in candidates}
-    keys = [k for k in speedups if k in drops]
-    if not keys:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [(0.0, 1.0)] + [(drops[k], speedups[k]["decode"]) for k in keys]
-    labels = ["dense"] + ["[" + ",".join(map(str, k)) + "]" for k in keys]
-    front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([100 * p[0] for p in pts], [p[1] for p in pts], color="tab:blue", label="measured")
-    ax.plot([100 * pts[i][0] for i in front], [pts[i][1] for i in front], "o--", color="tab:red", mfc="none", ms=11,
-            label="Pareto front")
-    for (d, s), lab in zip(pts, labels):
-        ax.annotate(lab, (100 * d, s), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for k in keys:
-        ax.scatter([100 * drops[k]], [speedups[k]["ideal"]], marker="_", s=150, color="grey")
-    ax.set_xlabel("mean drop over tasks (%)")
-    ax.set_ylabel("measured decode speedup vs dense (grey: ideal)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

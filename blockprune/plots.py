@@ -1,5 +1,5 @@
 """The report's PNG plots (matplotlib, Agg): ranking per k, the single-block heatmap, the stepwise
-path and the drop distribution; `drop_vs_speedup.png` is drawn by blockprune.latency."""
+path and the drop distribution; `drop_vs_speedup.png` is drawn by blockprune.latency_report."""
 
 from __future__ import annotations
 

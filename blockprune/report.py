@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import advice, latency, stats
+from . import advice, latency_report, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .plots import PLOTS, fmt_set, plot_all
@@ -310,12 +310,12 @@ def cluster_lines(sessions: list | None, T: dict) -> list[str]:
 
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
     """The recommendations with their measured speedup, when the run has a latency.json (else nothing)."""
-    speed = latency.load_speedups(out, a["model"])
+    speed = latency_report.load_speedups(out, a["model"])
     if not speed:
         return []
     first = next(iter(speed.values()))
     L = [f"### {T['lat_title']}", "", T["lat_text"].format(backend=first["backend"], batch=first["batch"],
-                                                          **latency.load_settings(out)), "",
+                                                          **latency_report.load_settings(out)), "",
          f"| {T['lat_level']} | removed | k | {T['mean']} | {T['lat_speedup']} | {T['lat_ideal']} | {T['lat_prefill']} |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for level in advice.LEVELS:
@@ -450,9 +450,9 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     with TempDir(directory) as tmp:
         chmod_like_user(tmp.new, directory=True)
         plot_all(a, path, tmp.new)
-        speed = latency.load_speedups(directory, a["model"])
+        speed = latency_report.load_speedups(directory, a["model"])
         if speed:
-            latency.plot_drop_vs_speedup(a["candidates"], speed, tmp.new / "drop_vs_speedup.png")
+            latency_report.plot_drop_vs_speedup(a["candidates"], speed, tmp.new / "drop_vs_speedup.png")
         texts = {
             analysis_mod.ANALYSIS_FILE: json.dumps(analysis_mod.public(a), indent=2, sort_keys=False) + "\n",
             RECOMMENDATIONS_FILE: json.dumps(rec_json, indent=2, sort_keys=False) + "\n",

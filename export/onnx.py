@@ -68,7 +68,7 @@ def _num_layers(model: nn.Module) -> int:
         raise ExportError(str(exc)) from None
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: `cache` in transformers 5, else the old name."""
     params = inspect.signature(model.forward).parameters
     for name in ("cache", "past_key_values"):
@@ -78,7 +78,7 @@ def _cache_kwarg(model: nn.Module) -> str:
                       "no decoder with past can be exported")
 
 
-def _output_cache(output):
+def output_cache(output):
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
@@ -189,7 +189,7 @@ class DecoderWithPastGraph(nn.Module):
         super().__init__()
         self.model = model
         self.num_layers = num_layers
-        self.cache_kwarg = _cache_kwarg(model)
+        self.cache_kwarg = cache_kwarg(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -198,18 +198,18 @@ class DecoderWithPastGraph(nn.Module):
             cache.update(past[2 * i], past[2 * i + 1], i)
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=True, **{self.cache_kwarg: cache})
-        present = _cache_tensors(_output_cache(output), self.num_layers, type(self.model).__name__)
+        present = _cache_tensors(output_cache(output), self.num_layers, type(self.model).__name__)
         return (output.logits, *(t for pair in present for t in pair))
 
 
 @torch.inference_mode()
 def _probe_past(model: nn.Module, num_layers: int, batch: int, length: int) -> list[torch.Tensor]:
     """Past tensors of the model's own cache layout (heads, head dim, dtype per layer), zero-filled."""
-    kwarg = _cache_kwarg(model)
+    kwarg = cache_kwarg(model)
     ids = torch.zeros((1, 2), dtype=torch.long, device=_device(model))
     output = model(input_ids=ids, use_cache=True, **{kwarg: _empty_cache()})
     past = []
-    for keys, values in _cache_tensors(_output_cache(output), num_layers, type(model).__name__):
+    for keys, values in _cache_tensors(output_cache(output), num_layers, type(model).__name__):
         for t in (keys, values):
             past.append(torch.zeros((batch, t.shape[1], length, t.shape[3]), dtype=t.dtype, device=t.device))
     return past
@@ -380,8 +380,8 @@ def verify_decoder(model: nn.Module, onnx_path: str | Path, atol: float = 1e-4, 
     # 2. one decode step, from the ONNX cache and from PyTorch's, against the full recompute
     full_logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     run("decode", step, present, full_logits[:, -1:], None)
-    prefix = model(**head, use_cache=True, **{_cache_kwarg(model): _empty_cache()})
-    torch_past = [_np(t) for pair in _cache_tensors(_output_cache(prefix), num_layers, type(model).__name__) for t in pair]
+    prefix = model(**head, use_cache=True, **{cache_kwarg(model): _empty_cache()})
+    torch_past = [_np(t) for pair in _cache_tensors(output_cache(prefix), num_layers, type(model).__name__) for t in pair]
     run("decode_from_torch_cache", step, torch_past, full_logits[:, -1:], None)
     return {"inputs": inputs, "outputs": outputs, "kept_layers": num_layers, "max_abs_diff": max(diffs.values()),
             "prefill_max_abs_diff": diffs["prefill"],

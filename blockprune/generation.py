@@ -1,10 +1,12 @@
-"""The runners `blockprune bench` times: one greedy generation each, as a runtime serves it.
+"""The timed generations `blockprune bench` measures: one greedy generation each, as a runtime serves it.
 
-Each runner is called with prompt ids [batch, prompt] and `gen_len`, and returns the prefill time
-(to the first new token), every further decode step's time, the generated tokens and the KV
-cache's bytes. TorchRunner: the model's own KV cache, as `generate()` does it. OrtRunner: the
-exported decoder with past, presents fed back as the next past. GenaiRunner: an ONNX Runtime
-GenAI model (`onnxruntime_genai.Generator`), greedy.
+(Not to be confused with the engine's block runners, `blockprune.fused`, or the runners of work
+units, `shard.LocalRunner` and `cluster.Pool`.) Each one is called with prompt ids [batch, prompt]
+and `gen_len`, and returns the prefill time (to the first new token), every further decode
+step's time, the generated tokens and the KV cache's bytes. TorchGeneration: the model's own KV
+cache, as `generate()` does it. OrtGeneration: the exported decoder with past, presents fed back
+as the next past. GenaiGeneration: an ONNX Runtime GenAI model (`onnxruntime_genai.Generator`),
+greedy.
 """
 
 from __future__ import annotations
@@ -19,37 +21,37 @@ import torch
 from . import models
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-class TorchRunner:
+class TorchGeneration:
     """Greedy generation with the model's own KV cache, as `generate()` does it."""
 
     backend = "torch"
 
     def __init__(self, model: torch.nn.Module):
-        from blockprune.export.onnx import _cache_kwarg
+        from blockprune.export.onnx import cache_kwarg
 
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.cache_kwarg = _cache_kwarg(model)
+        self.cache_kwarg = cache_kwarg(model)
         self.weights_bytes = models.weights_bytes(model)
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
-        from blockprune.export.onnx import _output_cache
+        from blockprune.export.onnx import output_cache
 
         ids_t = torch.as_tensor(ids, device=self.device)
         batch, prompt = ids_t.shape
         mask = torch.ones((batch, prompt + gen_len), dtype=torch.long, device=self.device)
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         out = self.model(input_ids=ids_t, attention_mask=mask[:, :prompt], use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = _output_cache(out)
-        _sync(self.device)
+        cache = output_cache(out)
+        sync(self.device)
         t1 = time.perf_counter()
         prefill = t1 - t0
         tokens, steps = [token], []
@@ -57,9 +59,9 @@ class TorchRunner:
             out = self.model(input_ids=token, attention_mask=mask[:, :prompt + step], use_cache=True, logits_to_keep=1,
                              **{self.cache_kwarg: cache})
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-            cache = _output_cache(out)
+            cache = output_cache(out)
             tokens.append(token)
-            _sync(self.device)
+            sync(self.device)
             t2 = time.perf_counter()
             steps.append(t2 - t1)
             t1 = t2
@@ -75,7 +77,7 @@ class TorchRunner:
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-class OrtRunner:
+class OrtGeneration:
     """Greedy generation with the exported decoder with past: presents fed back as the next past."""
 
     backend = "onnxruntime"
@@ -124,9 +126,7 @@ class OrtRunner:
                 "kv_bytes": int(sum(a.nbytes for a in out[1:]))}
 
 
-
-
-class GenaiRunner:
+class GenaiGeneration:
     """Greedy generation with onnxruntime-genai: `append_tokens` (the prompt) then one
     `generate_next_token` per token; the first token's call belongs to the prefill."""
 
