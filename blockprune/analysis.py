@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import scores, stats
+from .kinds import get_kind, kind_of_metric
 from .store import Store
 
 ANALYSIS_FILE = "cross_dataset_analysis.json"
@@ -32,15 +33,15 @@ def rank_scores(store: Store) -> tuple[dict[str, str], list[str]]:
     kept (or lacking one) falls back, per task, to the thresholded metric, with a note saying so."""
     settings = store.run_info["settings"]
     tasks = settings["tasks"]
-    kinds = {t: info.get("kind") or _kind_of_metric(info["metric"]) for t, info in tasks.items()}
+    kinds = {t: _kind(info).name for t, info in tasks.items()}
     wanted = settings.get("rank_by") or scores.resolve_rank_by(None, kinds)
     chosen, notes = {}, []
     for t in tasks:
-        name = wanted.get(t) or scores.BY_KIND[kinds[t]][0]
+        name = wanted.get(t) or get_kind(kinds[t]).default_score
         dense = store.results.get(((), t))
         have = dense["per_sample"] if dense else {}
         if dense is not None and any(f not in have for f in scores.get(name).fields()):
-            fallback = scores.METRIC[kinds[t]]
+            fallback = get_kind(kinds[t]).metric
             notes.append(f"{t}: the store has no per-sample {', '.join(f for f in scores.get(name).fields() if f not in have)} "
                          f"(written before blockprune kept it), so it is ranked by {fallback} instead of {name}")
             name = fallback
@@ -48,8 +49,9 @@ def rank_scores(store: Store) -> tuple[dict[str, str], list[str]]:
     return chosen, notes
 
 
-def _kind_of_metric(metric: str) -> str:
-    return {"acc": "multiple_choice", "exact_match": "exact_match", "perplexity": "perplexity", "kl": "kl"}[metric]
+def _kind(info: dict):
+    """A run.json task's kind (by its metric in a run.json written before the kind was kept)."""
+    return get_kind(info["kind"]) if info.get("kind") else kind_of_metric(info["metric"])
 
 
 def _task_drops(store: Store, key, name: str, score: str, base: tuple) -> tuple[float, float]:
@@ -76,8 +78,7 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     if not all(store.has((), t) for t in names):
         raise AnalysisError(f"{store.dir}: the dense baseline is not scored yet; rerun the search to resume it")
     rank_by, notes = rank_scores(store)
-    kinds = {t: tasks[t].get("kind") or _kind_of_metric(tasks[t]["metric"]) for t in names}
-    metric_of = {t: scores.SHOWN[kinds[t]] for t in names}
+    metric_of = {t: _kind(tasks[t]).shown for t in names}
     baseline = {t: store.get((), t)["value"] for t in names}
     dense = {(t, sc): stats.per_sample_arrays(store.get((), t)["per_sample"], sc)
              for t in names for sc in {rank_by[t], metric_of[t]}}

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import shard
 from .engine import Engine, Scores, Work
+from .kinds import needs_dense
 
 
 class ClusterError(Exception):
@@ -110,13 +111,13 @@ class _Worker:
         self.tasks.update(tasks)
 
     def score(self, task: str, req_ids: list[int], masks: np.ndarray) -> dict:
-        requests, kind = self.tasks[task]
+        requests, dense = self.tasks[task]
         start = time.perf_counter()
 
         def count(n: int) -> None:
             self.tokens += n
 
-        res = self.engine.score([requests[r] for r in req_ids], masks, progress=count, kl=kind == "kl")
+        res = self.engine.score([requests[r] for r in req_ids], masks, progress=count, kl=dense)
         return {"logprob": res.logprob, "greedy": res.greedy, "kl": res.kl, "work": res.work.__dict__,
                 "seconds": time.perf_counter() - start, "worker": self.index}
 
@@ -222,7 +223,7 @@ class Pool:
             if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
                 raise ClusterError(f"worker {info['worker']} on {info['host']} scores differently from this process "
                                    f"(dense log-prob {got[0]:.4f} vs {want[0]:.4f}): not the same model or weights")
-        payload = ray.put({t.name: (t.requests, t.kind) for t in tasks})
+        payload = ray.put({t.name: (t.requests, needs_dense(t)) for t in tasks})
         ray.get([a.add_tasks.remote(payload) for a in self.actors])
         for t in tasks:
             per_sample = np.zeros(t.n, dtype=np.int64)

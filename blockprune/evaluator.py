@@ -21,6 +21,7 @@ import numpy as np
 
 from . import scores, shard, stats
 from .engine import Engine
+from .kinds import needs_dense
 from .store import Store, key_of
 from .tasks import Task
 
@@ -102,7 +103,7 @@ class Evaluator:
 
     def _unit_records(self, unit: shard.Unit, result) -> list[dict]:
         task, chunk, samples = unit.task, unit.sets, unit.samples
-        kl = task.kind == "kl"
+        kl = needs_dense(task)
         logprob = np.full((len(chunk), len(task.requests)), np.nan)
         greedy = np.zeros((len(chunk), len(task.requests)), dtype=bool)
         kl_sum = np.full((len(chunk), len(task.requests)), np.nan) if kl else None
@@ -128,8 +129,7 @@ class Evaluator:
     def _record(task: Task, removed: tuple[int, ...], per_sample: dict[str, np.ndarray], value: float) -> dict:
         rec = {"removed": list(removed), "task": task.name, "value": float(value),
                "per_sample": {k: np.asarray(v).tolist() for k, v in per_sample.items()}}
-        if "correct_norm" in per_sample:
-            rec["acc_norm"] = float(np.mean(per_sample["correct_norm"]))
+        rec.update(task.record_extras(per_sample))
         return rec
 
     def _complete(self, keys: list[tuple[int, ...]], label: str) -> None:

@@ -24,7 +24,8 @@ import io
 import logging
 from pathlib import Path
 
-from .tasks import ExactMatchTask, MultipleChoiceTask, Task, TaskError, _select
+from .kinds import ExactMatchTask, MultipleChoiceTask, Task, TaskError
+from .loaders import select
 
 FEWSHOT_SEED = 1234  # lm_eval.evaluator.simple_evaluate's default
 
@@ -147,7 +148,7 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
             rows.append({"prompt": inst.arguments[0], "answers": [inst.arguments[1]]})
             ids.append(str(doc_id))
         available = len(rows)
-        ids, rows = _select(ids, rows, samples, seed, name, exclude)
+        ids, rows = select(ids, rows, samples, seed, name, exclude)
         out = ExactMatchTask(name, rows, tokenizer, ids, eos_token_id, encode=_encoder(tokenizer), terminate=False)
         out.available = available
         return out
@@ -168,7 +169,7 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
                      "norm_choices": choices, "label": gold})
         ids.append(str(doc_id))
     available = len(rows)
-    ids, rows = _select(ids, rows, samples, seed, name, exclude)
+    ids, rows = select(ids, rows, samples, seed, name, exclude)
     out = MultipleChoiceTask(name, rows, tokenizer, ids, encode=_encoder(tokenizer), norm="chars")
     out.available = available
     return out

@@ -31,9 +31,12 @@ standard error (README, "How candidates are compared").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from .kinds import KINDS
 
 
 class ScoreError(Exception):
@@ -103,16 +106,40 @@ SCORES = {s.name: s for s in [
     Score("kl", "kl", "kl", "ntok", False, "KL(dense || candidate) per token, nats"),
 ]}
 
-# Per task kind: the scores it has; the first ranks by default; SHOWN is the one shown beside it
-# (the thresholded metric papers report; for KL the text's perplexity).
-BY_KIND = {
-    "multiple_choice": ("p_gold", "p_gold_norm", "acc", "acc_norm"),
-    "exact_match": ("gold_logprob", "exact_match"),
-    "perplexity": ("perplexity",),
-    "kl": ("kl", "perplexity"),
-}
-METRIC = {"multiple_choice": "acc", "exact_match": "exact_match", "perplexity": "perplexity", "kl": "kl"}
-SHOWN = {**METRIC, "kl": "perplexity"}
+
+class _ByKind(Mapping):
+    """{kind name: what it declares (blockprune.kinds)}, live: a kind registered later is in it."""
+
+    def __init__(self, pick):
+        self._pick = pick
+
+    def __getitem__(self, name):
+        kind = KINDS.get(name)
+        if kind is None:
+            raise KeyError(name)
+        return self._pick(kind)
+
+    def __iter__(self):
+        return iter(KINDS)
+
+    def __len__(self):
+        return len(KINDS)
+
+
+# Per task kind, read from its registration: the scores it has (the first ranks by default); its
+# metric; SHOWN, the one shown beside the ranking score (the thresholded metric papers report; for
+# KL the text's perplexity).
+BY_KIND = _ByKind(lambda k: k.scores)
+METRIC = _ByKind(lambda k: k.metric)
+SHOWN = _ByKind(lambda k: k.shown)
+
+
+def register(score: Score) -> Score:
+    """Make a score known by name (a kind registered from outside the package may bring its own)."""
+    if SCORES.get(score.name, score) != score:
+        raise ValueError(f"score {score.name!r} is registered already, with another definition")
+    SCORES[score.name] = score
+    return score
 
 
 def get(name: str) -> Score:

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .engine import Engine, Scores
+from .kinds import needs_dense
 from .trie import trie_block_rows
 
 
@@ -123,7 +124,7 @@ def _shared_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 def unit_cost(engine: Engine, task, sets: Sequence[tuple[int, ...]], req_ids: Sequence[int]) -> int:
     masks = masks_of(sets, engine.model.num_blocks)
-    if task.kind == "kl":  # the engine adds the dense path to every candidate group
+    if needs_dense(task):  # the engine adds the dense path to every candidate group
         masks = np.concatenate([masks, np.ones((1, masks.shape[1]), dtype=bool)])
     return trie_block_rows(masks) * engine.row_tokens([task.requests[r] for r in req_ids])
 
@@ -149,7 +150,7 @@ class LocalRunner:
             start = time.perf_counter()
             result = self.engine.score([unit.task.requests[r] for r in unit.req_ids],
                                        masks_of(unit.sets, self.engine.model.num_blocks), progress=progress,
-                                       kl=unit.task.kind == "kl")
+                                       kl=needs_dense(unit.task))
             unit.meta = {"seconds": round(time.perf_counter() - start, 3)}
             yield unit, result
 

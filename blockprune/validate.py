@@ -22,7 +22,8 @@ import torch
 from . import advice, models, report, stats
 from .engine import Engine
 from .store import Store, atomic_write_json, refuse_changed_content
-from .tasks import join_count, load_task, split_count
+from .kinds import get_kind
+from .tasks import load_task, parse_spec
 
 VALIDATION_FILE = report.VALIDATION_FILE
 
@@ -76,7 +77,7 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
     out = {"tolerance": tolerance, "seed": settings["seed"], "tasks": {}, "dense": {}, "sets": {}}
     per_set = {k: {"removed": list(k), "drops": {}, "metric_drops": {}, "values": {}} for k in sets}
     for name, info in settings["tasks"].items():
-        spec = join_count(split_count(info["spec"])[0])  # without its #N (still escaped)
+        spec = str(parse_spec(info["spec"]).without_count())  # without its #N (still escaped)
         n = samples or info["n"]
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
                          exclude=info["sample_ids"])
@@ -85,7 +86,7 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
         # the held-out samples come from the data the search used (its whole source is hashed)
         refuse_changed_content(directory, info_all.get("content"),
                                {"tasks": {name: getattr(task, "source_hash", None)}}, "validate")
-        kl = task.kind == "kl"
+        kl = get_kind(task.kind).needs_dense
         res = engine.score(task.requests, masks, kl=kl)
         per_sample = task.per_sample(res.logprob, res.greedy, res.kl)
         score, metric = a["rank_by"][name], a["tasks"][name]["shown"]
@@ -98,7 +99,7 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
             per_set[k]["drops"][name] = drop[score]
             per_set[k]["metric_drops"][name] = drop[metric]
             per_set[k]["values"][name] = float(values[i])
-        if plain_check and task.kind in ("perplexity", "kl"):
+        if plain_check and get_kind(task.kind).text_windows:
             windows = [r.tokens for r in task.requests]
             start = task.requests[0].score_from
             out["dense"][name]["plain_perplexity"] = plain_perplexity(bm, (), windows, start)
