@@ -111,6 +111,7 @@ def main():
         "block_row_ratio": round(rows / naive_rows, 3),
         "block_token_ratio": round(tokens / naive_tokens, 3),
         "scores_equal": True,
+        "engine": engine.info(),  # fused runner or why not, packing limit and its self-check
     }
     print(f"naive loop {t_naive:.1f} s, engine {t_engine:.1f} s: {t_naive / t_engine:.2f}x faster")
     print(f"block-row evaluations {rows:,} vs {naive_rows:,}: {rows / naive_rows:.3f}x; "
