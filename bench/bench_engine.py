@@ -24,6 +24,7 @@ import torch
 
 from blockprune import api, models
 from blockprune.engine import Engine
+from blockprune.kinds import needs_dense
 from blockprune.tasks import load_task
 
 
@@ -80,7 +81,7 @@ def main():
     engine = Engine(bm)
     engine.packing_limit()  # the one-off packing self-check is not part of the step
     t0 = time.perf_counter()
-    engine_out = [engine.score(t.requests, keep, kl=t.kind == "kl") for t in tasks]
+    engine_out = [engine.score(t.requests, keep, kl=needs_dense(t)) for t in tasks]
     t_engine = time.perf_counter() - t0
 
     t0 = time.perf_counter()
