@@ -8,6 +8,7 @@ import torch
 
 from blockprune import api, cli, latency, models, report
 from conftest import tiny_model
+from reference import greedy
 from test_report import BASE, acc_record, make_store
 
 import onnxruntime  # noqa: F401 - in the [onnx] extra `make test` installs: missing must fail, not skip
@@ -15,12 +16,7 @@ import onnxruntime  # noqa: F401 - in the [onnx] extra `make test` installs: mis
 SHORT = dict(prompt_len=12, gen_len=6, warmup=0, reps=2)
 
 
-def _generate(model, ids: np.ndarray, gen_len: int) -> np.ndarray:
-    """HF generate, greedy, exactly gen_len new tokens (EOS never stops it)."""
-    ids_t = torch.as_tensor(ids)
-    out = model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=gen_len,
-                         min_new_tokens=gen_len, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[:, ids.shape[1]:].numpy()
+_generate = greedy  # HF generate, greedy, exactly gen_len new tokens (tests/reference.py)
 
 
 def _first_line_error(capsys) -> str:
@@ -51,18 +47,51 @@ def test_torch_bench_decodes_what_generate_decodes_and_prunes_for_real():
         for key, n in (("prefill_ms", 2), ("decode_ms_per_token", 2 * 5), ("decode_ms_per_token_run_mean", 2)):
             s = x[key]
             assert s["n"] == n and 0 < s["min"] <= s["median"] <= s["p90"] <= s["max"]  # decode: every step of every run
-        assert x["decode_tokens_per_s"] == pytest.approx(x["batch"] * 1e3 / x["decode_ms_per_token"]["median"])
     # the KV cache holds prompt + generated - 1 positions for each kept layer: 2 x batch x 2 heads x 12 dims x 4 B
     kv = {(x["batch"], x["kept_blocks"]): x["memory"]["kv_cache_mib"] * 2**20 for x in r["results"]}
     assert kv[(1, 6)] == 6 * 2 * 1 * 2 * 17 * 12 * 4 and kv[(1, 4)] == 4 * 2 * 1 * 2 * 17 * 12 * 4
     (s1, s2) = r["speedups"]
     assert s1["ideal"] == pytest.approx(1.5) and s1["k"] == 2 and s1["removed"] == [1, 3]
-    assert s1["decode_ratio_of_medians"] == pytest.approx(rows[(1, "dense")]["decode_ms_per_token"]["median"]
-                                                          / rows[(1, "-1,3")]["decode_ms_per_token"]["median"])
-    assert s1["decode"] == s1["decode_paired"]["median"] and s1["decode_paired"]["n"] == 2
-    assert s1["decode_fraction_of_ideal"] == pytest.approx(s1["decode"] / 1.5)
+    assert s1["decode_paired"]["n"] == 2
     md = latency.markdown(r)
     assert "| torch | 1 | -1,3 | 4 |" in md and "1.500" in md
+
+
+# Scripted timings (seconds) per variant and run, and the figures worked out by hand from them.
+SCRIPT = {6: [(0.010, [0.004, 0.006, 0.005]), (0.014, [0.008, 0.008, 0.007])],   # dense
+          4: [(0.005, [0.0025, 0.0025, 0.003]), (0.010, [0.004, 0.004, 0.004])]}  # without [1, 3]
+
+
+def test_figures_are_the_ones_worked_out_by_hand_from_known_timings(monkeypatch):
+    """Runners that report scripted times: every figure bench derives (statistics, tokens/s, the
+    paired and ratio-of-medians speedups, fractions of the ideal) equals its value computed by hand."""
+    class Scripted:
+        def __init__(self, model):
+            self.layers = len(models.find_blocks(model)[1])
+            self.calls, self.weights_bytes = 0, 1
+        def __call__(self, ids, gen_len):
+            prefill, steps = SCRIPT[self.layers][self.calls]
+            self.calls += 1
+            return {"prefill": prefill, "steps": steps, "tokens": np.zeros((1, gen_len)), "kv_bytes": 0}
+
+    monkeypatch.setattr(latency, "TorchGeneration", Scripted)
+    r = latency.bench(tiny_model("llama", layers=6), [1, 3], prompt_len=4, gen_len=4, warmup=0, reps=2)
+    rows = {x["variant"]: x for x in r["results"]}
+    dense, cut = rows["dense"], rows["-1,3"]
+    # decode steps of both runs: dense 4 5 6 7 8 8 ms, pruned 2.5 2.5 3 4 4 4 ms
+    assert dense["decode_ms_per_token"]["median"] == pytest.approx(6.5)
+    assert cut["decode_ms_per_token"]["median"] == pytest.approx(3.5)
+    assert dense["decode_ms_per_token"]["min"] == pytest.approx(4) and dense["decode_ms_per_token"]["max"] == pytest.approx(8)
+    assert dense["prefill_ms"]["median"] == pytest.approx(12) and cut["prefill_ms"]["median"] == pytest.approx(7.5)
+    assert dense["decode_tokens_per_s"] == pytest.approx(1000 / 6.5) and cut["decode_tokens_per_s"] == pytest.approx(1000 / 3.5)
+    assert dense["decode_ms_per_token_run_mean"]["median"] == pytest.approx((5 + 23 / 3) / 2)
+    (s,) = r["speedups"]
+    assert s["ideal"] == pytest.approx(1.5)
+    # paired per run: decode 5/2.5 = 2 and 8/4 = 2; prefill 10/5 = 2 and 14/10 = 1.4
+    assert s["decode"] == pytest.approx(2.0) and s["prefill"] == pytest.approx(1.7)
+    assert s["decode_paired"]["min"] == pytest.approx(2.0) and s["prefill_paired"]["min"] == pytest.approx(1.4)
+    assert s["decode_ratio_of_medians"] == pytest.approx(6.5 / 3.5) and s["prefill_ratio_of_medians"] == pytest.approx(12 / 7.5)
+    assert s["decode_fraction_of_ideal"] == pytest.approx(2 / 1.5) and s["decode_fraction_of_ideal_gain"] == pytest.approx(2.0)
 
 
 def test_interleaving_alternates_the_order():
