@@ -145,10 +145,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
 
     r = sub.add_parser("report", help="regenerate the report of a run directory from its store (no re-scoring)")
-    r.add_argument("dir", help="a run directory, or with --from-seed the root of the reference system's result files")
-    r.add_argument("--from-seed", action="store_true",
+    r.add_argument("dir", help="a run directory, or with --replaced-system the root of the replaced system's result files")
+    r.add_argument("--replaced-system", dest="replaced_system", action="store_true",
                    help="read <dataset>/<split>/exp3_accuracy_sensitivity_v2_results.json files of the system blockprune replaces")
-    r.add_argument("--out", default=None, help="with --from-seed: where to write (default: DIR/analysis)")
+    r.add_argument("--from-seed", dest="replaced_system", action="store_true", help=argparse.SUPPRESS)  # its old name
+    r.add_argument("--out", default=None, help="with --replaced-system: where to write (default: DIR/analysis)")
     _add_report_options(r, tolerance=None)
 
     b = sub.add_parser("bench", help="latency of the dense model vs the model without some blocks (prefill, decode, tokens/s)")
@@ -226,7 +227,7 @@ def _interrupted(args) -> str:
 
 def _where(args) -> str | None:
     """The output a command writes (named when the file system refuses a write without a path)."""
-    if getattr(args, "command", None) == "report" and getattr(args, "from_seed", False):
+    if getattr(args, "command", None) == "report" and getattr(args, "replaced_system", False):
         return args.out or os.path.join(args.dir, "analysis")
     return getattr(args, "out", None) or getattr(args, "dir", None)
 
@@ -324,13 +325,13 @@ def _validate(args) -> int:
 def _report(args) -> int:
     from pathlib import Path
 
-    if args.from_seed:
-        from . import seed
+    if args.replaced_system:
+        from . import replaced_report
 
         out = Path(args.out) if args.out else Path(args.dir) / "analysis"
         try:
-            files = seed.write_seed_report(args.dir, out, lang=args.lang)
-        except seed.SeedError as exc:
+            files = replaced_report.write_replaced_report(args.dir, out, lang=args.lang)
+        except replaced_report.ReplacedError as exc:
             raise ReportError(str(exc)) from None
         print("\n".join(f"wrote {f}" for f in files))
         return 0

@@ -358,14 +358,14 @@ def bench(model: str | models.BlockModel, removed: Sequence[int] | Sequence[Sequ
 # ---- output -----------------------------------------------------------------------------------
 def write(result: dict, out: str | Path) -> list[Path]:
     """latency.json, latency.md and latency.png into `out` (`bench --out`): a new or empty directory,
-    or an earlier `bench --out` one (`rundir.claim`), locked while written; all three are written in
+    or an earlier `bench --out` one (`outputs.claim`), locked while written; all three are written in
     full before any is replaced, so an error or a full disk leaves the old ones."""
-    from . import rundir
+    from . import outputs, rundir
 
     shown = Path(out)
-    out = rundir.claim(out, "bench")
+    out = outputs.claim(out, "bench")
     with rundir.lock(out, "write latency files in", marker=LATENCY_FILE):
-        rundir.claim(out, "bench")  # again, now that no one else can write it
+        outputs.claim(out, "bench")  # again, now that no one else can write it
         with rundir.TempDir(out) as tmp:
             png = tmp.file(PLOT_FILE)
             png.parent.mkdir(exist_ok=True)

@@ -1,5 +1,18 @@
 """The report's words, in English and Chinese (REPORT.md / REPORT.zh.md): one dict per language,
-the same keys in both (tests/test_report.py checks that)."""
+the same keys in both (tests/test_report.py checks that); the layout of the replaced system's
+report (`REPLACED_TEXT`, `report --replaced-system`) shares the headings they have in common; and
+how both write a drop and a removal set (`pct`, `fmt_set`)."""
+
+
+def pct(x: float) -> str:
+    """A drop as the reports write it: 8.33%."""
+    return f"{100 * x:.2f}%"
+
+
+def fmt_set(removed) -> str:
+    """A removal set as the reports write it: [17, 18]."""
+    return "[" + ", ".join(str(b) for b in removed) + "]"
+
 
 TEXT = {
     "en": {
@@ -153,3 +166,66 @@ TEXT = {
                     "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},
     },
 }
+
+# The replaced system's report layout (its own wording in zh, an English rendering in en); the
+# headings it shares with blockprune's report come from TEXT.
+REPLACED_TEXT = {
+    "zh": {
+        "overview_text": ("本文档提供了基于跨数据集 beam search 实验的 block 剪枝建议。根据要移除的 block 数量，提供了两种策略：\n"
+                          "1. **独立最优策略**：每个数量级别的最佳组合（不考虑累积）\n"
+                          "2. **逐步剪枝策略**：基于前一步结果逐步添加要移除的 blocks（贪心方法）"),
+        "datasets_line": "数据集（{n} 个）：{names}",
+        "independent": "独立最优策略", "remove_k": "移除 {k} 个 Block{s}",
+        "best": "最佳选择：移除 {what}", "choice": "选择：移除 {what}",
+        "mean_drop": "平均准确率下降", "n": "测试数据集数", "n_all": "{n} 个（所有数据集）", "n_some": "{n} 个",
+        "mean_acc": "平均准确率", "datasets": "数据集", "top5": "Top 5 选择", "note": "注意",
+        "none_k": "该数量下没有在至少 2 个数据集上测试且平均下降非负的组合。",
+        "stepwise": "逐步剪枝策略（推荐）",
+        "stepwise_text": "这种方法基于贪心策略，每一步都基于前一步的结果选择下一个要移除的 block。",
+        "step": "Step {k}: 移除 {k} 个 Block{s}", "cum": "累积准确率下降", "inc": "增量下降", "inc_from": "（从 Step {p}）",
+        "jump": "没有包含 Step {p} 组合的候选，取移除 {k} 个 blocks 的独立最优",
+        "conservative": "保守策略（推荐用于生产环境）", "aggressive": "激进策略（追求更高压缩率）",
+        "balanced": "平衡策略", "only": "只移除 {what}", "remove": "移除 {what}", "no_rec": "没有满足条件的组合。",
+        "f_recs": "推荐结果", "f_full": "完整分析", "f_report": "本报告",
+        "usage": "使用方法", "u_gen": "# 生成推荐", "u_view": "# 查看推荐结果",
+        "ours": "blockprune 规则的结论",
+        "ours_partial": "以下参考结论只基于部分数据集：",
+        "ours_none_partial": "参考系统的所有结论都基于全部数据集。",
+        "ours_table": "| k | 全部数据集上的最佳组合 | 平均下降 ± 样本标准差 | 95% 区间 | 全部数据集上评估的组合数 |",
+        "rests": "{where}：{set} 只基于 {n}/{N} 个数据集（缺少：{missing}）",
+    },
+    "en": {
+        "overview_text": ("This document gives block pruning recommendations based on cross-dataset beam search experiments. "
+                          "Depending on how many blocks are to be removed, two strategies are given:\n"
+                          "1. **Independent best strategy**: the best combination for each number of removed blocks "
+                          "(not cumulative)\n"
+                          "2. **Stepwise pruning strategy**: add blocks to remove step by step, building on the previous "
+                          "step's result (greedy)"),
+        "datasets_line": "Datasets ({n}): {names}",
+        "independent": "Independent best strategy", "remove_k": "Remove {k} Block{s}",
+        "best": "Best choice: remove {what}", "choice": "Choice: remove {what}",
+        "mean_drop": "Mean accuracy drop", "n": "Datasets tested", "n_all": "{n} (all datasets)", "n_some": "{n}",
+        "mean_acc": "Mean accuracy", "datasets": "Datasets", "top5": "Top 5 choices", "note": "Note",
+        "none_k": "No set of this size was tested on at least 2 datasets with a non-negative mean drop.",
+        "stepwise": "Stepwise pruning strategy (recommended)",
+        "stepwise_text": "This approach is greedy: each step picks the next block to remove based on the previous step's result.",
+        "step": "Step {k}: Remove {k} Block{s}", "cum": "Cumulative accuracy drop", "inc": "Incremental drop",
+        "inc_from": " (from Step {p})",
+        "jump": "no candidate contains Step {p}'s set; the independent best for {k} blocks is taken",
+        "conservative": "Conservative strategy (recommended for production)",
+        "aggressive": "Aggressive strategy (for higher compression)", "balanced": "Balanced strategy",
+        "only": "Remove only {what}", "remove": "Remove {what}", "no_rec": "No set meets this rule.",
+        "f_recs": "Recommendations", "f_full": "Full analysis",
+        "f_report": "This report",
+        "usage": "Usage", "u_gen": "# Generate the recommendations", "u_view": "# View the recommendations",
+        "ours": "What blockprune's rules say",
+        "ours_partial": "These reference conclusions rest on only some of the datasets:",
+        "ours_none_partial": "Every reference conclusion rests on all datasets.",
+        "ours_table": "| k | best set scored on all datasets | mean drop ± sample std | 95% interval | sets scored on all datasets |",
+        "rests": "{where}: {set} rests on {n}/{N} datasets (missing: {missing})",
+    },
+}
+for _lang, _words in REPLACED_TEXT.items():
+    _words.update({"overview": TEXT[_lang]["overview"], "recs": TEXT[_lang]["rec"], "findings": TEXT[_lang]["findings"],
+                   "files": TEXT[_lang]["files"]})
+del _lang, _words

@@ -102,3 +102,39 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
     return float(spearmanr(x, y).statistic)
+
+
+# ---- over a handful of values (the replaced system's datasets): exact sums, Student t -------------
+def fmean(xs) -> float:
+    """Mean with an exactly rounded sum (math.fsum)."""
+    return math.fsum(xs) / len(xs)
+
+
+def fstd(xs, ddof: int = 0) -> float | None:
+    """Standard deviation with exactly rounded sums: population (ddof=0) or sample (ddof=1); None
+    when there are no more values than `ddof`."""
+    if len(xs) <= ddof:
+        return None
+    m = fmean(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - ddof))
+
+
+def student_t():
+    """scipy.stats.t, or None without scipy."""
+    try:
+        from scipy.stats import t
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return None
+    return t
+
+
+def mean_interval95(xs) -> list[float] | None:
+    """95% interval of the mean of `xs`: Student t (df = n - 1) with scipy, else the normal
+    approximation (Z95); None for fewer than two values."""
+    n = len(xs)
+    if n < 2:
+        return None
+    t = student_t()
+    q = float(t.ppf(0.975, n - 1)) if t is not None else Z95
+    m, h = fmean(xs), q * fstd(xs, 1) / math.sqrt(n)
+    return [m - h, m + h]

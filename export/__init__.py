@@ -7,7 +7,7 @@ the old state or the complete new one (a killed export's folder is reclaimed by 
 `out` (a symbolic link: its target) must be new, empty, or an earlier export of the same request
 (model, removed blocks, formats); another request's export is replaced only with `force`, and only
 when every file in it is one its manifest lists. A user's files, a search run, the model itself
-or a directory holding them are refused always (`rundir.claim`). `export_manifest.json` lists the files (sha256, size),
+or a directory holding them are refused always (`outputs.claim`). `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
 """
 
@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from blockprune import rundir, versions
+from blockprune import outputs, rundir, versions
 from blockprune.models import BlockModel, remove_blocks
-from blockprune.rundir import PathError, chmod_like_user
+from blockprune.outputs import PathError
+from blockprune.rundir import chmod_like_user
 
 from . import hf
 from .onnx import ExportError
@@ -68,16 +69,16 @@ def _manifest_request(manifest: dict) -> dict | None:
 def inputs_of(model, meta: dict | None = None) -> list[tuple[str, str]]:
     """What an export reads and must never write over: the model (a local directory or GGUF file),
     its source GGUF, the cache of the embedded model."""
-    found = [("the model being exported", p) for p in rundir.spec_paths(str(model))] if model else []
+    found = [("the model being exported", p) for p in outputs.spec_paths(str(model))] if model else []
     if meta and meta.get("gguf"):
         found.append(("the model's GGUF file", meta["gguf"]))
-    return [*found, ("blockprune's cache", str(rundir.cache_root()))]
+    return [*found, ("blockprune's cache", str(outputs.cache_root()))]
 
 
 def check_out(out: str | Path, request: dict, force: bool = False, inputs=()) -> Path:
     """Refuse (one line, nothing written) an --out that would lose a user's files; returns it resolved."""
     try:
-        return rundir.claim(out, "export", inputs=inputs, force=force,
+        return outputs.claim(out, "export", inputs=inputs, force=force,
                             same=lambda manifest: _manifest_request(manifest) == request)
     except PathError as exc:
         raise ExportFailed(str(exc)) from None

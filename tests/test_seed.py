@@ -1,4 +1,5 @@
-"""blockprune.seed: reading the older system's result files and reproducing its recommendation rules.
+"""blockprune.replaced (and replaced_report): reading the replaced system's result files and reproducing
+its recommendation rules (`report --replaced-system`; the file keeps its old name, tests import its fixtures).
 
 Every expected number below is written by hand (the arithmetic is in the comments), not computed
 with the module under test.
@@ -9,8 +10,8 @@ import math
 
 import pytest
 
-from blockprune import seed
-from blockprune.seed import SeedError
+from blockprune import replaced, replaced_report
+from blockprune.replaced import ReplacedError
 
 FILE = "exp3_accuracy_sensitivity_v2_results.json"
 
@@ -79,9 +80,9 @@ def main_root(tmp_path):
 
 @pytest.fixture
 def analysis(main_root):
-    data = seed.load_seed(main_root)
-    ref = seed.reference_analysis(data)
-    return data, ref, seed.our_view(data, ref)
+    data = replaced.load_replaced(main_root)
+    ref = replaced.reference_analysis(data)
+    return data, ref, replaced_report.our_view(data, ref)
 
 
 def build_small(root):
@@ -95,7 +96,7 @@ def build_small(root):
 
 # ---- loading -------------------------------------------------------------------------------------
 def test_load_names_units_and_duplicates(main_root):
-    data = seed.load_seed(main_root)
+    data = replaced.load_replaced(main_root)
     assert data.datasets == ["alpha", "beta/test", "beta/val", "gamma"]
     assert data.percent == {"alpha": False, "beta/test": False, "beta/val": False, "gamma": True}
     assert data.baselines["gamma"] == pytest.approx(0.80)           # 80.0 / 100
@@ -110,7 +111,7 @@ def test_load_names_units_and_duplicates(main_root):
 
 
 def test_aggregate_population_std(main_root):
-    sets = {tuple(c["removed"]): c for c in seed.aggregate(seed.load_seed(main_root))}
+    sets = {tuple(c["removed"]): c for c in replaced.aggregate(replaced.load_replaced(main_root))}
     b2 = sets[(2,)]
     # drops .02 .04 .00 .02: mean .02; population var = (0 + .0004 + .0004 + 0) / 4 = .0002
     assert b2["mean_drop"] == pytest.approx(0.02)
@@ -209,8 +210,8 @@ def test_key_findings(analysis):
 
 
 def test_small_tree_grows_and_no_combination(tmp_path):
-    data = seed.load_seed(build_small(tmp_path / "s"))
-    ref = seed.reference_analysis(data)
+    data = replaced.load_replaced(build_small(tmp_path / "s"))
+    ref = replaced.reference_analysis(data)
     assert data.datasets == ["x", "y"]
     f = {x["kind"]: x for x in ref["key_findings"]}
     # path [1] .02, [1, 2] .06, [1, 2, 3] .16 -> increments .02, .04, .10: non-decreasing
@@ -257,7 +258,7 @@ def test_our_view_flags_and_sample_std(analysis):
 # ---- rendering and writing -------------------------------------------------------------------------
 def test_render_zh_layout(analysis):
     _, ref, ours = analysis
-    md = seed.render_markdown(ref, ours, lang="zh")
+    md = replaced_report.render_markdown(ref, ours, lang="zh")
     for h in ("## 概述", "## 独立最优策略", "## 逐步剪枝策略（推荐）", "## 建议", "## 关键发现", "## 文件位置", "## 使用方法",
               "## blockprune 规则的结论", "### 移除 1 个 Block", "### 移除 2 个 Blocks", "### 保守策略（推荐用于生产环境）",
               "### 激进策略（追求更高压缩率）", "### 平衡策略", "### Step 3: 移除 3 个 Blocks"):
@@ -273,13 +274,13 @@ def test_render_zh_layout(analysis):
     assert "**注意**：" in md
     assert "- **增量下降**（从 Step 1）: -1.00%" in md
     assert "1. **只移除 Block 2**" in md
-    assert "blockprune report --from-seed" in md
+    assert "blockprune report --replaced-system" in md
     assert md.index("## 使用方法") < md.index("## blockprune 规则的结论")
 
 
 def test_render_en(analysis):
     _, ref, ours = analysis
-    md = seed.render_markdown(ref, ours, lang="en")
+    md = replaced_report.render_markdown(ref, ours, lang="en")
     for h in ("## Overview", "## Independent best strategy", "## Stepwise pruning strategy (recommended)",
               "## Recommendations", "## Key findings", "## File locations", "## Usage", "## What blockprune's rules say"):
         assert h in md, h
@@ -291,7 +292,7 @@ def test_render_en(analysis):
 @pytest.mark.parametrize("lang,report", [("en", "REPORT.md"), ("zh", "REPORT.zh.md")])
 def test_write_seed_report(main_root, tmp_path, lang, report):
     out = tmp_path / "out" / "analysis"
-    paths = seed.write_seed_report(main_root, out, lang=lang)
+    paths = replaced_report.write_replaced_report(main_root, out, lang=lang)
     assert sorted(p.name for p in paths) == sorted(["pruning_recommendations.json", "cross_dataset_analysis.json", report])
     left = sorted(p.name for p in out.iterdir() if p.name != ".blockprune.lock")  # the run-dir lock stays (#21)
     assert left == sorted(p.name for p in paths)  # no temp files left
@@ -301,13 +302,13 @@ def test_write_seed_report(main_root, tmp_path, lang, report):
     full = json.loads((out / "cross_dataset_analysis.json").read_text(encoding="utf-8"))
     assert full["datasets"] == ["alpha", "beta/test", "beta/val", "gamma"]
     assert len(full["sets"]) == len(DROPS)
-    assert f"blockprune report --from-seed {main_root}" in (out / report).read_text(encoding="utf-8")
+    assert f"blockprune report --replaced-system {main_root}" in (out / report).read_text(encoding="utf-8")
 
 
 # ---- bad input -------------------------------------------------------------------------------------
 def _assert_fails(root, out, match):
-    with pytest.raises(SeedError, match=match) as exc:
-        seed.write_seed_report(root, out)
+    with pytest.raises(ReplacedError, match=match) as exc:
+        replaced_report.write_replaced_report(root, out)
     assert "\n" not in str(exc.value)
     assert not out.exists()
 
@@ -326,8 +327,8 @@ def test_corrupt_json(main_root, tmp_path):
     bad = main_root / "gamma" / "val" / FILE
     bad.write_text('{"baseline_accuracy": 80.0, "summary": [', encoding="utf-8")
     _assert_fails(main_root, tmp_path / "out", r"corrupt JSON")
-    with pytest.raises(SeedError) as exc:
-        seed.load_seed(main_root)
+    with pytest.raises(ReplacedError) as exc:
+        replaced.load_replaced(main_root)
     assert str(bad) in str(exc.value)
 
 
@@ -340,8 +341,8 @@ def test_corrupt_json(main_root, tmp_path):
 def test_missing_field(main_root, tmp_path, obj, field):
     bad = main_root / "beta" / "val" / FILE
     bad.write_text(json.dumps(obj), encoding="utf-8")
-    with pytest.raises(SeedError) as exc:
-        seed.load_seed(main_root)
+    with pytest.raises(ReplacedError) as exc:
+        replaced.load_replaced(main_root)
     assert str(bad) in str(exc.value) and f"missing field '{field}'" in str(exc.value)
     _assert_fails(main_root, tmp_path / "out", "missing field")
 
@@ -353,9 +354,23 @@ def test_empty_summary(main_root, tmp_path):
 
 def test_failure_keeps_previous_report(main_root, tmp_path):
     out = tmp_path / "out"
-    seed.write_seed_report(main_root, out)
+    replaced_report.write_replaced_report(main_root, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (main_root / "alpha" / "val" / FILE).write_text("not json", encoding="utf-8")
-    with pytest.raises(SeedError):
-        seed.write_seed_report(main_root, out)
+    with pytest.raises(ReplacedError):
+        replaced_report.write_replaced_report(main_root, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_old_flag_from_seed_still_works(main_root, tmp_path, capsys):
+    """`report --from-seed` (the old, hidden name of --replaced-system) writes the same files."""
+    from blockprune import cli
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    assert cli.main(["report", str(main_root), "--replaced-system", "--out", str(new)]) == 0
+    assert cli.main(["report", str(main_root), "--from-seed", "--out", str(old)]) == 0
+    for name in ("pruning_recommendations.json", "cross_dataset_analysis.json"):
+        assert (new / name).read_bytes() == (old / name).read_bytes()
+    # the report names its own directory (and the command, by its current name, that rewrites it)
+    assert (new / "REPORT.md").read_text(encoding="utf-8") == (old / "REPORT.md").read_text(encoding="utf-8").replace(str(old), str(new))
+    assert "--from-seed" not in cli.parser().format_help()

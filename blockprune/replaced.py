@@ -1,4 +1,6 @@
-"""Read the result files of the system blockprune replaces and report on them.
+"""Read the result files of the system blockprune replaces and apply that system's own rules.
+
+(Its files are not the RNG `--seed`: this is `blockprune report --replaced-system ROOT`.)
 
 The older system ran a beam search separately on each dataset and wrote, per dataset and split,
 `<root>/<dataset>/<split>/exp3_accuracy_sensitivity_v2_results.json`:
@@ -29,9 +31,9 @@ when the dataset has one split and `<dataset>/<split>` otherwise.
   the first and last block); whether a combination beats the best single removal; whether the
   incremental drops of the stepwise path are non-decreasing.
 
-`our_view` says what blockprune's own rules say about the same numbers: blockprune only compares
-sets scored on every dataset, with the sample std (ddof=1) and a 95% interval of the mean across
-datasets.
+`blockprune.replaced_report.our_view` says what blockprune's own rules say about the same numbers:
+blockprune only compares sets scored on every dataset, with the sample std (ddof=1) and a 95%
+interval of the mean across datasets; that module also renders and writes the report.
 
 Text fields: `note`, `text` (findings and recommendations) are in the reference's Chinese wording,
 with `note_en` / `text_en` beside them; our_view's `verdict` is English, `verdict_zh` Chinese.
@@ -43,6 +45,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .report_text import fmt_set, pct
+from .stats import fmean, fstd
 
 
 RESULT_FILE = "exp3_accuracy_sensitivity_v2_results.json"
@@ -56,12 +61,12 @@ BALANCED_K = 3
 SET_KEYS = ("removed", "mean_drop", "std_drop", "num_datasets", "mean_accuracy", "datasets")
 
 
-class SeedError(Exception):
-    """Seed result files that cannot be used (one-line message naming the file and the problem)."""
+class ReplacedError(Exception):
+    """Result files of the replaced system that cannot be used (one-line message naming the file and the problem)."""
 
 
 @dataclass
-class SeedRow:
+class ReplacedRow:
     removed: tuple[int, ...]
     accuracy: float
     accuracy_drop: float
@@ -69,11 +74,11 @@ class SeedRow:
 
 
 @dataclass
-class SeedData:
+class ReplacedResults:
     root: Path
     datasets: list[str]
     baselines: dict[str, float]
-    rows: dict[str, list[SeedRow]]
+    rows: dict[str, list[ReplacedRow]]
     files: dict[str, Path] = field(default_factory=dict)
     percent: dict[str, bool] = field(default_factory=dict)
 
@@ -81,64 +86,64 @@ class SeedData:
 # ---- loading -----------------------------------------------------------------------------------
 def _number(value, path: Path, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise SeedError(f"{path}: field '{name}' is not a finite number: {value!r}")
+        raise ReplacedError(f"{path}: field '{name}' is not a finite number: {value!r}")
     return float(value)
 
 
-def _load_file(path: Path) -> tuple[float, list[SeedRow], bool]:
+def _load_file(path: Path) -> tuple[float, list[ReplacedRow], bool]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise SeedError(f"{path}: corrupt JSON (not UTF-8: {exc.reason})") from None
+        raise ReplacedError(f"{path}: corrupt JSON (not UTF-8: {exc.reason})") from None
     except OSError as exc:
-        raise SeedError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ReplacedError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SeedError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise ReplacedError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(obj, dict):
-        raise SeedError(f"{path}: corrupt JSON (expected an object, got {type(obj).__name__})")
+        raise ReplacedError(f"{path}: corrupt JSON (expected an object, got {type(obj).__name__})")
     for name in ("baseline_accuracy", "summary"):
         if name not in obj:
-            raise SeedError(f"{path}: missing field '{name}'")
+            raise ReplacedError(f"{path}: missing field '{name}'")
     baseline = _number(obj["baseline_accuracy"], path, "baseline_accuracy")
     summary = obj["summary"]
     if not isinstance(summary, list):
-        raise SeedError(f"{path}: field 'summary' is not a list")
+        raise ReplacedError(f"{path}: field 'summary' is not a list")
     if not summary:
-        raise SeedError(f"{path}: empty summary")
+        raise ReplacedError(f"{path}: empty summary")
     percent = baseline > 1.0
     scale = 100.0 if percent else 1.0
-    rows: list[SeedRow] = []
+    rows: list[ReplacedRow] = []
     seen: set[tuple[int, ...]] = set()
     for i, entry in enumerate(summary):
         where = f"summary[{i}]"
         if not isinstance(entry, dict):
-            raise SeedError(f"{path}: {where} is not an object")
+            raise ReplacedError(f"{path}: {where} is not an object")
         for name in ("removed_block_indices", "accuracy", "accuracy_drop"):
             if name not in entry:
-                raise SeedError(f"{path}: missing field '{where}.{name}'")
+                raise ReplacedError(f"{path}: missing field '{where}.{name}'")
         blocks = entry["removed_block_indices"]
         if not isinstance(blocks, list) or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in blocks):
-            raise SeedError(f"{path}: field '{where}.removed_block_indices' is not a list of block indices")
+            raise ReplacedError(f"{path}: field '{where}.removed_block_indices' is not a list of block indices")
         acc = _number(entry["accuracy"], path, f"{where}.accuracy") / scale
         drop = _number(entry["accuracy_drop"], path, f"{where}.accuracy_drop") / scale
         step = entry.get("step")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-            raise SeedError(f"{path}: field '{where}.step' is not an integer: {step!r}")
+            raise ReplacedError(f"{path}: field '{where}.step' is not an integer: {step!r}")
         key = tuple(sorted(set(blocks)))
         if not key or key in seen:  # nothing removed (the dense model), or a repeat: the first entry counts
             continue
         seen.add(key)
-        rows.append(SeedRow(key, acc, drop, step))
+        rows.append(ReplacedRow(key, acc, drop, step))
     return baseline / scale, rows, percent
 
 
-def load_seed(root: str | Path) -> SeedData:
+def load_replaced(root: str | Path) -> ReplacedResults:
     """Read every `<root>/<dataset>/<split>/exp3_accuracy_sensitivity_v2_results.json` (sorted by name)."""
     root = Path(root)
     if not root.is_dir():
-        raise SeedError(f"seed directory not found: {root}")
+        raise ReplacedError(f"seed directory not found: {root}")
     found: dict[str, list[tuple[str, Path]]] = {}
     for ds in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for split in sorted(p for p in ds.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -146,8 +151,8 @@ def load_seed(root: str | Path) -> SeedData:
             if f.is_file():
                 found.setdefault(ds.name, []).append((split.name, f))
     if not found:
-        raise SeedError(f"no result files found: no {root}/<dataset>/<split>/{RESULT_FILE}")
-    data = SeedData(root=root, datasets=[], baselines={}, rows={})
+        raise ReplacedError(f"no result files found: no {root}/<dataset>/<split>/{RESULT_FILE}")
+    data = ReplacedResults(root=root, datasets=[], baselines={}, rows={})
     for ds, splits in found.items():
         for split, f in splits:
             name = ds if len(splits) == 1 else f"{ds}/{split}"
@@ -161,26 +166,10 @@ def load_seed(root: str | Path) -> SeedData:
 
 
 # ---- aggregation -------------------------------------------------------------------------------
-def _mean(xs: list[float]) -> float:
-    return math.fsum(xs) / len(xs)
-
-
-def _pstd(xs: list[float]) -> float:
-    m = _mean(xs)
-    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / len(xs))
-
-
-def _sstd(xs: list[float]) -> float | None:
-    if len(xs) < 2:
-        return None
-    m = _mean(xs)
-    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def aggregate(data: SeedData) -> list[dict]:
+def aggregate(data: ReplacedResults) -> list[dict]:
     """Every removed-block set with the reference's statistics (population std), plus the per-dataset
     drops and accuracies; sorted by (k, mean drop, block ids)."""
-    per: dict[tuple[int, ...], dict[str, SeedRow]] = {}
+    per: dict[tuple[int, ...], dict[str, ReplacedRow]] = {}
     for ds in data.datasets:
         for row in data.rows[ds]:
             per.setdefault(row.removed, {})[ds] = row
@@ -188,8 +177,8 @@ def aggregate(data: SeedData) -> list[dict]:
     for key, by_ds in per.items():
         drops = [r.accuracy_drop for r in by_ds.values()]
         out.append({
-            "removed": list(key), "k": len(key), "mean_drop": _mean(drops), "std_drop": _pstd(drops),
-            "num_datasets": len(by_ds), "mean_accuracy": _mean([r.accuracy for r in by_ds.values()]),
+            "removed": list(key), "k": len(key), "mean_drop": fmean(drops), "std_drop": fstd(drops),
+            "num_datasets": len(by_ds), "mean_accuracy": fmean([r.accuracy for r in by_ds.values()]),
             "datasets": list(by_ds), "drops": {d: r.accuracy_drop for d, r in by_ds.items()},
             "accuracies": {d: r.accuracy for d, r in by_ds.items()},
         })
@@ -201,26 +190,18 @@ def _entry(c: dict) -> dict:
     return {k: (list(c[k]) if isinstance(c[k], list) else c[k]) for k in SET_KEYS}
 
 
-# ---- formatting helpers ------------------------------------------------------------------------
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def fmt_set(removed) -> str:
-    return "[" + ", ".join(str(b) for b in removed) + "]"
-
-
+# ---- formatting ----------------------------------------------------------------------------------
 def label(removed) -> str:
     """'Block 4' for a single block, '[2, 10]' for a set (the reference's style)."""
     return f"Block {removed[0]}" if len(removed) == 1 else fmt_set(removed)
 
 
-def _remove_label(removed) -> str:
+def remove_label(removed) -> str:
     return f"Block {removed[0]}" if len(removed) == 1 else f"Blocks {fmt_set(removed)}"
 
 
 # ---- the reference's analysis ------------------------------------------------------------------
-def reference_analysis(data: SeedData, num_blocks: int | None = None) -> dict:
+def reference_analysis(data: ReplacedResults, num_blocks: int | None = None) -> dict:
     """The older system's recommendations, by its rules (see the module docstring).
 
     num_blocks: the model's block count (for "first and last block"); default: largest index seen + 1."""
@@ -437,316 +418,3 @@ def _findings(sets: list[dict], kept: dict, independent: dict, path: list[dict],
             te = f"**Incremental drops do not grow monotonically along the stepwise path**: from Step 1 to Step {last} they are {chain}."
         out.append({"kind": "incremental_drops_grow", "value": grows, "increments": inc, "text": t, "text_en": te})
     return out
-
-
-# ---- blockprune's view ---------------------------------------------------------------------------
-def _student_t():
-    try:
-        from scipy.stats import t as student_t
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return None
-    return student_t
-
-
-def interval95(xs: list[float]) -> list[float] | None:
-    """95% interval of the mean of `xs`: Student t (df = n - 1) with scipy, else the normal approximation."""
-    n = len(xs)
-    if n < 2:
-        return None
-    student_t = _student_t()
-    q = float(student_t.ppf(0.975, n - 1)) if student_t is not None else 1.959963984540054
-    m, h = _mean(xs), q * _sstd(xs) / math.sqrt(n)
-    return [m - h, m + h]
-
-
-def our_view(data: SeedData, ref: dict) -> dict:
-    """What blockprune's rules say about the same numbers: only sets scored on every dataset are
-    compared, with the sample std (ddof=1) and a 95% interval of the mean over datasets."""
-    sets = aggregate(data)
-    N = len(data.datasets)
-    names = list(data.datasets)
-    method = "t" if _student_t() is not None else "normal"
-    complete: dict[int, list[dict]] = {}
-    for c in sets:
-        if c["num_datasets"] == N:
-            xs = [c["drops"][d] for d in names]
-            ci = interval95(xs)
-            complete.setdefault(c["k"], []).append({
-                "removed": list(c["removed"]), "mean_drop": c["mean_drop"], "std_drop": _sstd(xs), "ci95": ci,
-                "num_datasets": N, "mean_accuracy": c["mean_accuracy"], "drops": {d: c["drops"][d] for d in names}})
-    interval_desc = ("95% t-interval of the mean over datasets (scipy.stats.t, df = N - 1)" if method == "t" else
-                     "95% normal approximation of the mean over datasets (mean ± 1.96·s/√N; scipy not available)")
-
-    flags = []
-
-    def flag(where: str, c: dict | None):
-        if not c:
-            return
-        flags.append({"where": where, "removed": list(c["removed"]), "num_datasets": c["num_datasets"], "of": N,
-                      "partial": c["num_datasets"] < N, "datasets": list(c["datasets"]),
-                      "missing": [d for d in names if d not in c["datasets"]]})
-
-    for k, ib in ref["independent_best"].items():
-        flag(f"independent_best[{k}]", ib["best"])
-    for level in ("conservative", "aggressive", "balanced"):
-        for i, r in enumerate(ref["recommendations"][level]):
-            flag(f"{level}[{i}]", r)
-
-    per_k = {}
-    for k, ib in ref["independent_best"].items():
-        cs = complete.get(int(k), [])
-        best = cs[0] if cs else None
-        rb = ib["best"]
-        if best:
-            bs = f"{fmt_set(best['removed'])} ({pct(best['mean_drop'])} ± " + \
-                 (pct(best["std_drop"]) if best["std_drop"] is not None else "n/a") + ")"
-            bs_zh = f"{fmt_set(best['removed'])}（{pct(best['mean_drop'])} ± " + \
-                    (pct(best["std_drop"]) if best["std_drop"] is not None else "n/a") + "）"
-        if rb is None:
-            head = f"k={k}: the reference ranks no set of this size (none scored on >= {MIN_DATASETS} datasets with a non-negative mean drop)"
-            head_zh = f"k={k}：参考系统在该数量下没有可选组合（没有在至少 {MIN_DATASETS} 个数据集上评估且平均下降非负的组合）"
-        elif rb["num_datasets"] < N:
-            head = f"k={k}: the reference's best {fmt_set(rb['removed'])} rests on {rb['num_datasets']} of {N} datasets"
-            head_zh = f"k={k}：参考系统的最佳 {fmt_set(rb['removed'])} 只基于 {N} 个数据集中的 {rb['num_datasets']} 个"
-        else:
-            head = f"k={k}: the reference's best {fmt_set(rb['removed'])} is scored on all {N} datasets"
-            head_zh = f"k={k}：参考系统的最佳 {fmt_set(rb['removed'])} 在全部 {N} 个数据集上都有评估"
-        agrees = bool(best and rb and best["removed"] == rb["removed"])
-        if best is None:
-            tail, tail_zh = (f"; no set of size {k} is scored on all {N}",
-                             f"；没有任何 {k}-block 组合在全部 {N} 个数据集上都有评估")
-        elif agrees:
-            tail, tail_zh = (f" and is also the best set scored on all {N}: {bs}",
-                             f"，也是在全部 {N} 个数据集上都有评估的最佳组合：{bs_zh}")
-        else:
-            why = " (the reference drops it for its negative mean drop)" if best["mean_drop"] < 0 else ""
-            why_zh = "（参考系统因其平均下降为负而将其排除）" if best["mean_drop"] < 0 else ""
-            tail, tail_zh = (f"; the best set scored on all {N} is {bs}{why}",
-                             f"；在全部 {N} 个数据集上都有评估的最佳组合是 {bs_zh}{why_zh}")
-        per_k[k] = {"k": int(k), "reference_best": rb["removed"] if rb else None,
-                    "reference_best_num_datasets": rb["num_datasets"] if rb else None,
-                    "num_complete": len(cs), "best_complete": best, "agrees": agrees,
-                    "complete": cs, "verdict": head + tail, "verdict_zh": head_zh + tail_zh}
-    return {"rules": ("blockprune compares only sets scored on every dataset; ± is the sample std over datasets "
-                      "(ddof=1); " + interval_desc + "."),
-            "rules_zh": ("blockprune 只比较在全部数据集上都有评估的组合；± 为跨数据集的样本标准差（ddof=1）；"
-                         + ("95% 区间为跨数据集均值的 t 区间（scipy.stats.t，自由度 N-1）。" if method == "t" else
-                            "95% 区间为跨数据集均值的正态近似（均值 ± 1.96·s/√N；scipy 不可用）。")),
-            "num_datasets": N, "datasets": names, "std": "sample (ddof=1)", "interval_method": method,
-            "interval": interval_desc, "flags": flags, "partial": [f for f in flags if f["partial"]], "per_k": per_k}
-
-
-# ---- markdown ------------------------------------------------------------------------------------
-TEXT = {
-    "zh": {
-        "overview": "概述",
-        "overview_text": ("本文档提供了基于跨数据集 beam search 实验的 block 剪枝建议。根据要移除的 block 数量，提供了两种策略：\n"
-                          "1. **独立最优策略**：每个数量级别的最佳组合（不考虑累积）\n"
-                          "2. **逐步剪枝策略**：基于前一步结果逐步添加要移除的 blocks（贪心方法）"),
-        "datasets_line": "数据集（{n} 个）：{names}",
-        "independent": "独立最优策略", "remove_k": "移除 {k} 个 Block{s}",
-        "best": "最佳选择：移除 {what}", "choice": "选择：移除 {what}",
-        "mean_drop": "平均准确率下降", "n": "测试数据集数", "n_all": "{n} 个（所有数据集）", "n_some": "{n} 个",
-        "mean_acc": "平均准确率", "datasets": "数据集", "top5": "Top 5 选择", "note": "注意",
-        "none_k": "该数量下没有在至少 2 个数据集上测试且平均下降非负的组合。",
-        "stepwise": "逐步剪枝策略（推荐）",
-        "stepwise_text": "这种方法基于贪心策略，每一步都基于前一步的结果选择下一个要移除的 block。",
-        "step": "Step {k}: 移除 {k} 个 Block{s}", "cum": "累积准确率下降", "inc": "增量下降", "inc_from": "（从 Step {p}）",
-        "jump": "没有包含 Step {p} 组合的候选，取移除 {k} 个 blocks 的独立最优",
-        "recs": "建议", "conservative": "保守策略（推荐用于生产环境）", "aggressive": "激进策略（追求更高压缩率）",
-        "balanced": "平衡策略", "only": "只移除 {what}", "remove": "移除 {what}", "no_rec": "没有满足条件的组合。",
-        "findings": "关键发现", "files": "文件位置", "f_recs": "推荐结果", "f_full": "完整分析", "f_report": "本报告",
-        "usage": "使用方法", "u_gen": "# 生成推荐", "u_view": "# 查看推荐结果",
-        "ours": "blockprune 规则的结论",
-        "ours_partial": "以下参考结论只基于部分数据集：",
-        "ours_none_partial": "参考系统的所有结论都基于全部数据集。",
-        "ours_table": "| k | 全部数据集上的最佳组合 | 平均下降 ± 样本标准差 | 95% 区间 | 全部数据集上评估的组合数 |",
-        "rests": "{where}：{set} 只基于 {n}/{N} 个数据集（缺少：{missing}）",
-    },
-    "en": {
-        "overview": "Overview",
-        "overview_text": ("This document gives block pruning recommendations based on cross-dataset beam search experiments. "
-                          "Depending on how many blocks are to be removed, two strategies are given:\n"
-                          "1. **Independent best strategy**: the best combination for each number of removed blocks "
-                          "(not cumulative)\n"
-                          "2. **Stepwise pruning strategy**: add blocks to remove step by step, building on the previous "
-                          "step's result (greedy)"),
-        "datasets_line": "Datasets ({n}): {names}",
-        "independent": "Independent best strategy", "remove_k": "Remove {k} Block{s}",
-        "best": "Best choice: remove {what}", "choice": "Choice: remove {what}",
-        "mean_drop": "Mean accuracy drop", "n": "Datasets tested", "n_all": "{n} (all datasets)", "n_some": "{n}",
-        "mean_acc": "Mean accuracy", "datasets": "Datasets", "top5": "Top 5 choices", "note": "Note",
-        "none_k": "No set of this size was tested on at least 2 datasets with a non-negative mean drop.",
-        "stepwise": "Stepwise pruning strategy (recommended)",
-        "stepwise_text": "This approach is greedy: each step picks the next block to remove based on the previous step's result.",
-        "step": "Step {k}: Remove {k} Block{s}", "cum": "Cumulative accuracy drop", "inc": "Incremental drop",
-        "inc_from": " (from Step {p})",
-        "jump": "no candidate contains Step {p}'s set; the independent best for {k} blocks is taken",
-        "recs": "Recommendations", "conservative": "Conservative strategy (recommended for production)",
-        "aggressive": "Aggressive strategy (for higher compression)", "balanced": "Balanced strategy",
-        "only": "Remove only {what}", "remove": "Remove {what}", "no_rec": "No set meets this rule.",
-        "findings": "Key findings", "files": "File locations", "f_recs": "Recommendations", "f_full": "Full analysis",
-        "f_report": "This report",
-        "usage": "Usage", "u_gen": "# Generate the recommendations", "u_view": "# View the recommendations",
-        "ours": "What blockprune's rules say",
-        "ours_partial": "These reference conclusions rest on only some of the datasets:",
-        "ours_none_partial": "Every reference conclusion rests on all datasets.",
-        "ours_table": "| k | best set scored on all datasets | mean drop ± sample std | 95% interval | sets scored on all datasets |",
-        "rests": "{where}: {set} rests on {n}/{N} datasets (missing: {missing})",
-    },
-}
-
-
-def _plural(k: int) -> str:
-    return "" if k == 1 else "s"
-
-
-def render_markdown(ref: dict, ours: dict, lang: str = "en", out_dir: str | Path | None = None) -> str:
-    """The reference's report layout (in its wording for zh, an English rendering for en), followed by
-    a section on what blockprune's rules say."""
-    if lang not in TEXT:
-        raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
-    T = TEXT[lang]
-    zh = lang == "zh"
-    N = ref["num_datasets"]
-    note_key, text_key = ("note", "text") if zh else ("note_en", "text_en")
-    L = ["# Exp3 Block Pruning Recommendations", "", f"## {T['overview']}", "", T["overview_text"], "",
-         T["datasets_line"].format(n=N, names=", ".join(ref["datasets"])), "", f"## {T['independent']}", ""]
-
-    def n_text(n):
-        return T["n_all"].format(n=n) if n == N else T["n_some"].format(n=n)
-
-    for k, ib in ref["independent_best"].items():
-        k = int(k)
-        L += [f"### {T['remove_k'].format(k=k, s=_plural(k))}", ""]
-        b = ib["best"]
-        if b is None:
-            L += [T["none_k"], ""]
-            continue
-        L += [f"**{T['best'].format(what=_remove_label(b['removed']))}**", "",
-              f"- **{T['mean_drop']}**: {pct(b['mean_drop'])} ± {pct(b['std_drop'])}",
-              f"- **{T['n']}**: {n_text(b['num_datasets'])}",
-              f"- **{T['mean_acc']}**: {pct(b['mean_accuracy'])}",
-              f"- **{T['datasets']}**: {', '.join(b['datasets'])}", "", f"**{T['top5']}**：" if zh else f"**{T['top5']}**:"]
-        for i, c in enumerate(ib["top5"], 1):
-            L.append(f"{i}. {label(c['removed'])}: {pct(c['mean_drop'])} ± {pct(c['std_drop'])} ({c['num_datasets']} datasets)")
-        L.append("")
-        if ib.get(note_key):
-            L += [f"**{T['note']}**{'：' if zh else ': '}{ib[note_key]}", ""]
-
-    L += [f"## {T['stepwise']}", "", T["stepwise_text"], ""]
-    for s in ref["stepwise"]:
-        k = s["step"]
-        L += [f"### {T['step'].format(k=k, s=_plural(k))}", "", f"**{T['choice'].format(what=_remove_label(s['removed']))}**", "",
-              f"- **{T['mean_drop']}**: {pct(s['mean_drop'])} ± {pct(s['std_drop'])}",
-              f"- **{T['n']}**: {n_text(s['num_datasets'])}",
-              f"- **{T['cum']}**: {pct(s['cumulative_drop'])}"]
-        if k > 1:
-            L.append(f"- **{T['inc']}**{T['inc_from'].format(p=k - 1)}: {pct(s['incremental_drop'])}")
-            if not s["extends_previous"]:
-                L.append(f"- **{T['note']}**: {T['jump'].format(p=k - 1, k=k)}")
-        L.append("")
-    for s in ref["stepwise"]:
-        if s.get(note_key):
-            L += [f"**{T['note']}**{'：' if zh else ': '}{s[note_key]}", ""]
-
-    L += [f"## {T['recs']}", ""]
-    for level in ("conservative", "aggressive", "balanced"):
-        L += [f"### {T[level]}", ""]
-        recs = ref["recommendations"][level]
-        if not recs:
-            L += [T["no_rec"], ""]
-            continue
-        for i, r in enumerate(recs, 1):
-            what = _remove_label(r["removed"])
-            head = T["only"].format(what=what) if (level == "conservative" and i == 1) else T["remove"].format(what=what)
-            line = f"{i}. **{head}**{'：' if zh else ': '}{r[text_key]}"
-            if r.get(note_key):
-                line += ("" if zh else " ") + r[note_key]
-            L.append(line)
-        L.append("")
-
-    L += [f"## {T['findings']}", ""]
-    for i, f in enumerate(ref["key_findings"], 1):
-        L += [f"{i}. {f[text_key]}", ""]
-
-    out = Path(out_dir) if out_dir is not None else None
-    loc = (lambda name: str(out / name)) if out is not None else (lambda name: name)
-    report_name = "REPORT.zh.md" if zh else "REPORT.md"
-    L += [f"## {T['files']}", "",
-          f"- **{T['f_recs']}**: `{loc(RECOMMENDATIONS_FILE)}`",
-          f"- **{T['f_full']}**: `{loc(ANALYSIS_FILE)}`",
-          f"- **{T['f_report']}**: `{loc(report_name)}`", ""]
-    cmd = f"blockprune report --from-seed {ref['source']}"
-    if out is not None:
-        cmd += f" --out {out}"
-    if zh:
-        cmd += " --lang zh"
-    L += [f"## {T['usage']}", "", "```bash", T["u_gen"], cmd, "", T["u_view"],
-          f"cat {loc(RECOMMENDATIONS_FILE)} | jq", "```", ""]
-
-    # blockprune's view
-    L += [f"## {T['ours']}", "", ours["rules_zh"] if zh else ours["rules"], ""]
-    for k, v in ours["per_k"].items():
-        L.append(f"- {v['verdict_zh'] if zh else v['verdict']}")
-    L.append("")
-    partial = ours["partial"]
-    if partial:
-        L += [T["ours_partial"], ""]
-        for f in partial:
-            L.append("- " + T["rests"].format(where=f["where"], set=fmt_set(f["removed"]), n=f["num_datasets"], N=f["of"],
-                                              missing=", ".join(f["missing"])))
-    else:
-        L.append(T["ours_none_partial"])
-    L += ["", T["ours_table"], "| --- | --- | --- | --- | --- |"]
-    for k, v in ours["per_k"].items():
-        b = v["best_complete"]
-        if b is None:
-            L.append(f"| {k} | – | – | – | 0 |")
-            continue
-        std = pct(b["std_drop"]) if b["std_drop"] is not None else "n/a"
-        ci = f"{pct(b['ci95'][0])} – {pct(b['ci95'][1])}" if b["ci95"] else "n/a"
-        L.append(f"| {k} | {fmt_set(b['removed'])} | {pct(b['mean_drop'])} ± {std} | {ci} | {v['num_complete']} |")
-    L.append("")
-    return "\n".join(L)
-
-
-# ---- writing -------------------------------------------------------------------------------------
-def cross_dataset_analysis(data: SeedData) -> dict:
-    """Every aggregated set with its statistics (reference schema, plus k and the per-dataset values)."""
-    return {"datasets": list(data.datasets), "num_datasets": len(data.datasets), "baselines": dict(data.baselines),
-            "percent_input": dict(data.percent), "files": {d: str(p) for d, p in data.files.items()},
-            "std": "population (ddof=0)", "sets": aggregate(data)}
-
-
-def write_seed_report(root: str | Path, out_dir: str | Path, lang: str = "en") -> list[Path]:
-    """Analyse the seed results under `root` and write `pruning_recommendations.json`,
-    `cross_dataset_analysis.json` and `REPORT.md` (`REPORT.zh.md` for lang="zh") into `out_dir`.
-    `out_dir` goes through blockprune's output rules (`rundir.claim`: new, empty or an earlier seed
-    report; never a search run, a user's files, or the seed root itself) and is locked while it is
-    written. Everything is computed, then written in full, before any file is replaced: on an error
-    (SeedError, a full disk) the files there are as they were."""
-    from . import rundir
-
-    if lang not in TEXT:
-        raise ValueError(f"lang must be 'en' or 'zh', not {lang!r}")
-    inputs = [("the seed root", root), ("blockprune's cache", str(rundir.cache_root()))]
-    try:
-        out = rundir.claim(out_dir, "seed-report", inputs=inputs)
-    except rundir.PathError as exc:
-        raise SeedError(str(exc)) from None
-    data = load_seed(root)
-    ref = reference_analysis(data)
-    ours = our_view(data, ref)
-    texts = {
-        RECOMMENDATIONS_FILE: json.dumps({**ref, "blockprune_view": ours}, indent=2, ensure_ascii=False) + "\n",
-        ANALYSIS_FILE: json.dumps(cross_dataset_analysis(data), indent=2, ensure_ascii=False) + "\n",
-        ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render_markdown(ref, ours, lang, out_dir=Path(out_dir)),
-    }
-    try:
-        with rundir.lock(out, "write a report in", marker=RECOMMENDATIONS_FILE):
-            rundir.claim(out, "seed-report", inputs=inputs)  # again, now that no one else can write it
-            written = rundir.write_files(out, texts)
-    except rundir.PathError as exc:
-        raise SeedError(str(exc)) from None
-    return [Path(out_dir) / p.name for p in written]
