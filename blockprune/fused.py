@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import kernels
-from .models import BlockModel, Prelude, _select_rows
+from .adapter import BlockModel, Prelude, select_rows as _select_rows
 
 log = logging.getLogger("blockprune")
 ROLES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")

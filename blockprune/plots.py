@@ -8,11 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .advice import by_k
-
-
-def fmt_set(removed) -> str:
-    """A removal set as the report writes it: [17, 18]."""
-    return "[" + ", ".join(str(b) for b in removed) + "]"
+from .report_text import fmt_set
 
 PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution", "drop_vs_speedup")
 

@@ -27,7 +27,8 @@ import numpy as np
 from . import advice, latency_report, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
-from .plots import PLOTS, fmt_set, plot_all
+from .plots import PLOTS, plot_all
+from .report_text import TEXT, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
 from .rundir import TempDir, chmod_like_user
 from .store import Store
 
@@ -90,13 +91,6 @@ def key_findings(a: dict, groups: dict[int, list[dict]], path: list[dict]) -> li
             sig[k] = {"best": cs[0]["removed"], "runner_up": cs[1]["removed"], **stats.compare(reps[_key(cs[0])], reps[_key(cs[1])])}
     out.append({"kind": "best_vs_runner_up", "per_k": sig})
     return out
-
-
-from .report_text import TEXT  # noqa: E402  (the report's words, en and zh)
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def shown_note(c: dict, t: str, tasks: dict) -> str:

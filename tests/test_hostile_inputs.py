@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import cli, models, sources
+from blockprune import adapter, cli, models, sources
 from blockprune.store import RESULTS_FILE, RUN_FILE
 from test_hostile import no_model_load, one_error, results, search_args, snapshot  # noqa: F401  (fixtures, helpers)
 
@@ -106,7 +106,7 @@ def test_final_norm_named_norm_f_is_applied(arch_dirs, arch):
 
 def test_an_architecture_the_adapter_misdrives_is_refused_at_load(arch_dirs, jsonl_tasks, tmp_path, capsys,
                                                                  monkeypatch):
-    monkeypatch.setattr(models, "FINAL_NORM_NAMES", ("norm", "ln_f"))  # a final norm under a name it does not know
+    monkeypatch.setattr(adapter, "FINAL_NORM_NAMES", ("norm", "ln_f"))  # a final norm under a name it does not know
     out = tmp_path / "o"
     refused(capsys, tmp_path, ["search", "--model", str(arch_dirs["mpt"]), "--task", f"jsonl:{jsonl_tasks / 'mc.jsonl'}",
                                "--out", str(out), "--device", "cpu", *QUICK],
