@@ -4,10 +4,11 @@ A task turns its samples into `Request`s for the engine (log-likelihood of a con
 perplexity window, a greedy-match target) and turns the engine's per-request log-probabilities and
 greedy flags back into per-sample scores and one metric. It never sees blocks or candidates.
 
-Each kind is registered once, as data (`Kind`, with `@kind_of_task` on its task class): the
-scores it has (blockprune.scores; the first ranks by default), its own metric (`Task.value`, what
-run.json records), the thresholded metric shown beside the ranking score, and what the engine must
-do for it (`needs_dense`: score the dense model in the same pass and return the per-request KL).
+Each kind is registered once, as data (`scores.Kind`; the built-in ones in blockprune.scores, a
+new one with `@kind_of_task(Kind(...))` on its task class): the scores it has (the first ranks by
+default), its own metric (`Task.value`, what run.json records), the thresholded metric shown
+beside the ranking score, and what the engine must do for it (`needs_dense`: score the dense model
+in the same pass and return the per-request KL).
 The evaluator, the runners, validate and the analysis read these declarations; none of them tests
 a kind's name. A kind registered from outside the package flows through the search the same way.
 
@@ -39,85 +40,11 @@ from typing import Sequence
 import numpy as np
 
 from .request import Request
+from .scores import KINDS, Kind, get_kind, kind_of_metric, needs_dense, register_kind  # noqa: F401
 
 
 class TaskError(Exception):
     """Bad task spec or task data; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Kind:
-    """What a kind of task declares. `scores`: the score names (blockprune.scores) its records
-    hold, the first the default ranking score; `metric`: its own value (`Task.value`); `shown`: the
-    thresholded metric shown beside the ranking score (default: `metric`); `needs_dense`: the
-    engine scores the dense model in the same pass and gives the per-request KL to it;
-    `text_windows`: its requests are windows of one text, scored after their first token, whose
-    perplexity a plain forward recomputes (validate's check outside the engine)."""
-
-    name: str
-    scores: tuple[str, ...]
-    metric: str
-    higher_is_better: bool = True
-    shown: str | None = None
-    needs_dense: bool = False
-    text_windows: bool = False
-
-    def __post_init__(self):
-        if not self.scores:
-            raise ValueError(f"task kind {self.name!r} declares no scores")
-        if self.shown is None:
-            object.__setattr__(self, "shown", self.metric)
-        for what in ("metric", "shown"):
-            if getattr(self, what) not in self.scores:
-                raise ValueError(f"task kind {self.name!r}: its {what} {getattr(self, what)!r} is not one of its "
-                                 f"scores {', '.join(self.scores)}")
-
-    @property
-    def default_score(self) -> str:
-        return self.scores[0]
-
-
-KINDS: dict[str, Kind] = {}
-
-
-def register_kind(kind: Kind) -> Kind:
-    """Make a kind known to the search, the runners and the analysis (by its name)."""
-    if KINDS.get(kind.name, kind) != kind:
-        raise ValueError(f"task kind {kind.name!r} is registered already, with other declarations")
-    KINDS[kind.name] = kind
-    return kind
-
-
-def kind_of_task(kind: Kind):
-    """Class decorator: register `kind` and make it the class's `kind` (its name)."""
-    register_kind(kind)
-
-    def mark(cls):
-        cls.kind = kind.name
-        return cls
-    return mark
-
-
-def get_kind(name: str) -> Kind:
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise TaskError(f"unknown task kind {name!r}: registered kinds are {', '.join(KINDS)}") from None
-
-
-def needs_dense(task) -> bool:
-    """Whether the engine must score the dense model beside `task`'s candidates (a task of an
-    unregistered kind, e.g. a planner's stand-in, needs nothing)."""
-    kind = KINDS.get(task.kind)
-    return bool(kind and kind.needs_dense)
-
-
-def kind_of_metric(metric: str) -> Kind:
-    """The first registered kind whose metric this is (run.json written before it kept the kind)."""
-    for kind in KINDS.values():
-        if kind.metric == metric:
-            return kind
-    raise TaskError(f"no task kind has the metric {metric!r}")
 
 
 def leading_specials(tokenizer) -> list[int]:
@@ -133,6 +60,17 @@ def leading_specials(tokenizer) -> list[int]:
         if plain and full[i : i + len(plain)] == plain:
             return full[:i]
     return []
+
+
+def kind_of_task(kind: Kind | str):
+    """Class decorator: make `kind` the class's `kind` (its name), registering it when it is a
+    `Kind` (a name must be registered already: the built-in kinds are, in blockprune.scores)."""
+    kind = register_kind(kind) if isinstance(kind, Kind) else get_kind(kind)
+
+    def mark(cls):
+        cls.kind = kind.name
+        return cls
+    return mark
 
 
 @dataclass
@@ -174,7 +112,7 @@ class Task:
         return {}
 
 
-@kind_of_task(Kind("multiple_choice", ("p_gold", "p_gold_norm", "acc", "acc_norm"), metric="acc"))
+@kind_of_task("multiple_choice")
 class MultipleChoiceTask(Task):
 
     def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], encode=None, norm: str = "bytes"):
@@ -240,7 +178,7 @@ class MultipleChoiceTask(Task):
         return {"acc_norm": float(np.mean(per_sample["correct_norm"]))}
 
 
-@kind_of_task(Kind("exact_match", ("gold_logprob", "exact_match"), metric="exact_match"))
+@kind_of_task("exact_match")
 class ExactMatchTask(Task):
 
     def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], eos_token_id: int | None,
@@ -282,7 +220,7 @@ class ExactMatchTask(Task):
         return np.asarray(per_sample["match"], dtype=float).mean(axis=-1)
 
 
-@kind_of_task(Kind("perplexity", ("perplexity",), metric="perplexity", higher_is_better=False, text_windows=True))
+@kind_of_task("perplexity")
 class PerplexityTask(Task):
     """Perplexity over fixed windows.
 
@@ -310,8 +248,7 @@ class PerplexityTask(Task):
         return np.exp(nll.sum(axis=-1) / ntok.sum(axis=-1))
 
 
-@kind_of_task(Kind("kl", ("kl", "perplexity"), metric="kl", higher_is_better=False, shown="perplexity",
-                   needs_dense=True, text_windows=True))
+@kind_of_task("kl")
 class KLTask(PerplexityTask):
     """Mean per-token KL(p_dense || p_candidate) over the windows of a calibration text.
 

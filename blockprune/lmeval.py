@@ -127,9 +127,9 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
                      exclude=()) -> Task:
     task = _load(spec)
     name = task.config.task
-    kind = task.OUTPUT_TYPE
-    if kind not in ("multiple_choice", "loglikelihood"):
-        raise TaskError(f"lm-eval task {name!r} has output type {kind}; blockprune takes multiple_choice and "
+    output_type = task.OUTPUT_TYPE
+    if output_type not in ("multiple_choice", "loglikelihood"):
+        raise TaskError(f"lm-eval task {name!r} has output type {output_type}; blockprune takes multiple_choice and "
                         "loglikelihood tasks (generate_until needs free generation and lm-eval's answer filters)")
     task.set_fewshot_seed(seed=FEWSHOT_SEED)
     try:
@@ -142,7 +142,7 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
     for inst in task.instances:
         by_doc.setdefault(inst.doc_id, []).append(inst)
     rows, ids = [], []
-    if kind == "loglikelihood":
+    if output_type == "loglikelihood":
         for doc_id in sorted(by_doc):
             (inst,) = by_doc[doc_id]
             rows.append({"prompt": inst.arguments[0], "answers": [inst.arguments[1]]})

@@ -62,21 +62,21 @@ def select(ids: list[str], rows: list[Any], samples: int | None, seed: int, name
 
 
 def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
-    """Validate rows of one kind; returns the kind. `where[i]` locates row i in messages."""
-    kinds = {
+    """Validate rows of one layout; returns it (the kind of task they make). `where[i]` locates row i in messages."""
+    layouts = {
         "multiple_choice": ("context", "choices", "label"),
         "perplexity": ("text",),
         "exact_match": ("prompt", "answers"),
     }
     first = rows[0]
-    kind = next((k for k, keys in kinds.items() if all(key in first for key in keys)), None)
-    if kind is None:
+    layout = next((k for k, keys in layouts.items() if all(key in first for key in keys)), None)
+    if layout is None:
         raise TaskError(f"{name}: {where[0]}: row has none of the field sets {{context, choices, label}}, {{text}}, {{prompt, answers}}")
     for row, loc in zip(rows, where):
-        missing = [k for k in kinds[kind] if k not in row]
+        missing = [k for k in layouts[layout] if k not in row]
         if missing:
             raise TaskError(f"{name}: {loc}: missing field(s) {', '.join(missing)}")
-        if kind == "multiple_choice":
+        if layout == "multiple_choice":
             ch = row["choices"]
             if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
                 raise TaskError(f"{name}: {loc}: 'choices' must be a list of at least 2 strings")
@@ -87,7 +87,7 @@ def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
                                 f"not {got}")
             if not isinstance(row["context"], str):
                 raise TaskError(f"{name}: {loc}: 'context' must be a string")
-        elif kind == "perplexity":
+        elif layout == "perplexity":
             if not isinstance(row["text"], str) or not row["text"].strip():
                 raise TaskError(f"{name}: {loc}: 'text' must be a non-empty string")
         else:
@@ -98,7 +98,7 @@ def _check_rows(name: str, rows: list[dict], where: list[str]) -> str:
                 raise TaskError(f"{name}: {loc}: 'answers' must be a non-empty list of strings")
             if not isinstance(row["prompt"], str):
                 raise TaskError(f"{name}: {loc}: 'prompt' must be a string")
-    return kind
+    return layout
 
 
 def _short(value, limit: int = 40) -> str:
@@ -159,16 +159,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl=False, exclude=()) -> Task:
-    kind = _check_rows(name, rows, where)
-    if kl and kind != "perplexity":
-        raise TaskError(f"{name}: a kl: source needs {{\"text\"}} rows, these are {kind.replace('_', ' ')} rows")
-    if kind == "perplexity":
+    layout = _check_rows(name, rows, where)
+    if kl and layout != "perplexity":
+        raise TaskError(f"{name}: a kl: source needs {{\"text\"}} rows, these are {layout.replace('_', ' ')} rows")
+    if layout == "perplexity":
         text = "\n\n".join(r["text"] for r in rows)
         return text_task(name, text, tokenizer, samples, seed, window, kl, exclude)
     available = len(rows)
     digest = source_hash([[i, r] for i, r in zip(ids, rows)])
     ids, rows = select(ids, rows, samples, seed, name, exclude)
-    task = MultipleChoiceTask(name, rows, tokenizer, ids) if kind == "multiple_choice" else \
+    task = MultipleChoiceTask(name, rows, tokenizer, ids) if layout == "multiple_choice" else \
         ExactMatchTask(name, rows, tokenizer, ids, eos)
     task.available = available
     task.source_hash = digest

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kinds import KINDS
 
 
 class ScoreError(Exception):
@@ -107,8 +106,90 @@ SCORES = {s.name: s for s in [
 ]}
 
 
+# ---- task kinds: what each declares --------------------------------------------------------
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of task declares. `scores`: the score names (blockprune.scores) its records
+    hold, the first the default ranking score; `metric`: its own value (`Task.value`); `shown`: the
+    thresholded metric shown beside the ranking score (default: `metric`); `needs_dense`: the
+    engine scores the dense model in the same pass and gives the per-request KL to it;
+    `text_windows`: its requests are windows of one text, scored after their first token, whose
+    perplexity a plain forward recomputes (validate's check outside the engine)."""
+
+    name: str
+    scores: tuple[str, ...]
+    metric: str
+    higher_is_better: bool = True
+    shown: str | None = None
+    needs_dense: bool = False
+    text_windows: bool = False
+
+    def __post_init__(self):
+        if not self.scores:
+            raise ValueError(f"task kind {self.name!r} declares no scores")
+        if self.shown is None:
+            object.__setattr__(self, "shown", self.metric)
+        for what in ("metric", "shown"):
+            if getattr(self, what) not in self.scores:
+                raise ValueError(f"task kind {self.name!r}: its {what} {getattr(self, what)!r} is not one of its "
+                                 f"scores {', '.join(self.scores)}")
+
+    @property
+    def default_score(self) -> str:
+        return self.scores[0]
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(kind: Kind) -> Kind:
+    """Make a kind known to the search, the runners and the analysis (by its name)."""
+    unknown = [s for s in kind.scores if s not in SCORES]
+    if unknown:
+        raise ValueError(f"task kind {kind.name!r}: no score named {', '.join(map(repr, unknown))} "
+                         "(register it first: scores.register)")
+    if KINDS.get(kind.name, kind) != kind:
+        raise ValueError(f"task kind {kind.name!r} is registered already, with other declarations")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ScoreError(f"unknown task kind {name!r}: registered kinds are {', '.join(KINDS)}") from None
+
+
+def needs_dense(task) -> bool:
+    """Whether the engine must score the dense model beside `task`'s candidates (a task of an
+    unregistered kind, e.g. a planner's stand-in, needs nothing)."""
+    kind = KINDS.get(task.kind)
+    return bool(kind and kind.needs_dense)
+
+
+def kind_of_metric(metric: str) -> Kind:
+    """The first registered kind whose metric this is (run.json written before it kept the kind)."""
+    for kind in KINDS.values():
+        if kind.metric == metric:
+            return kind
+    raise ScoreError(f"no task kind has the metric {metric!r}")
+
+
+# The built-in kinds (their tasks: blockprune.kinds). The thresholded metric papers report is shown
+# beside the ranking score; for KL the text's perplexity.
+for _kind in (
+    Kind("multiple_choice", ("p_gold", "p_gold_norm", "acc", "acc_norm"), metric="acc"),
+    Kind("exact_match", ("gold_logprob", "exact_match"), metric="exact_match"),
+    Kind("perplexity", ("perplexity",), metric="perplexity", higher_is_better=False, text_windows=True),
+    Kind("kl", ("kl", "perplexity"), metric="kl", higher_is_better=False, shown="perplexity", needs_dense=True,
+         text_windows=True),
+):
+    register_kind(_kind)
+
+
 class _ByKind(Mapping):
-    """{kind name: what it declares (blockprune.kinds)}, live: a kind registered later is in it."""
+    """{kind name: one of its declarations}, live: a kind registered later is in it."""
 
     def __init__(self, pick):
         self._pick = pick
@@ -126,9 +207,8 @@ class _ByKind(Mapping):
         return len(KINDS)
 
 
-# Per task kind, read from its registration: the scores it has (the first ranks by default); its
-# metric; SHOWN, the one shown beside the ranking score (the thresholded metric papers report; for
-# KL the text's perplexity).
+# Per task kind, read from its registration (KINDS): the scores it has (the first ranks by
+# default); its metric; SHOWN, the one shown beside the ranking score.
 BY_KIND = _ByKind(lambda k: k.scores)
 METRIC = _ByKind(lambda k: k.metric)
 SHOWN = _ByKind(lambda k: k.shown)
