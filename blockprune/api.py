@@ -238,11 +238,11 @@ def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, s
     if latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
         _bench_latency(out, bm, tolerance, progress, analysis)
     if held_out:
-        from . import validate
+        from . import heldout
 
         if progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        validate.validate_run(out, bm, held_out_samples, tolerance, analysis=analysis)
+        heldout.score_held_out(out, bm, held_out_samples, tolerance, analysis=analysis)
     recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
     if export_formats and not balanced["k"]:  # said, never a silent no-op
@@ -402,7 +402,7 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
              tolerance: float | None = None) -> dict:
     """Re-score a run's recommendations on held-out samples (validation.json) and rewrite its report.
     `tolerance` None: the one the run was searched with."""
-    from . import validate as validate_mod
+    from . import heldout
 
     store = Store.open_existing(Path(directory))
     tolerance = report.run_tolerance(directory) if tolerance is None else tolerance
@@ -416,7 +416,7 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
                            {"model": sources.content_hash(settings["model"])}, "validate")
     with rundir.lock(directory, "validate"):
         bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
-        result = validate_mod.validate_run(directory, bm, samples, tolerance)
+        result = heldout.score_held_out(directory, bm, samples, tolerance)
         report.write_report(directory, lang=lang, tolerance=tolerance)
     return result
 

@@ -15,6 +15,7 @@ from .cluster import ClusterError
 from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
+from .heldout import HeldOutError
 from .latency import BenchError
 from .models import ModelError
 from .rundir import PathError
@@ -23,7 +24,7 @@ from .store import StoreError
 from .tasks import DEFAULT_PPL_WINDOW, TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed, BenchError, ScoreError, PathError, ClusterError)
+               ExportFailed, BenchError, ScoreError, PathError, ClusterError, HeldOutError)
 
 
 def _int_list(what: str):

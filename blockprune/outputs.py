@@ -34,6 +34,8 @@ TMP_MARKER = ".blockprune-tmp"
 PROBE_PREFIX = ".blockprune-probe-"
 
 RUN_MARKERS = ("run.json", "results.jsonl")
+# a run directory's held-out check: written by blockprune.heldout, read by the report
+VALIDATION_FILE = "validation.json"
 EXPORT_MANIFEST = "export_manifest.json"
 # what each kind of output directory holds (its own files); the first one identifies it
 KIND_FILES = {

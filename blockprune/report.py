@@ -27,13 +27,13 @@ import numpy as np
 from . import advice, latency_report, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
+from .outputs import VALIDATION_FILE
 from .plots import PLOTS, plot_all
 from .report_text import TEXT, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
 from .rundir import TempDir, chmod_like_user
 from .store import Store
 
 RECOMMENDATIONS_FILE = "pruning_recommendations.json"
-VALIDATION_FILE = "validation.json"
 CRITICAL = 0.20
 DEFAULT_TOLERANCE = advice.DEFAULT_TOLERANCE
 

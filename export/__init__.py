@@ -9,6 +9,10 @@ the old state or the complete new one (a killed export's folder is reclaimed by 
 when every file in it is one its manifest lists. A user's files, a search run, the model itself
 or a directory holding them are refused always (`outputs.claim`). `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
+
+The formats are one table, `EXPORTERS` (as Optimum's exporters): each declares the formats it is
+built from (written first and shipped beside it), the folder it writes and what it verifies, and
+its `run` writes the artifact and then checks it; `export_model` is one loop over the table.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from blockprune import outputs, rundir, versions
 from blockprune.models import BlockModel, remove_blocks
@@ -84,6 +89,132 @@ def check_out(out: str | Path, request: dict, force: bool = False, inputs=()) ->
         raise ExportFailed(str(exc)) from None
 
 
+# ---- the exporters: what each requires, writes and verifies ------------------------------------------
+@dataclass
+class _Job:
+    """One export being written into `tmp`: the model, the blocks, the options, the manifest so far."""
+
+    bm: BlockModel
+    removed: list[int]
+    tmp: Path
+    kv_cache: bool
+    elastic_sets: Sequence[Sequence[int]]
+    manifest: dict
+    pruned: BlockModel | None = None  # the physically pruned copy, once one exists
+
+
+def _seconds(t: float) -> float:
+    return round(time.perf_counter() - t, 2)
+
+
+def _write_hf(job: _Job) -> None:
+    t = time.perf_counter()
+    (job.tmp / "hf").mkdir()
+    job.pruned = hf.save(job.bm, job.removed, job.tmp / "hf")
+    job.manifest["parity"]["hf"] = {**hf.verify(job.bm, job.removed, job.tmp / "hf"), "export_seconds": _seconds(t)}
+
+
+def _write_onnx(job: _Job) -> None:
+    from . import onnx as onnx_export
+
+    job.pruned = job.pruned or remove_blocks(job.bm, job.removed)
+    model = job.pruned.model
+    (job.tmp / "onnx").mkdir()
+    t = time.perf_counter()
+    path = onnx_export.export_logits(model, job.tmp / "onnx")
+    job.manifest["parity"]["onnx_logits"] = {**onnx_export.verify_logits(model, path), "export_seconds": _seconds(t)}
+    if job.kv_cache:
+        t = time.perf_counter()
+        path = onnx_export.export_decoder_with_past(model, job.tmp / "onnx")
+        job.manifest["parity"]["onnx_decoder_with_past"] = {**onnx_export.verify_decoder(model, path),
+                                                            "export_seconds": _seconds(t)}
+    job.manifest["onnxruntime_providers"] = sorted({p for k, v in job.manifest["parity"].items() if k.startswith("onnx")
+                                                    for p in v.get("providers", [])})
+
+
+def _write_elastic(job: _Job) -> None:
+    from . import elastic
+    from . import onnx as onnx_export
+
+    bm, removed, tmp = job.bm, job.removed, job.tmp
+    t = time.perf_counter()
+    work = tmp / ".elastic-work"
+    (tmp / "onnx-elastic").mkdir()
+    dense_graph = onnx_export.export_decoder_with_past(bm.model, work / "dense")
+    target = tmp / "onnx-elastic" / elastic.ELASTIC_FILE
+    info = elastic.make_elastic(dense_graph, target, bm.num_blocks, bm.block_path)
+    info["export_seconds"] = _seconds(t)
+    info.update(elastic.verify(bm, target, list(dict.fromkeys([(), tuple(removed), *map(tuple, job.elastic_sets)]))))
+    if removed:
+        pruned_graph = tmp / "onnx" / onnx_export.DECODER_FILE
+        if not pruned_graph.exists():
+            pruned_graph = onnx_export.export_decoder_with_past((job.pruned or remove_blocks(bm, removed)).model,
+                                                                work / "pruned")
+        info["speed"] = elastic.speed(target, dense_graph, pruned_graph, bm.num_blocks, removed, bm.head.weight.shape[0])
+    shutil.rmtree(work, ignore_errors=True)
+    job.manifest["parity"]["onnx_elastic"] = info
+
+
+def _write_genai(job: _Job) -> None:
+    from . import genai
+
+    for precision in genai.PRECISIONS:  # fp32 must match token for token; int4 states its agreement
+        target = job.tmp / "genai" / precision
+        target.parent.mkdir(exist_ok=True)
+        info = genai.build(job.tmp / "hf", target, precision)
+        info.update(genai.verify(job.pruned.model, job.bm.tokenizer, target, precision))
+        job.manifest["parity"][f"genai_{precision}"] = info
+
+
+def _write_gguf(job: _Job) -> None:
+    from . import gguf
+
+    (job.tmp / "gguf").mkdir()
+    if job.bm.meta.get("gguf"):  # the source GGUF's kept blocks, as they are
+        source = Path(job.bm.meta["gguf"])
+        target = job.tmp / "gguf" / (source.stem.replace(".", "-") + f"-pruned{len(job.removed)}.gguf")
+        info = gguf.write_pruned(source, job.removed, target)
+        info.update(gguf.verify(job.bm, job.removed, target))
+        job.manifest["parity"]["gguf"] = info
+        return
+    for outtype in ("f16", "q8_0"):  # written from the pruned checkpoint
+        target = job.tmp / "gguf" / f"model-pruned{len(job.removed)}-{outtype}.gguf"
+        info = gguf.write_from_hf(job.pruned.model, job.tmp / "hf", target, outtype)
+        info.update(gguf.verify_from_hf(job.pruned.model, job.bm.tokenizer, target, outtype))
+        job.manifest["parity"][f"gguf_{outtype}"] = info
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One --format: the formats it is built from (`requires(bm)`: written first and shipped beside
+    it), the folder it writes, what it checks (the manifest's parity entries), and `run`, which
+    writes and then verifies it."""
+
+    format: str
+    folder: str
+    requires: Callable[[BlockModel], tuple[str, ...]]
+    writes: str
+    verifies: str
+    run: Callable[[_Job], None]
+
+
+EXPORTERS = (  # in the order they run (a format's requirements come before it)
+    Exporter("hf", "hf", lambda bm: (), "a transformers checkpoint without the blocks (safetensors, config, tokenizer)",
+             "hf: logits and greedy tokens vs the masked dense model", _write_hf),
+    Exporter("onnx", "onnx", lambda bm: (), "model.onnx (logits); with kv_cache the decoder with past too",
+             "onnx_logits, onnx_decoder_with_past: onnxruntime vs PyTorch", _write_onnx),
+    Exporter("onnx-elastic", "onnx-elastic", lambda bm: (), "one decoder with past whose `keep` input picks the blocks",
+             "onnx_elastic: every keep mask vs the pruned PyTorch model, and its speed", _write_elastic),
+    Exporter("genai", "genai", lambda bm: ("hf",), "ONNX Runtime GenAI models, fp32 and int4, built from hf/",
+             "genai_fp32 (token for token), genai_int4 (its agreement)", _write_genai),
+    Exporter("gguf", "gguf", lambda bm: () if bm.meta.get("gguf") else ("hf",),
+             "the source GGUF's kept blocks, or f16 and q8_0 written from hf/",
+             "gguf (or gguf_f16, gguf_q8_0): llama.cpp-format weights vs PyTorch", _write_gguf),
+)
+_BY_FORMAT = {e.format: e for e in EXPORTERS}
+assert set(_BY_FORMAT) == set(FORMATS)
+
+
 def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
                  kv_cache: bool = False, force: bool = False, elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
     """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
@@ -109,86 +240,15 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
-        pruned = None
-        from_hf_gguf = "gguf" in formats and not bm.meta.get("gguf")
-        if ("genai" in formats or from_hf_gguf) and "hf" not in formats:
-            formats = ["hf", *formats]  # built from the verified checkpoint, which ships beside them
+        needed = [r for f in formats for r in _BY_FORMAT[f].requires(bm) if r not in formats]
+        if needed:  # built from the verified checkpoint, which ships beside them
+            formats = [*dict.fromkeys(needed), *formats]
             manifest["formats"] = list(formats)
-        if "hf" in formats:
-            step = "hf/"
-            t = time.perf_counter()
-            (tmp / "hf").mkdir()
-            pruned = hf.save(bm, removed, tmp / "hf")
-            manifest["parity"]["hf"] = {**hf.verify(bm, removed, tmp / "hf"), "export_seconds": round(time.perf_counter() - t, 2)}
-        if "onnx" in formats:
-            step = "onnx/"
-            from . import onnx as onnx_export
-
-            pruned = pruned or remove_blocks(bm, removed)
-            (tmp / "onnx").mkdir()
-            t = time.perf_counter()
-            path = onnx_export.export_logits(pruned.model, tmp / "onnx")
-            manifest["parity"]["onnx_logits"] = {**onnx_export.verify_logits(pruned.model, path),
-                                                 "export_seconds": round(time.perf_counter() - t, 2)}
-            if kv_cache:
-                t = time.perf_counter()
-                path = onnx_export.export_decoder_with_past(pruned.model, tmp / "onnx")
-                manifest["parity"]["onnx_decoder_with_past"] = {**onnx_export.verify_decoder(pruned.model, path),
-                                                                "export_seconds": round(time.perf_counter() - t, 2)}
-            manifest["onnxruntime_providers"] = sorted({p for k, v in manifest["parity"].items() if k.startswith("onnx")
-                                                        for p in v.get("providers", [])})
-        if "onnx-elastic" in formats:
-            step = "onnx-elastic/"
-            from . import elastic
-            from . import onnx as onnx_export
-
-            t = time.perf_counter()
-            work = tmp / ".elastic-work"
-            (tmp / "onnx-elastic").mkdir()
-            dense_graph = onnx_export.export_decoder_with_past(bm.model, work / "dense")
-            target = tmp / "onnx-elastic" / elastic.ELASTIC_FILE
-            info = elastic.make_elastic(dense_graph, target, bm.num_blocks, bm.block_path)
-            info["export_seconds"] = round(time.perf_counter() - t, 2)
-            info.update(elastic.verify(bm, target, list(dict.fromkeys([(), tuple(removed), *map(tuple, elastic_sets)]))))
-            if removed:
-                pruned_graph = tmp / "onnx" / onnx_export.DECODER_FILE
-                if not pruned_graph.exists():
-                    pruned_graph = onnx_export.export_decoder_with_past((pruned or remove_blocks(bm, removed)).model,
-                                                                        work / "pruned")
-                info["speed"] = elastic.speed(target, dense_graph, pruned_graph, bm.num_blocks, removed,
-                                              bm.head.weight.shape[0])
-            shutil.rmtree(work, ignore_errors=True)
-            manifest["parity"]["onnx_elastic"] = info
-        if "genai" in formats:
-            step = "genai/"
-            from . import genai
-
-            for precision in genai.PRECISIONS:  # fp32 must match token for token; int4 states its agreement
-                target = tmp / "genai" / precision
-                target.parent.mkdir(exist_ok=True)
-                info = genai.build(tmp / "hf", target, precision)
-                info.update(genai.verify(pruned.model, bm.tokenizer, target, precision))
-                manifest["parity"][f"genai_{precision}"] = info
-        if "gguf" in formats and not from_hf_gguf:  # the source GGUF's kept blocks, as they are
-            step = "gguf/"
-            from . import gguf
-
-            (tmp / "gguf").mkdir()
-            source = Path(bm.meta["gguf"])
-            target = tmp / "gguf" / (source.stem.replace(".", "-") + f"-pruned{len(removed)}.gguf")
-            info = gguf.write_pruned(source, removed, target)
-            info.update(gguf.verify(bm, removed, target))
-            manifest["parity"]["gguf"] = info
-        elif "gguf" in formats:  # written from the pruned checkpoint: f16 and q8_0
-            step = "gguf/"
-            from . import gguf
-
-            (tmp / "gguf").mkdir()
-            for outtype in ("f16", "q8_0"):
-                target = tmp / "gguf" / f"model-pruned{len(removed)}-{outtype}.gguf"
-                info = gguf.write_from_hf(pruned.model, tmp / "hf", target, outtype)
-                info.update(gguf.verify_from_hf(pruned.model, bm.tokenizer, target, outtype))
-                manifest["parity"][f"gguf_{outtype}"] = info
+        job = _Job(bm, removed, tmp, kv_cache, elastic_sets, manifest)
+        for exporter in EXPORTERS:
+            if exporter.format in formats:
+                step = exporter.folder + "/"
+                exporter.run(job)
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             manifest["files"].append({"path": str(path.relative_to(tmp)), "sha256": _sha256(path), "size": path.stat().st_size})
         manifest["seconds"] = round(time.perf_counter() - start, 2)

@@ -1,4 +1,7 @@
-"""Held-out validation of a run's advice: `blockprune validate RUN [--samples N]`.
+"""The held-out check of a run's advice: `blockprune validate RUN [--samples N]` (`score_held_out`).
+
+(Not the option checks of `search`, nor the entry point `api.validate` that loads the model and
+rewrites the report around this.)
 
 A recommendation chosen as the best of many sets on one sample subset is optimistic on that
 subset (the winner's curse). This re-scores the run's recommended sets and the dense model on
@@ -21,11 +24,14 @@ import torch
 
 from . import advice, models, report, stats
 from .engine import Engine
-from .store import Store, atomic_write_json, refuse_changed_content
 from .kinds import get_kind
+from .outputs import VALIDATION_FILE
+from .store import Store, atomic_write_json, refuse_changed_content
 from .tasks import load_task, parse_spec
 
-VALIDATION_FILE = report.VALIDATION_FILE
+
+class HeldOutError(Exception):
+    """A run whose advice cannot be checked on held-out samples (one-line message)."""
 
 
 def _set_key(removed) -> str:
@@ -54,7 +60,7 @@ def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ..
     return float(np.exp(nll / count))
 
 
-def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
+def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
                  tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True,
                  analysis: dict | None = None) -> dict:
     """Score the recommendations and dense on held-out samples; write DIR/validation.json.
@@ -64,11 +70,11 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
     info_all = store.run_info
     settings = info_all["settings"]
     if settings["num_blocks"] != bm.num_blocks:
-        raise report.ReportError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
+        raise HeldOutError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
                                  f"this one has {bm.num_blocks}")
     a, sets = recommended_sets(directory, tolerance, analysis)
     if not sets:
-        raise report.ReportError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
+        raise HeldOutError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
     engine = Engine(bm)
     keys = [()] + sets
     masks = np.ones((len(keys), bm.num_blocks), dtype=bool)
@@ -82,7 +88,7 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
                          exclude=info["sample_ids"])
         if task.name != name:
-            raise report.ReportError(f"task {spec} now loads as {task.name}, the run calls it {name}")
+            raise HeldOutError(f"task {spec} now loads as {task.name}, the run calls it {name}")
         # the held-out samples come from the data the search used (its whole source is hashed)
         refuse_changed_content(directory, info_all.get("content"),
                                {"tasks": {name: getattr(task, "source_hash", None)}}, "validate")
@@ -110,3 +116,6 @@ def validate_run(directory: str | Path, bm: models.BlockModel, samples: int | No
         out["sets"][_set_key(k)] = per_set[k]
     atomic_write_json(directory / VALIDATION_FILE, out)
     return out
+
+
+validate_run = score_held_out  # its name before #22
