@@ -32,8 +32,8 @@ LAYERS = [
     ("model", ["adapter", "models", "trie", "fused", "parity", "engine"]),
     ("search", ["evaluator", "shard", "cluster", "evolve", "oneshot", "search"]),
     ("analysis", ["analysis", "advice", "plots", "latency_report", "report", "replaced", "replaced_report", "seed"]),
-    ("settings", ["settings"]),
     ("export", ["export"]),
+    ("settings", ["settings"]),
     ("measure", ["generation", "runners", "latency", "heldout", "validate"]),
     ("entry", ["api", "cli", "__main__"]),
 ]
