@@ -55,13 +55,15 @@ class TaskSpec:
 class Scheme:
     """A registered scheme. `load(spec, Load) -> Task`; `check(spec, text)`: raise TaskError on a
     source that cannot be right, before anything loads (`text`: the spec as written, for the
-    message); `absolute(source)`: the source with its local paths absolute (None: unchanged)."""
+    message); `absolute(source)`: the source with its local paths absolute (None: unchanged);
+    `prefetch(sources)`: download and extract what these sources read (the demo's preparation)."""
 
     name: str
     usage: str
     load: Callable[[TaskSpec, Load], Task]
     check: Callable[[TaskSpec, str], None] | None = None
     absolute: Callable[[str], str | None] | None = None
+    prefetch: Callable[[list[str]], None] | None = None
 
 
 SCHEMES: dict[str, Scheme] = {}
@@ -131,6 +133,17 @@ def absolute_spec(spec: str) -> str:
     return spec if source is None else join_count(f"{scheme}:{source}", count)
 
 
+def prefetch(specs) -> None:
+    """Fetch into the cache the data these specs read, scheme by scheme (BIG-bench's in one pass
+    over its archive), without a tokenizer or a model."""
+    by_scheme: dict[str, list[str]] = {}
+    for spec in map(parse_spec, specs):
+        by_scheme.setdefault(spec.scheme, []).append(spec.source)
+    for scheme, sources in by_scheme.items():
+        if SCHEMES[scheme].prefetch is not None:
+            SCHEMES[scheme].prefetch(sources)
+
+
 def load_task(spec: str | TaskSpec, tokenizer, eos_token_id: int | None = None, samples: int | None = None,
               seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW, exclude=()) -> Task:
     """Build a task from its spec. Raises TaskError (one line) on any problem. `exclude`: sample
@@ -176,6 +189,20 @@ def _absolute_kl(source: str) -> str | None:
     return None if inner is None else f"{scheme}:{inner}"
 
 
+def _prefetch_shakespeare(sources: list[str]) -> None:
+    from . import data
+
+    for source in sources:
+        if source.startswith("shakespeare/"):
+            data.shakespeare_text(source.partition("/")[2])
+
+
+def _prefetch_bigbench(sources: list[str]) -> None:
+    from . import data
+
+    data.bigbench_prefetch(sources)
+
+
 def _load_lmeval(spec: TaskSpec, load: Load) -> Task:
     from .lmeval import load_lmeval_task
 
@@ -183,9 +210,9 @@ def _load_lmeval(spec: TaskSpec, load: Load) -> Task:
 
 
 for _scheme in (
-    Scheme("ppl", "ppl:shakespeare/<play>", load_ppl, _names_only),
-    Scheme("kl", "kl:<text source>", load_kl, _check_kl, _absolute_kl),
-    Scheme("bigbench", "bigbench:<task>[/<subtask>]", load_bigbench, _names_only),
+    Scheme("ppl", "ppl:shakespeare/<play>", load_ppl, _names_only, prefetch=_prefetch_shakespeare),
+    Scheme("kl", "kl:<text source>", load_kl, _check_kl, _absolute_kl, prefetch=_prefetch_shakespeare),
+    Scheme("bigbench", "bigbench:<task>[/<subtask>]", load_bigbench, _names_only, prefetch=_prefetch_bigbench),
     Scheme("jsonl", "jsonl:<path>", load_jsonl, absolute=_absolute_path),
     Scheme("hf", "hf:<dataset>", load_hf, absolute=_absolute_hf),
     Scheme("lm-eval", "lm-eval:<task name | task.yaml>", _load_lmeval, absolute=_absolute_yaml),

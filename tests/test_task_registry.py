@@ -164,3 +164,14 @@ def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
         register_kind(Kind("bad", ("missing",), metric="missing"))
     with pytest.raises(ValueError, match="registered already"):
         register_kind(Kind("kl", ("kl",), metric="kl"))
+
+
+def test_prefetch_reads_the_sources_from_the_parsed_specs(monkeypatch):
+    from blockprune import data, tasks
+
+    calls = []
+    monkeypatch.setattr(data, "shakespeare_text", lambda play: calls.append(("play", play)))
+    monkeypatch.setattr(data, "bigbench_prefetch", lambda names: calls.append(("bigbench", list(names))))
+    tasks.prefetch(["kl:shakespeare/hamlet#16", "bigbench:general_knowledge#30", "bigbench:emoji_movie#40",
+                    "ppl:shakespeare/macbeth", "kl:jsonl:x.jsonl#3", "jsonl:y.jsonl"])
+    assert calls == [("play", "hamlet"), ("bigbench", ["general_knowledge", "emoji_movie"]), ("play", "macbeth")]
