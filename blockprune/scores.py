@@ -27,6 +27,10 @@ near uniform (SmolLM2 on emoji_movie: 0.209 with 5 choices), which shrinks every
 against accuracy's (block 2 removed: acc -23%, p_gold_norm -6%), so a 5% tolerance on it would
 pass a set that loses a fifth of the accuracy. p_gold keeps accuracy's scale with a smaller
 standard error (README, "How candidates are compared").
+
+Each task kind declares its scores, its metric, the one shown and what the engine must do for it
+(`Kind`, registered by name in KINDS: the built-in kinds here, a new one with `register_kind`, a
+new score with `register`); BY_KIND, METRIC and SHOWN are views of those declarations.
 """
 
 from __future__ import annotations
