@@ -59,12 +59,12 @@ def main():
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.manual_seed(0)
-    bm = models.load(api.DEMO["model"], device="cpu")
+    bm = models.load(api.DEMO.model, device="cpu")
     tasks = [load_task(spec.split("#")[0], bm.tokenizer, bm.eos_token_id, samples=args.samples,
-                       ppl_window=api.DEMO["ppl_window"]) for spec in api.DEMO["tasks"]]
+                       ppl_window=api.DEMO.ppl_window) for spec in api.DEMO.tasks]
     n = bm.num_blocks
     analysis = Path(args.run) / "cross_dataset_analysis.json"
-    width = api.DEMO["beam_width"]
+    width = api.DEMO.beam_width
     if analysis.exists():
         singles = [c for c in json.loads(analysis.read_text())["candidates"] if len(c["removed"]) == 1]
         beam = [tuple(c["removed"]) for c in singles[:width]]

@@ -34,9 +34,9 @@ def work_of(out: Path) -> dict:
 
 
 def run(out: Path, **kw) -> dict:
-    settings = {k: v for k, v in api.DEMO.items() if k not in ("export_formats", "held_out")}
+    settings = api.DEMO.replace(export_formats=(), held_out=False)
     start = time.perf_counter()
-    res = api.run_search(out=out, **settings, latency=False, progress=False, **kw)
+    res = api.run_search(settings, out=out, latency=False, progress=False, **kw)
     seconds = time.perf_counter() - start
     recs = res.recommendations["recommendations"]
     return {"seconds": round(seconds, 1), **work_of(out),

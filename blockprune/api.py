@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from contextlib import contextmanager
@@ -10,36 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from . import evolve, models, report, rundir, scores, search, sources, versions
+from . import models, report, rundir, scores, search, sources, versions
 from .engine import Engine
+from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
 from .store import RUN_FILE, Store, StoreError, refuse_changed_content
-from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, load_task, split_count
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# The embedded default: a real model and real data from package registries (see blockprune.data).
-# The KL task ranks by KL to the dense model and shows Hamlet's perplexity beside it. Tolerance 10%:
-# the KL task reads it in nats/token, and on SmolLM2 no single block costs less than about 0.09
-# nats/token of KL, so at 5% no removal could pass its per-task guard.
-DEMO = {
-    "model": "smollm2-135m",
-    "tasks": [
-        "kl:shakespeare/hamlet#16",
-        "bigbench:general_knowledge#30",
-        "bigbench:emoji_movie#40",
-    ],
-    "method": "beam",
-    "beam_width": 2,
-    "max_remove": 2,
-    "samples": None,
-    "ppl_window": 64,
-    "tolerance": 0.10,
-    "held_out": True,
-    "seed": 0,
-    "export_formats": ("hf",),  # ONNX: `blockprune export --format onnx` (about 3 more minutes here)
-}
+from .tasks import absolute_spec, load_task
 
 
 @dataclass
@@ -50,41 +24,9 @@ class SearchOutput:
     seconds: float
 
 
-def run_search(
-    model: str,
-    tasks: Sequence[str],
-    out: str | Path,
-    method: str = "beam",
-    beam_width: int = 3,
-    max_remove: int = 3,
-    samples: int | None = 50,
-    seed: int = 0,
-    ppl_window: int = DEFAULT_PPL_WINDOW,
-    protected: Sequence[int] = (),
-    min_depth: int = 1,
-    max_candidates: int = 5000,
-    candidates_per_pass: int = 256,
-    device: str | None = None,
-    dtype: str = "auto",
-    budget_gb: float | None = None,
-    progress: bool = True,
-    lang: str = "en",
-    tolerance: float = report.DEFAULT_TOLERANCE,
-    export_formats: Sequence[str] = (),
-    kv_cache: bool = True,
-    exact: bool = False,
-    population: int = 8,
-    generations: int = 3,
-    offspring: int = 16,
-    latency: bool = True,
-    rank_by: str | None = None,
-    held_out: bool = False,
-    held_out_samples: int | None = None,
-    sets: Sequence[Sequence[int]] = (),
-    workers: int | None = None,
-    ray_address: str | None = None,
-) -> SearchOutput:
-    """Search which blocks of `model` to remove, scoring every candidate on every task.
+def run_search(settings: Settings | None = None, out: str | Path | None = None, **options) -> SearchOutput:
+    """Search which blocks of `settings.model` to remove, scoring every candidate on every task;
+    `options` (Settings' fields) build the settings, or change the given ones.
 
     Beam, greedy and evolutionary steps race unless `exact` (see search.Racing): sets that cannot
     reach the beam are dropped after a few samples, the rest are scored on every sample.
@@ -96,182 +38,102 @@ def run_search(
     the scores and the store are the same as in one process.
     """
     start = time.perf_counter()
-    # every option is checked before the model is loaded or anything is written
-    if not tasks:
-        raise search.SearchError("give at least one --task")
-    dtype = resolve_dtype(dtype, device)
-    if samples is not None and samples < 1:
-        raise search.SearchError("--samples must be at least 1")
-    if min(population, generations, offspring) < 1:
-        raise search.SearchError("--population, --generations and --offspring must be at least 1")
-    if candidates_per_pass < 1:
-        raise search.SearchError("--candidates-per-pass must be at least 1")
-    if ppl_window < 2:
-        raise search.SearchError("--ppl-window must be at least 2 tokens")
-    if method not in search.METHODS:
-        raise search.SearchError(f"unknown method {method!r}: choose one of {', '.join(search.METHODS)}")
-    sets = [tuple(sorted(int(b) for b in s)) for s in sets]
-    if method == "given" and not sets:
-        raise search.SearchError("--method given needs --sets '17,18,19;4,13' or --sets-file FILE")
-    if sets and method != "given":
-        raise search.SearchError(f"--sets are scored by --method given, not {method}")
-    for spec in tasks:
-        check_spec(spec)
-    if held_out and samples is None:  # every sample searched: nothing could be held out, after the whole search
-        every = next((spec for spec in tasks if split_count(spec)[1] is None), None)
-        if every is not None:
-            raise search.SearchError(f"--held-out re-scores samples the search did not use, but --samples 0 uses every "
-                                     f"sample of {every}; give --samples N (or {every}#N), or drop --held-out")
-    if budget_gb is not None and not (isinstance(budget_gb, (int, float)) and math.isfinite(budget_gb) and budget_gb > 0):
-        raise search.SearchError(f"--budget-gb must be a positive number of GiB, not {budget_gb}")
-    report.check_options(lang, tolerance)
-    scores.check_rank_by(rank_by)  # score names, before anything is loaded
-    search.check_rank_by_entries(rank_by)
-    if export_formats:
-        from .export import check_formats
-
-        check_formats(export_formats)
-    models.check_device(device)
-    cluster_opts = None
-    if workers is not None or ray_address:
-        from . import cluster
-
-        cluster.check_options(workers, ray_address)
-        cluster_opts = {"workers": workers, "address": ray_address}
-    inputs = rundir.search_inputs(model, tasks)
+    if settings is not None and not isinstance(settings, Settings):
+        raise TypeError(f"run_search() takes a Settings or the options as keywords, not {type(settings).__name__}")
+    if out is None:
+        raise TypeError("run_search() needs out, the run directory")
+    settings = Settings(**options) if settings is None else settings.replace(**options)
+    settings = settings.check()  # every option, before the model is loaded or anything is written
+    inputs = rundir.search_inputs(settings.model, settings.tasks)
     out = rundir.claim(out, "run", inputs=inputs)  # resolved; never a user's directory or an input
     _refuse_old_store(out)
-    if export_formats:  # OUT/export: new, or the run's own earlier export (never a user's files in it)
+    if settings.export_formats:  # OUT/export: new, or the run's own earlier export (never a user's files in it)
         from .export import MANIFEST
 
         rundir.claim(out / "export", "export", inputs=inputs, force=(out / "export" / MANIFEST).exists(),
                      what="the run's export folder")
-    budget = max(1, int(budget_gb * 2**30)) if budget_gb else None
-    with rundir.lock(out, "search in"), _pool(cluster_opts, model, dtype, device, budget, candidates_per_pass,
-                                              progress) as pool:
-        return _search_locked(
-            model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
-            max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance, export_formats,
-            kv_cache, exact, population, generations, offspring, latency, rank_by, held_out, held_out_samples, start,
-            sets, pool)
+    with rundir.lock(out, "search in"), _pool(settings) as pool:
+        return _search_locked(settings, out, start, pool)
 
 
-def resolve_dtype(dtype: str, device) -> str:
-    """--dtype: "auto" is bfloat16 on CUDA (tensor cores in the blocks and the scoring head; fp32
-    would run the head on CUDA cores) and float32 elsewhere; a named dtype is checked."""
-    if dtype == "auto":
-        return "bfloat16" if sources.check_device(device).type == "cuda" else "float32"
-    if dtype not in DTYPES:
-        raise search.SearchError(f"unknown dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
-    return dtype
-
-
-def _search_locked(model, tasks, out, method, beam_width, max_remove, samples, seed, ppl_window, protected, min_depth,
-                   max_candidates, candidates_per_pass, device, dtype, budget, progress, lang, tolerance,
-                   export_formats, kv_cache, exact, population, generations, offspring, latency, rank_by, held_out,
-                   held_out_samples, start, sets, pool=None) -> SearchOutput:
-    model_hash = sources.content_hash(model)
+def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOutput:
+    """The search of checked settings `s` in the locked run directory `out`."""
+    model_hash = sources.content_hash(s.model)
     _refuse_changed_model(out, model_hash)  # before minutes of loading a model the run was not scored on
-    bm = models.load(model, device=device, dtype=DTYPES[dtype])
-    model_hash = model_hash or sources.content_hash(model)  # an embedded model exists once loaded
-    search.validate(bm.num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
-    search.check_sets(sets, bm.num_blocks, protected, min_depth)
-    loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, samples, seed, ppl_window) for spec in tasks]
+    bm = models.load(s.model, device=s.device, dtype=DTYPES[s.dtype])
+    model_hash = model_hash or sources.content_hash(s.model)  # an embedded model exists once loaded
+    s.check_blocks(bm.num_blocks)
+    loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, s.samples, s.seed, s.ppl_window) for spec in s.tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
     for t in loaded:
         check_length(t, bm)
         check_tokens(t, bm)
-        if held_out and t.n >= t.available:  # refused now, not after the whole search
+        if s.held_out and t.n >= t.available:  # refused now, not after the whole search
             raise search.SearchError(f"--held-out: {t.name} has {t.available} samples and the search uses all of them, "
                                      "so none is left to hold out; lower --samples (or SPEC#N), or drop --held-out")
     try:
-        ranking = scores.resolve_rank_by(rank_by, {t.name: t.kind for t in loaded})
+        ranking = scores.resolve_rank_by(s.rank_by, {t.name: t.kind for t in loaded})
     except scores.ScoreError as exc:
         raise search.SearchError(str(exc)) from None
-    settings = {
-        "model": sources.absolute_model(model),  # the same model from any working directory
-        "num_blocks": bm.num_blocks,
-        "dtype": dtype,
-        "seed": seed,
-        "samples": samples,
-        "ppl_window": ppl_window,
-        "method": method,
-        "beam_width": beam_width,
-        "max_remove": max_remove,
-        "protected": sorted(protected),
-        "min_depth": min_depth,
-        "racing": not exact,
-        "rank_by": ranking,
-        **({"evolution": {"population": population, "generations": generations, "offspring": offspring}}
-           if method == "evolutionary" else {}),
-        **({"sets": [list(x) for x in sorted(set(sets), key=lambda x: (len(x), x))]} if method == "given" else {}),
-        # leading special tokens (BOS) every request starts with; absent when the tokenizer adds none
-        **({"prefix_tokens": loaded[0].prefix} if loaded[0].prefix else {}),
-        "tasks": {
-            t.name: {"spec": absolute_spec(spec), "kind": t.kind, "metric": t.metric, "higher_is_better": t.higher_is_better,
-                     "n": t.n, "available": t.available, "sample_ids": t.sample_ids}
-            for spec, t in zip(tasks, loaded)
-        },
-    }
+    settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
     _keep_stored_spelling(Path(out), settings)
     content = {"model": model_hash, "tasks": {t.name: t.source_hash for t in loaded if getattr(t, "source_hash", None)}}
-    store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": tolerance,
+    store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
                                               "prefix_tokens": loaded[0].prefix}, content=content)
-    engine = Engine(bm, budget_bytes=budget)
+    engine = Engine(bm, budget_bytes=s.budget_bytes)
     store.set_info("engine", engine.info())  # fused runner or why not, packing limit: how the scores were made
     if pool is not None:
         _attach_pool(pool, engine, loaded, store)
-    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=candidates_per_pass, progress=progress,
-                                 racing=None if exact else search.Racing(), rank_by=ranking, runner=pool)
-    result = search.run(method, evaluator, max_remove=max_remove, beam_width=beam_width, protected=protected,
-                        min_depth=min_depth, max_candidates=max_candidates, seed=seed,
-                        evolution=evolve.Settings(population=population, generations=generations, offspring=offspring),
-                        sets=sets)
+    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
+                                 racing=None if s.exact else search.Racing(), rank_by=ranking, runner=pool)
+    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
+                        min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution,
+                        sets=s.sets)
     if pool is not None:  # the replicas' memory back before latency, held-out and export
         pool.close()
     store.finish()
     analysis = report.build_analysis(out)
     for note in analysis.get("warnings", []):
         print(f"blockprune: warning: {note}", file=sys.stderr)
-    if latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
-        _bench_latency(out, bm, tolerance, progress, analysis)
-    if held_out:
+    if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
+        _bench_latency(out, bm, s.tolerance, s.progress, analysis)
+    if s.held_out:
         from . import heldout
 
-        if progress:
+        if s.progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        heldout.score_held_out(out, bm, held_out_samples, tolerance, analysis=analysis)
-    recs = report.write_report(out, lang=lang, tolerance=tolerance, analysis=analysis)
+        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis)
+    recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis)
     balanced = recs["recommendations"]["balanced"]
-    if export_formats and not balanced["k"]:  # said, never a silent no-op
-        print(f"blockprune: warning: nothing exported: no balanced recommendation at tolerance {tolerance:.1%} (no set "
+    if s.export_formats and not balanced["k"]:  # said, never a silent no-op
+        print(f"blockprune: warning: nothing exported: no balanced recommendation at tolerance {s.tolerance:.1%} (no set "
               "removes a block within it); see the report, or raise --tolerance", file=sys.stderr)
-    if export_formats and balanced["k"]:
+    if s.export_formats and balanced["k"]:
         from .export import MANIFEST
 
         target = Path(out) / "export"  # the run's own export of an earlier balanced set may be replaced
         levels = [r["removed"] for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
-        export(bm, balanced["removed"], target, formats=export_formats, kv_cache=kv_cache,
+        export(bm, balanced["removed"], target, formats=s.export_formats, kv_cache=s.kv_cache,
                force=(target / MANIFEST).exists(), elastic_sets=levels)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
 
 
 @contextmanager
-def _pool(opts: dict | None, model: str, dtype: str, device, budget, batch_candidates: int, progress: bool):
+def _pool(s: Settings):
     """Ray workers for the search (None without --workers / --ray-address), started before this
     process loads the model so they load theirs meanwhile; stopped however the search ends."""
-    if opts is None:
+    if not s.clustered:
         yield None
         return
     from . import cluster
 
-    if progress:
-        print(f"blockprune: starting {opts['workers'] or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
-              f"{' at ' + opts['address'] if opts['address'] else ''}", file=sys.stderr, flush=True)
-    pool = cluster.Pool(model, dtype, workers=opts["workers"], address=opts["address"], device=device,
-                        budget_bytes=budget, batch_candidates=batch_candidates)
+    if s.progress:
+        print(f"blockprune: starting {s.workers or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
+              f"{' at ' + s.ray_address if s.ray_address else ''}", file=sys.stderr, flush=True)
+    pool = cluster.Pool(s.model, s.dtype, workers=s.workers, address=s.ray_address, device=s.device,
+                        budget_bytes=s.budget_bytes, batch_candidates=s.candidates_per_pass)
     try:
         yield pool
     finally:
@@ -434,11 +296,11 @@ def prepare_demo() -> None:
 
     try:
         data.fetch_all()
-        data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO["tasks"] if spec.startswith("bigbench:")])
-        for spec in DEMO["tasks"]:
+        data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO.tasks if spec.startswith("bigbench:")])
+        for spec in DEMO.tasks:
             if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
                 data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
-        models.resolve(DEMO["model"])
+        models.resolve(DEMO.model)
     except OSError as exc:
         raise data.DataError(f"cannot write the cache {data.cache_dir()}: {exc.strerror or exc} "
                              "(set BLOCKPRUNE_CACHE to a writable directory)") from None
@@ -446,5 +308,4 @@ def prepare_demo() -> None:
 
 def run_demo(out: str | Path = "runs/demo", **overrides) -> SearchOutput:
     """The embedded default: SmolLM2-135M on Shakespeare and three BIG-bench tasks."""
-    settings = {**DEMO, **overrides}
-    return run_search(out=out, **settings)
+    return run_search(DEMO, out=out, **overrides)

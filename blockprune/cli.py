@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import fields
 
 from . import api, report, search
+from .settings import Settings, default
 from .analysis import AnalysisError
 from .cluster import ClusterError
 from .report import ReportError
@@ -21,7 +23,7 @@ from .models import ModelError
 from .rundir import PathError
 from .scores import ScoreError
 from .store import StoreError
-from .tasks import DEFAULT_PPL_WINDOW, TaskError
+from .tasks import TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
                ExportFailed, BenchError, ScoreError, PathError, ClusterError, HeldOutError)
@@ -40,12 +42,16 @@ _ints = _int_list("block ids")
 _sizes = _int_list("batch sizes")
 
 
+def _formats(text: str) -> list[str]:
+    return [f for f in text.split(",") if f]
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *sorted(api.DTYPES)],
+    p.add_argument("--dtype", default=default("dtype"), choices=["auto", *sorted(api.DTYPES)],
                    help="auto (default): bfloat16 on CUDA, float32 elsewhere")
     p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
@@ -57,7 +63,7 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
                         "else one per GPU of the cluster (one per machine without GPUs)")
 
 
-def _add_report_options(p: argparse.ArgumentParser, tolerance: float | None = 0.05) -> None:
+def _add_report_options(p: argparse.ArgumentParser, tolerance: float | None = default("tolerance")) -> None:
     p.add_argument("--lang", default="en", choices=["en", "zh"], help="report language (zh: REPORT.zh.md)")
     p.add_argument("--tolerance", type=float, default=tolerance,
                    help="drop a recommendation may cost on every task: relative for scores, nats/token for kl "
@@ -79,30 +85,32 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
     s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory, or a hub id")
-    s.add_argument("--task", action="append", required=True, metavar="SPEC",
+    s.add_argument("--task", dest="tasks", action="append", required=True, metavar="SPEC",
                    help="ppl:shakespeare/<play> | kl:<text source> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
                         "hf:<dataset>[@split] (repeat)")
-    s.add_argument("--method", default="beam", choices=search.METHODS,
+    s.add_argument("--method", default=default("method"), choices=search.METHODS,
                    help="given: score exactly --sets / --sets-file (and dense) on every task")
     s.add_argument("--sets", default=None, metavar="SETS",
                    help="with --method given: removal sets, ';'-separated, e.g. '17,18,19;4,13'")
     s.add_argument("--sets-file", default=None, metavar="FILE",
                    help="with --method given: one set per line, or another run's pruning_recommendations.json")
-    s.add_argument("--beam-width", type=int, default=3)
-    s.add_argument("--max-remove", type=int, default=3, help="K: most blocks removed")
-    s.add_argument("--samples", type=int, default=50, help="samples per task (seeded subset); 0 = all")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--ppl-window", type=int, default=DEFAULT_PPL_WINDOW, help="tokens per perplexity window")
-    s.add_argument("--protect", type=_ints, default=[], help="block ids never removed, e.g. 0,29")
-    s.add_argument("--min-depth", type=int, default=1, help="keep at least this many blocks")
-    s.add_argument("--max-candidates", type=int, default=5000, help="refuse exhaustive searches above this")
-    s.add_argument("--candidates-per-pass", type=int, default=256,
+    s.add_argument("--beam-width", type=int, default=default("beam_width"))
+    s.add_argument("--max-remove", type=int, default=default("max_remove"), help="K: most blocks removed")
+    s.add_argument("--samples", type=int, default=default("samples"), help="samples per task (seeded subset); 0 = all")
+    s.add_argument("--seed", type=int, default=default("seed"))
+    s.add_argument("--ppl-window", type=int, default=default("ppl_window"), help="tokens per perplexity window")
+    s.add_argument("--protect", dest="protected", metavar="PROTECT", type=_ints, default=[],
+                   help="block ids never removed, e.g. 0,29")
+    s.add_argument("--min-depth", type=int, default=default("min_depth"), help="keep at least this many blocks")
+    s.add_argument("--max-candidates", type=int, default=default("max_candidates"),
+                   help="refuse exhaustive searches above this")
+    s.add_argument("--candidates-per-pass", type=int, default=default("candidates_per_pass"),
                    help="candidates scored in one engine pass (results persist after each pass)")
     s.add_argument("--exact", action="store_true",
                    help="no racing: score every candidate on all samples (default: beam/greedy/evolutionary steps race)")
-    s.add_argument("--population", type=int, default=8, help="evolutionary: sets kept per size")
-    s.add_argument("--generations", type=int, default=3, help="evolutionary: generations per size")
-    s.add_argument("--offspring", type=int, default=16, help="evolutionary: new sets per generation")
+    s.add_argument("--population", type=int, default=default("population"), help="evolutionary: sets kept per size")
+    s.add_argument("--generations", type=int, default=default("generations"), help="evolutionary: generations per size")
+    s.add_argument("--offspring", type=int, default=default("offspring"), help="evolutionary: new sets per generation")
     s.add_argument("--rank-by", default=None, metavar="SCORES",
                    help="what search and recommendations rank by: default (per task kind: p_gold, gold_logprob, "
                         "perplexity, kl), metric (acc, exact_match, perplexity, kl), or SCORE / TASK=SCORE entries, "
@@ -110,21 +118,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--held-out", action="store_true",
                    help="after the search, re-score the recommendations on samples it did not use (as `validate`)")
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
-    s.add_argument("--export", default="", metavar="FORMATS",
+    s.add_argument("--export", dest="export_formats", type=_formats, default="", metavar="FORMATS",
                    help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
     _add_common(s)
     _add_cluster(s)
     _add_report_options(s)
-    s.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
+    s.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="skip measuring the candidates' latency for the report")
 
     d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0, help="seed of the tasks' sample subsets (default 0)")
-    d.add_argument("--no-export", action="store_true", help="skip exporting the balanced recommendation")
-    d.add_argument("--no-latency", action="store_true", help="skip measuring the candidates' latency for the report")
+    d.add_argument("--seed", type=int, default=api.DEMO.seed, help="seed of the tasks' sample subsets (default 0)")
+    d.add_argument("--no-export", dest="export_formats", action="store_const", const=(), default=api.DEMO.export_formats,
+                   help="skip exporting the balanced recommendation")
+    d.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="skip measuring the candidates' latency for the report")
     _add_common(d)
     _add_cluster(d)
-    _add_report_options(d, tolerance=api.DEMO["tolerance"])
+    _add_report_options(d, tolerance=api.DEMO.tolerance)
 
     e = sub.add_parser("export", help="write the model without some blocks as verified artifacts: HF checkpoint, ONNX, "
                                       "ONNX Runtime GenAI, GGUF")
@@ -255,24 +266,7 @@ def _main(args, signals: _Signals) -> int:
                                   kv_cache=args.kv_cache, device=args.device, dtype=args.dtype, force=args.force)
             print(json.dumps({"out": args.out, "parity": manifest["parity"]}, indent=2))
             return 0
-        common = dict(device=args.device, dtype=args.dtype, budget_gb=args.budget_gb, progress=not args.no_progress,
-                      lang=args.lang, tolerance=args.tolerance, workers=args.workers, ray_address=args.ray_address)
-        if args.command == "demo":
-            out = api.run_demo(out=args.out, **({"export_formats": ()} if args.no_export else {}),
-                               latency=not args.no_latency, seed=args.seed, **common)
-        else:
-            sets = search.parse_sets(args.sets) if args.sets else []
-            if args.sets_file:
-                sets += search.read_sets_file(args.sets_file)
-            out = api.run_search(
-                model=args.model, tasks=args.task, out=args.out, method=args.method, beam_width=args.beam_width,
-                max_remove=args.max_remove, samples=args.samples or None, seed=args.seed, ppl_window=args.ppl_window,
-                protected=args.protect, min_depth=args.min_depth, max_candidates=args.max_candidates,
-                candidates_per_pass=args.candidates_per_pass, exact=args.exact, population=args.population,
-                generations=args.generations, offspring=args.offspring,
-                export_formats=[f for f in args.export.split(",") if f], latency=not args.no_latency,
-                rank_by=args.rank_by, held_out=args.held_out, sets=sets, **common,
-            )
+        out = api.run_search(_settings(args, api.DEMO if args.command == "demo" else None), out=args.out)
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)
         return 2
@@ -286,6 +280,17 @@ def _main(args, signals: _Signals) -> int:
     print(open(out.out / "SUMMARY.md", encoding="utf-8").read())
     print(f"wrote {out.out} in {out.seconds:.0f} s (report: {out.out / _report_name(args.lang)})")
     return 0
+
+
+def _settings(args, base: Settings | None = None) -> Settings:
+    """The search's Settings from its flags (each flag's dest is a Settings field), over `base`."""
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    if args.command == "search":
+        given["samples"] = args.samples or None  # 0: every sample
+        given["sets"] = search.parse_sets(args.sets) if args.sets else []
+        if args.sets_file:
+            given["sets"] += search.read_sets_file(args.sets_file)
+    return base.replace(**given) if base is not None else Settings(**given)
 
 
 def _report_name(lang: str) -> str:

@@ -87,14 +87,14 @@ class _Worker:
         import torch
 
         from . import models
+        from .settings import DTYPES
 
         if threads:
             torch.set_num_threads(threads)
         self.index = index
         self.tokens = 0
         self.tasks: dict[str, tuple[list, str]] = {}
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        bm = models.load(model, device=device, dtype=dtypes[dtype])
+        bm = models.load(model, device=device, dtype=DTYPES[dtype])
         self.engine = Engine(bm, budget_bytes=budget)
         self.about = {"worker": index, "host": socket.gethostname(), "pid": os.getpid(), "device": str(bm.device),
                       "threads": torch.get_num_threads(), "num_blocks": bm.num_blocks}
