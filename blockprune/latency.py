@@ -379,24 +379,15 @@ def write(result: dict, out: str | Path) -> list[Path]:
 
 
 # ---- after a search: the report's measured speedups -------------------------------------------
-def report_candidates(directory: str | Path, tolerance: float, analysis: dict | None = None) -> list[tuple[int, ...]]:
-    """The best set per k and the three recommendations, as the report will name them."""
-    from . import advice
-    from . import analysis as analysis_mod
-    from .store import Store
-
-    a = analysis if analysis is not None else analysis_mod.build(Store.open_existing(Path(directory)))
-    groups = advice.by_k(a["candidates"])
-    return advice.report_sets(groups, advice.recommendations(groups, tolerance))
-
-
 def bench_run(directory: str | Path, bm: models.BlockModel, tolerance: float, progress: bool = True,
               settings: dict | None = None, analysis: dict | None = None) -> dict:
-    """Bench the report's candidates (PyTorch, batch 1, short settings) into DIR/latency.json."""
+    """Bench the sets the report names (`report.latency_sets`: PyTorch, batch 1, short settings) into
+    DIR/latency.json. `analysis`: the run's, when the caller has built it already."""
+    from . import report
     from .store import atomic_write_json
 
     settings = {**REPORT_SETTINGS, **(settings or {})}
-    sets = report_candidates(directory, tolerance, analysis)
+    sets = report.latency_sets(directory, tolerance, analysis)
     log = (lambda msg: print(f"latency: {msg}", file=sys.stderr, flush=True)) if progress else None
     start = time.perf_counter()
     result = bench_sets(bm, sets, backends=("torch",), batches=(1,), log=log, **settings)

@@ -302,6 +302,14 @@ def cluster_lines(sessions: list | None, T: dict) -> list[str]:
     return L + [""]
 
 
+def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None = None) -> list[tuple[int, ...]]:
+    """The sets whose speed the report's latency table shows: the best set per k and the three
+    recommendations (`analysis`: the run's, when the caller has built it; else built from its store)."""
+    a = analysis if analysis is not None else analysis_mod.build(Store.open_existing(Path(directory)))
+    groups = by_k(a["candidates"])
+    return advice.report_sets(groups, recommendations(groups, tolerance))
+
+
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
     """The recommendations with their measured speedup, when the run has a latency.json (else nothing)."""
     speed = latency_report.load_speedups(out, a["model"])
