@@ -126,6 +126,7 @@ def check_rank_by_entries(spec: str | None) -> None:
 
 
 def check_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, protected: Sequence[int] = (), min_depth: int = 1) -> None:
+    """--method given's sets against the model (Settings.check_blocks, and search.run for direct callers)."""
     for s in sets:
         bad = [b for b in s if not 0 <= b < num_blocks]
         if bad:
@@ -139,7 +140,8 @@ def check_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, protected: Sequ
 
 def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), min_depth: int = 1,
              method: str = "beam", beam_width: int = 1, max_candidates: int = 5000) -> list[int]:
-    """Check the settings before anything is written; return the blocks that may be removed."""
+    """The checks that need the block count (Settings.check_blocks runs them once the model is loaded,
+    search.run again for direct callers); return the blocks that may be removed."""
     if method not in METHODS:
         raise SearchError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     bad = sorted(b for b in protected if not 0 <= b < num_blocks)

@@ -5,7 +5,9 @@ Adding an option is one field here (plus its CLI flag in blockprune.cli, whose `
 name): `option(default, run=...)` says whether the option changes the scores (`run=SAME`, or a
 function giving its run.json entries) or only where, how fast or what else is done (`run=None`).
 Its check, if it needs one, goes into `Settings.check` (before the model loads) or, when it needs
-the model's block count, `Settings.check_blocks`.
+the model's block count, `Settings.check_blocks`. A new fingerprinted option changes every run's
+identity unless its function leaves it out at its default (then earlier runs still resume);
+tests/test_settings.py holds the run.json settings to what the search wrote before this module.
 """
 
 from __future__ import annotations
