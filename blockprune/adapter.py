@@ -375,6 +375,3 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
     out = wrap(model, bm.tokenizer, bm.name)
     out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
     return out
-
-
-_select_rows = select_rows  # its name before #22
