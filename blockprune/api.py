@@ -24,9 +24,11 @@ class SearchOutput:
     seconds: float
 
 
-def run_search(settings: Settings | None = None, out: str | Path | None = None, **options) -> SearchOutput:
+def run_search(settings: Settings | str | None = None, tasks=None, out: str | Path | None = None,
+               **options) -> SearchOutput:
     """Search which blocks of `settings.model` to remove, scoring every candidate on every task;
-    `options` (Settings' fields) build the settings, or change the given ones.
+    `options` (Settings' fields) build the settings, or change the given ones. Also callable as
+    `run_search(model, tasks, out, **options)`.
 
     Beam, greedy and evolutionary steps race unless `exact` (see search.Racing): sets that cannot
     reach the beam are dropped after a few samples, the rest are scored on every sample.
@@ -38,8 +40,11 @@ def run_search(settings: Settings | None = None, out: str | Path | None = None, 
     the scores and the store are the same as in one process.
     """
     start = time.perf_counter()
-    if settings is not None and not isinstance(settings, Settings):
-        raise TypeError(f"run_search() takes a Settings or the options as keywords, not {type(settings).__name__}")
+    if settings is not None and not isinstance(settings, Settings):  # run_search(model, tasks, out, ...)
+        options["model"] = settings
+        settings = None
+    if tasks is not None:
+        options["tasks"] = tasks
     if out is None:
         raise TypeError("run_search() needs out, the run directory")
     settings = Settings(**options) if settings is None else settings.replace(**options)

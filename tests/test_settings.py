@@ -125,8 +125,8 @@ def test_run_search_takes_settings_or_keywords(tmp_path):
         api.run_search(model="m", tasks=[], out=tmp_path / "a")
     with pytest.raises(search.SearchError, match="give at least one --task"):
         api.run_search(Settings(model="m", tasks=["jsonl:a"]), out=tmp_path / "b", tasks=[])
-    with pytest.raises(TypeError):
-        api.run_search("m", ["jsonl:a"], tmp_path / "c")  # no positional options
+    with pytest.raises(search.SearchError, match="give at least one --task"):
+        api.run_search("m", [], tmp_path / "c")  # the positional form of the README
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
