@@ -87,7 +87,7 @@ class _Worker:
         import torch
 
         from . import models
-        from .settings import DTYPES
+        from .sources import DTYPES
 
         if threads:
             torch.set_num_threads(threads)

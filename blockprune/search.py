@@ -138,7 +138,7 @@ def check_sets(sets: Sequence[tuple[int, ...]], num_blocks: int, protected: Sequ
                               f"--min-depth {max(1, min_depth)}")
 
 
-def validate(num_blocks: int, max_remove: int, protected: Sequence[int] = (), min_depth: int = 1,
+def check_limits(num_blocks: int, max_remove: int, protected: Sequence[int] = (), min_depth: int = 1,
              method: str = "beam", beam_width: int = 1, max_candidates: int = 5000) -> list[int]:
     """The checks that need the block count (Settings.check_blocks runs them once the model is loaded,
     search.run again for direct callers); return the blocks that may be removed."""
@@ -191,7 +191,7 @@ def run(method: str, ev: Evaluator, max_remove: int = 3, beam_width: int = 3, pr
             result.steps.append(rank({s: e for s, e in res.items() if len(s) == k}))
         result.evaluated.extend(res)
         return result
-    allowed = validate(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
+    allowed = check_limits(num_blocks, max_remove, protected, min_depth, method, beam_width, max_candidates)
     k_max = min(1 if method == "sensitivity" else max_remove, num_blocks - min_depth, len(allowed))
     result = SearchResult(method)
     if method == "exhaustive":

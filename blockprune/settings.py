@@ -23,7 +23,7 @@ from . import evolve, report, scores, search, sources
 from .search import SearchError
 from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, split_count
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .sources import DTYPES  # noqa: E402  (re-exported: the --dtype names)
 
 SAME = "same"  # `run=SAME`: the option is fingerprinted under its own name, as given
 
@@ -155,7 +155,7 @@ class Settings:
 
     def check_blocks(self, num_blocks: int) -> None:
         """The checks that need the model's block count (once it is loaded, before any scoring)."""
-        search.validate(num_blocks, self.max_remove, self.protected, self.min_depth, self.method, self.beam_width,
+        search.check_limits(num_blocks, self.max_remove, self.protected, self.min_depth, self.method, self.beam_width,
                         self.max_candidates)
         search.check_sets(self.sets, num_blocks, self.protected, self.min_depth)
 

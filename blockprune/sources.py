@@ -96,6 +96,9 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # --dtype names
+
+
 def check_device(device: str | torch.device | None) -> torch.device:
     """The device a --device value names, refused in one line when unknown or absent here."""
     if device is None:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .kl_head import check_kl_args
-from .scoring_head_triton import _tanh, combine_splits, head_settings, programs_wanted
+from .scoring_head_triton import tanh, combine_splits, head_settings, programs_wanted
 
 
 @triton.jit(do_not_specialize=["P", "V", "V_SPLIT"])
@@ -90,8 +90,8 @@ def _kl_head_kernel(
             acc = acc + b[None, :]
             acc_a = acc_a + b[None, :]
         if HAS_SOFTCAP:
-            acc = _tanh(acc / softcap) * softcap
-            acc_a = _tanh(acc_a / softcap) * softcap
+            acc = tanh(acc / softcap) * softcap
+            acc_a = tanh(acc_a / softcap) * softcap
         logits = tl.where(mask_v[None, :], acc, float("-inf"))
         dense = tl.where(mask_v[None, :], acc_a, float("-inf"))
 

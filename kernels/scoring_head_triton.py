@@ -23,7 +23,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _tanh(x):
+def tanh(x):  # shared with the KL head
     # libdevice is unavailable in the interpreter: tanh from exp, stable for large |x|.
     t = tl.exp(-2.0 * tl.abs(x))
     y = (1.0 - t) / (1.0 + t)
@@ -77,7 +77,7 @@ def _scoring_head_kernel(
             b = tl.load(bias_ptr + offs_v * stride_b, mask=mask_v, other=0.0).to(tl.float32)
             acc = acc + b[None, :]
         if HAS_SOFTCAP:
-            acc = _tanh(acc / softcap) * softcap
+            acc = tanh(acc / softcap) * softcap
         logits = tl.where(mask_v[None, :], acc, float("-inf"))
 
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
