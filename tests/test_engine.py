@@ -2,27 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
 
 from blockprune import models, packing
 from blockprune.engine import Engine, Request, trie_block_rows
 from conftest import tiny_model
+from reference import naive_scores
 
 ARCHS = ["llama", "qwen3", "gpt2", "gemma3"]
-
-
-def naive_scores(bm, requests, removed):
-    """Plain forward of a physically pruned copy, one unpadded sequence at a time."""
-    pm = models.remove_blocks(bm, removed) if removed else bm
-    lp, gr = [], []
-    for r in requests:
-        with torch.inference_mode():
-            logits = pm.model(torch.tensor([r.tokens]), use_cache=False).logits[0].double()
-        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-        tgt = torch.tensor(r.tokens[r.score_from:])
-        lp.append(torch.log_softmax(logits, -1)[pos, tgt].sum().item())
-        gr.append(bool((logits[pos].argmax(-1) == tgt).all()))
-    return np.array(lp), np.array(gr)
 
 
 def random_requests(rng, n, vocab=262, lo=3, hi=40):

@@ -8,8 +8,7 @@ import pytest
 from blockprune import api, models
 from blockprune.engine import Engine
 from blockprune.tasks import load_task
-from test_engine import naive_scores
-from test_kl_engine import naive_kl
+from reference import naive_kl, naive_scores
 
 
 def test_engine_matches_physical_removal_on_real_tasks(smollm2):

@@ -2,26 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
-from blockprune import models
 from blockprune.engine import Engine
 from conftest import tiny_model
+from reference import naive_kl
 from test_engine import masks_for, random_requests
-
-
-def naive_kl(bm, requests, removed):
-    """Sum over each request's scored positions of KL(p_dense || p_pruned), float64, full logits."""
-    pm = models.remove_blocks(bm, removed) if removed else bm
-    out = []
-    for r in requests:
-        ids = torch.tensor([r.tokens])
-        with torch.inference_mode():
-            dense = torch.log_softmax(bm.model(ids, use_cache=False).logits[0].double(), -1)
-            pruned = torch.log_softmax(pm.model(ids, use_cache=False).logits[0].double(), -1)
-        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-        out.append((dense[pos].exp() * (dense[pos] - pruned[pos])).sum().item())
-    return np.array(out)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: final-logit softcap
@@ -48,9 +33,11 @@ def test_kl_with_candidate_groups_and_dense_in_the_set():
         np.testing.assert_allclose(res.kl[c], naive_kl(bm, reqs, s), rtol=1e-4, atol=1e-6)
 
 
-def test_engine_kl_with_the_triton_kernel_matches_torch(monkeypatch):
-    """The engine's KL through the Triton KL head (interpreted on CPU) equals the torch reference."""
-    bm = tiny_model("llama", layers=3)
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_engine_kl_with_the_triton_kernel_matches_torch(monkeypatch, arch):
+    """The engine's KL through the Triton kernels (interpreted on CPU) equals the torch reference:
+    Llama through the scoring head and the dense expectation, Gemma 3 (softcap) through the KL head."""
+    bm = tiny_model(arch, layers=3)
     reqs = random_requests(np.random.default_rng(5), 2, hi=12)
     keep = masks_for([(0,), (2,), (1, 2)], 3)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
