@@ -30,6 +30,8 @@ from blockprune.tasks import load_task
 
 @torch.inference_mode()
 def naive_scores(bm, requests, removed, batch=16):
+    """The timed naive loop (here and in gpu_bench.py): the model without `removed` (no copy), one
+    padded batched forward per `batch` requests with full logits; checked against tests/reference.py."""
     lp = np.zeros(len(requests))
     gr = np.zeros(len(requests), dtype=bool)
     pad = bm.eos_token_id or 0
@@ -42,13 +44,22 @@ def naive_scores(bm, requests, removed, batch=16):
             for j, r in enumerate(part):
                 ids[j, : len(r.tokens)] = torch.tensor(r.tokens)
                 att[j, : len(r.tokens)] = 1
-            logits = bm.model(input_ids=ids, attention_mask=att, use_cache=False).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            for j, r in enumerate(part):
-                pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-                tgt = torch.tensor(r.tokens[r.score_from :])
-                lp[s + j] = logp[j, pos, tgt].double().sum().item()
-                gr[s + j] = bool((logits[j, pos].argmax(-1) == tgt).all())
+            logits = bm.model(input_ids=ids.to(bm.device), attention_mask=att.to(bm.device), use_cache=False).logits
+            # every scored (row, position, target) of the batch in one gather on the model's device
+            rows = np.concatenate([np.full(len(r.tokens) - r.score_from, j) for j, r in enumerate(part)])
+            pos = np.concatenate([np.arange(r.score_from - 1, len(r.tokens) - 1) for r in part])
+            tgt = np.concatenate([r.tokens[r.score_from:] for r in part])
+            owner = torch.from_numpy(rows).to(bm.device)
+            picked = logits[owner, torch.from_numpy(pos).to(bm.device)].float()
+            target = torch.from_numpy(np.asarray(tgt)).to(bm.device)
+            token_lp = (torch.log_softmax(picked, -1).gather(1, target[:, None])[:, 0]).double()
+            miss = (picked.argmax(-1) != target).double()
+            sums = torch.zeros((2, len(part)), dtype=torch.float64, device=bm.device)
+            sums[0].index_add_(0, owner, token_lp)
+            sums[1].index_add_(0, owner, miss)
+            sums = sums.cpu().numpy()
+            lp[s : s + len(part)] = sums[0]
+            gr[s : s + len(part)] = sums[1] == 0
     return lp, gr
 
 

@@ -193,22 +193,12 @@ def beam_step(num_blocks: int, width: int) -> np.ndarray:
     return keep
 
 
-@torch.inference_mode()
 def naive_scores(bm, requests, removed) -> np.ndarray:
-    """The model without `removed`, one plain forward per group of equal-shape requests, full logits."""
-    from blockprune import models
+    """The naive loop of `make bench` (bench_engine.naive_scores), 64 requests per forward."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_engine import naive_scores as loop
 
-    out = np.zeros(len(requests))
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault((len(r.tokens), r.score_from), []).append(i)
-    with models.without_blocks(bm, removed):
-        for (_, start), idx in groups.items():
-            ids = torch.tensor([requests[i].tokens for i in idx], device=bm.device)
-            logp = torch.log_softmax(bm.model(input_ids=ids, use_cache=False).logits.float()[:, start - 1 : -1], -1)
-            lp = logp.gather(-1, ids[:, start:, None])[..., 0].double().sum(-1)
-            out[idx] = lp.cpu().numpy()
-    return out
+    return loop(bm, requests, removed, batch=64)[0]
 
 
 def agreement(engine_lp: np.ndarray, naive_lp: np.ndarray) -> dict:
