@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import models, report, rundir, scores, search, sources, versions
+from . import advice, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
 from .store import RUN_FILE, Store, StoreError, refuse_changed_content
@@ -99,18 +99,21 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     if pool is not None:  # the replicas' memory back before latency, held-out and export
         pool.close()
     store.finish()
-    analysis = report.build_analysis(out)
+    # the search's store (results.jsonl is not read again), its analysis and recommendations, built
+    # once: the latency step, the held-out check and the report take them
+    analysis = report.build_analysis(out, store=store)
+    advised = advice.recommendations(advice.by_k(analysis["candidates"]), s.tolerance)
     for note in analysis.get("warnings", []):
         print(f"blockprune: warning: {note}", file=sys.stderr)
     if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
-        _bench_latency(out, bm, s.tolerance, s.progress, analysis)
+        _bench_latency(out, bm, s.tolerance, s.progress, analysis, advised)
     if s.held_out:
         from . import heldout
 
         if s.progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis)
-    recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis)
+        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised)
+    recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store, recs=advised)
     balanced = recs["recommendations"]["balanced"]
     if s.export_formats and not balanced["k"]:  # said, never a silent no-op
         print(f"blockprune: warning: nothing exported: no balanced recommendation at tolerance {s.tolerance:.1%} (no set "
@@ -237,12 +240,13 @@ def _refuse_old_store(out: Path) -> None:
                          f"`blockprune report {out}` still reads it, but resuming needs a new --out directory")
 
 
-def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool, analysis: dict) -> None:
+def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool, analysis: dict,
+                   recs: dict) -> None:
     """Latency is an extra: a failure is reported on one line and the search's report still written."""
     from . import latency
 
     try:
-        latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis)
+        latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis, recs=recs)
     except Exception as exc:  # noqa: BLE001
         print(f"blockprune: warning: latency not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
@@ -272,7 +276,7 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
     from . import heldout
 
     store = Store.open_existing(Path(directory))
-    tolerance = report.run_tolerance(directory) if tolerance is None else tolerance
+    tolerance = report.run_tolerance(directory, store) if tolerance is None else tolerance
     report.check_options(lang, tolerance)
     if samples is not None and samples < 1:
         raise search.SearchError("--samples must be at least 1")
@@ -283,14 +287,17 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
                            {"model": sources.content_hash(settings["model"])}, "validate")
     with rundir.lock(directory, "validate"):
         bm = models.load(settings["model"], device=device, dtype=DTYPES[settings.get("dtype", "float32")])
-        result = heldout.score_held_out(directory, bm, samples, tolerance)
-        report.write_report(directory, lang=lang, tolerance=tolerance)
+        # one store, one analysis, one set of recommendations for the check and the report
+        analysis = report.build_analysis(directory, store=store)
+        advised = advice.recommendations(advice.by_k(analysis["candidates"]), tolerance)
+        result = heldout.score_held_out(directory, bm, samples, tolerance, analysis=analysis, store=store, recs=advised)
+        report.write_report(directory, lang=lang, tolerance=tolerance, analysis=analysis, store=store, recs=advised)
     return result
 
 
 def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None) -> dict:
     """Regenerate a run's report from its store; refused while another process writes the run."""
-    Store.open_existing(Path(directory))  # a run directory, before anything is locked or written
+    Store.existing_settings(Path(directory))  # a run directory, before anything is locked or written
     with rundir.lock(directory, "report on"):
         return report.write_report(directory, lang=lang, tolerance=tolerance)
 

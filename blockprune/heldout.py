@@ -38,10 +38,10 @@ def _set_key(removed) -> str:
     return ",".join(str(int(b)) for b in removed)
 
 
-def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | None = None
-                     ) -> tuple[dict, list[tuple[int, ...]]]:
-    a = analysis if analysis is not None else report.build_analysis(directory)
-    recs = advice.recommendations(advice.by_k(a["candidates"]), tolerance)
+def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | None = None,
+                     recs: dict | None = None, store: Store | None = None) -> tuple[dict, list[tuple[int, ...]]]:
+    a = analysis if analysis is not None else report.build_analysis(directory, store=store)
+    recs = recs if recs is not None else advice.recommendations(advice.by_k(a["candidates"]), tolerance)
     sets = list(dict.fromkeys(tuple(recs[level]["removed"]) for level in advice.LEVELS if recs[level]["k"]))
     return a, sets
 
@@ -62,17 +62,17 @@ def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ..
 
 def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
                  tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True,
-                 analysis: dict | None = None) -> dict:
+                 analysis: dict | None = None, store: Store | None = None, recs: dict | None = None) -> dict:
     """Score the recommendations and dense on held-out samples; write DIR/validation.json.
-    `analysis`: the run's, when the caller has built it already."""
+    `analysis`, `store`, `recs` (the recommendations at `tolerance`): the run's, when the caller has them."""
     directory = Path(directory)
-    store = Store.open_existing(directory)
+    store = store if store is not None else Store.open_existing(directory)
     info_all = store.run_info
     settings = info_all["settings"]
     if settings["num_blocks"] != bm.num_blocks:
         raise HeldOutError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
                                  f"this one has {bm.num_blocks}")
-    a, sets = recommended_sets(directory, tolerance, analysis)
+    a, sets = recommended_sets(directory, tolerance, analysis, recs, store)
     if not sets:
         raise HeldOutError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
     engine = Engine(bm)

@@ -302,12 +302,13 @@ def cluster_lines(sessions: list | None, T: dict) -> list[str]:
     return L + [""]
 
 
-def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None = None) -> list[tuple[int, ...]]:
+def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None = None,
+                 recs: dict | None = None) -> list[tuple[int, ...]]:
     """The sets whose speed the report's latency table shows: the best set per k and the three
-    recommendations (`analysis`: the run's, when the caller has built it; else built from its store)."""
+    recommendations (`analysis`, `recs`: the run's, when the caller has them; else built from its store)."""
     a = analysis if analysis is not None else analysis_mod.build(Store.open_existing(Path(directory)))
     groups = by_k(a["candidates"])
-    return advice.report_sets(groups, recommendations(groups, tolerance))
+    return advice.report_sets(groups, recs if recs is not None else recommendations(groups, tolerance))
 
 
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
@@ -386,10 +387,11 @@ def command_of(info: dict, out: Path) -> str:
     return " \\\n    ".join(parts)
 
 
-def run_tolerance(directory: str | Path) -> float:
-    """The tolerance a run was searched with (recorded in run.json), else the default."""
+def run_tolerance(directory: str | Path, store: Store | None = None) -> float:
+    """The tolerance a run was searched with (recorded in run.json), else the default (`store`: the
+    run's, when the caller has opened it)."""
     try:
-        return float(Store.open_existing(Path(directory)).run_info.get("tolerance", DEFAULT_TOLERANCE))
+        return float((store or Store.open_existing(Path(directory))).run_info.get("tolerance", DEFAULT_TOLERANCE))
     except (TypeError, ValueError):
         return DEFAULT_TOLERANCE
 
@@ -401,9 +403,11 @@ def check_options(lang: str, tolerance: float) -> None:
         raise ReportError("--tolerance must be between 0 and 1 (a relative drop, e.g. 0.05)")
 
 
-def build_analysis(directory: str | Path, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
-    """The run's analysis, refused when no candidate is complete."""
-    a = analysis_mod.build(Store.open_existing(Path(directory)), replicates)
+def build_analysis(directory: str | Path, replicates: int = stats.DEFAULT_REPLICATES,
+                   store: Store | None = None) -> dict:
+    """The run's analysis, refused when no candidate is complete (`store`: the run's, when the
+    caller has it open: the search's, or the entry point's)."""
+    a = analysis_mod.build(store if store is not None else Store.open_existing(Path(directory)), replicates)
     a["replicates"] = replicates
     if not a["candidates"]:
         raise ReportError(f"{directory}: no candidate is scored on every task yet; rerun the search to resume it")
@@ -420,18 +424,20 @@ def load_validation(directory: Path) -> dict | None:
 
 
 def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None,
-                 replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None) -> dict:
-    """(Re)generate every report file of a run directory from its store (or a prebuilt `analysis`);
-    `tolerance` None: the one the run was searched with."""
+                 replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None,
+                 store: Store | None = None, recs: dict | None = None) -> dict:
+    """(Re)generate every report file of a run directory from its store; `tolerance` None: the one
+    the run was searched with. `store`, `analysis`, `recs` (the recommendations at `tolerance`):
+    the run's, when the caller has them (the search passes its own: nothing is read or computed twice)."""
     directory = Path(directory)
+    store = store if store is not None else Store.open_existing(directory)
     if tolerance is None:
-        tolerance = run_tolerance(directory)
+        tolerance = run_tolerance(directory, store)
     check_options(lang, tolerance)
-    store = Store.open_existing(directory)
-    a = analysis if analysis is not None else build_analysis(directory, replicates)
+    a = analysis if analysis is not None else build_analysis(directory, replicates, store)
     groups = by_k(a["candidates"])
     path = stepwise(groups)
-    recs = recommendations(groups, tolerance)
+    recs = recs if recs is not None else recommendations(groups, tolerance)
     decisions = advice.decisions(groups, a["tasks"], tolerance)
     findings = key_findings(a, groups, path)
     validation = load_validation(directory)

@@ -263,6 +263,12 @@ class Store:
     @classmethod
     def open_existing(cls, directory: Path) -> "Store":
         """Open a finished or interrupted run for reading (reports)."""
+        return cls(directory, cls.existing_settings(directory), readonly=True)
+
+    @staticmethod
+    def existing_settings(directory: Path) -> dict:
+        """The settings of a run directory's run.json (StoreError when it is not a run directory);
+        results.jsonl is not read."""
         run_file = Path(directory) / RUN_FILE
         if not Path(directory).is_dir():
             raise StoreError(f"{directory} is not a directory")
@@ -276,7 +282,7 @@ class Store:
             raise StoreError(f"cannot read {run_file}: {exc.strerror or exc}") from None
         if not isinstance(settings, dict) or not isinstance(settings.get("tasks", {}), dict):
             raise StoreError(f"{run_file} is corrupt")
-        return cls(directory, settings, readonly=True)
+        return settings
 
     @property
     def run_info(self) -> dict:
