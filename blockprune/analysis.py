@@ -56,7 +56,7 @@ def _kind(info: dict):
 
 def _task_drops(store: Store, key, name: str, score: str, base: tuple) -> tuple[float, float]:
     """(drop, value) of `score` for a candidate on a task, against the dense per-sample `base`."""
-    cand = stats.per_sample_arrays(store.get(key, name)["per_sample"], score)
+    cand = stats.per_sample_arrays(store.columns(key, name)[1], score)
     value = float(scores.get(score).value(cand[0].sum(), cand[1].sum()))
     return stats.point_drop(score, base, cand), value
 
@@ -80,7 +80,7 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     rank_by, notes = rank_scores(store)
     metric_of = {t: _kind(tasks[t]).shown for t in names}
     baseline = {t: store.get((), t)["value"] for t in names}
-    dense = {(t, sc): stats.per_sample_arrays(store.get((), t)["per_sample"], sc)
+    dense = {(t, sc): stats.per_sample_arrays(store.columns((), t)[1], sc)
              for t in names for sc in {rank_by[t], metric_of[t]}}
     rank_baseline = {t: _task_drops(store, (), t, rank_by[t], dense[t, rank_by[t]])[1] for t in names}
     candidates = []
@@ -213,7 +213,7 @@ def _work(store: Store, tasks: dict, names: list[str], eliminated: int) -> dict:
     # racing: candidate-samples scored vs scoring every candidate seen on every sample
     n_total = sum(t["n"] for t in tasks.values())
     seen_keys = [k for k in set(store.candidates()) | set(store.partial_candidates()) if k]
-    scored = sum(tasks[t]["n"] if store.has(k, t) else len(store.samples_of(k, t)) for k in seen_keys for t in names)
+    scored = sum(tasks[t]["n"] if store.has(k, t) else len(store.columns(k, t)[0]) for k in seen_keys for t in names)
     work["racing"] = {"eliminated": eliminated, "candidate_samples": scored,
                       "exact_candidate_samples": len(seen_keys) * n_total,
                       "ratio": round(scored / (len(seen_keys) * n_total), 4) if seen_keys else None}
@@ -226,16 +226,15 @@ def _partial(store: Store, tasks: dict, rank_by: dict[str, str], replicates: int
     out = []
     rng = np.random.default_rng(1)
     for key in store.partial_candidates():
-        if not all(store.samples_of(key, t) for t in tasks):
+        if not all(len(store.columns(key, t)[0]) for t in tasks):
             continue
         drops, reps, samples = {}, np.zeros(replicates), {}
         for t in tasks:
-            data = store.samples_of(key, t)
-            base_data = store.samples_of((), t)
-            cols = sorted(data)
-            fields = list(data[cols[0]])
-            cand = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, rank_by[t])
-            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, rank_by[t])
+            cols, per = store.columns(key, t)
+            base_idx, base_per = store.columns((), t)
+            at = np.searchsorted(base_idx, cols)  # the dense model is scored on every sample
+            cand = stats.per_sample_arrays(per, rank_by[t])
+            base = stats.per_sample_arrays({f: v[at] for f, v in base_per.items()}, rank_by[t])
             drops[t] = stats.point_drop(rank_by[t], base, cand)
             cand = (cand[0][None, :], cand[1][None, :])
             reps += stats.drop_replicates(rank_by[t], base, cand, stats.resample_counts(len(cols), replicates, rng))[0]

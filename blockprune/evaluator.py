@@ -141,7 +141,7 @@ class Evaluator:
             for k in keys:
                 if self.store.has(k, t.name):
                     continue
-                have = self.store.samples_of(k, t.name)
+                have = set(self.store.columns(k, t.name)[0].tolist())
                 by_missing.setdefault(tuple(i for i in range(t.n) if i not in have), []).append(k)
             for m, ks in by_missing.items():
                 if m:
@@ -152,9 +152,8 @@ class Evaluator:
             for k in keys:
                 if self.store.has(k, t.name):
                     continue
-                data = self.store.samples_of(k, t.name)
-                fields = next(iter(data.values())).keys()
-                per_sample = {f: _column([data[i][f] for i in range(t.n)]) for f in fields}
+                idx, per_sample = self.store.columns(k, t.name)  # every sample is in: idx is 0..n-1
+                assert len(idx) == t.n, (k, t.name)
                 records.append(self._record(t, k, per_sample, float(t.value(per_sample))))
         self.store.append(records)
 
@@ -167,16 +166,16 @@ class Evaluator:
 
     def _evaluated(self, keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], Evaluated]:
         self.baseline
-        base = {t.name: stats.per_sample_arrays(self.store.get((), t.name)["per_sample"], self.rank_by[t.name])
+        base = {t.name: stats.per_sample_arrays(self.store.columns((), t.name)[1], self.rank_by[t.name])
                 for t in self.tasks}
         out = {}
         for k in keys:
             values, drops = {}, {}
             for t in self.tasks:
                 score = self.rank_by[t.name]
-                rec = self.store.get(k, t.name)
-                values[t.name] = rec["value"]
-                drops[t.name] = stats.point_drop(score, base[t.name], stats.per_sample_arrays(rec["per_sample"], score))
+                values[t.name] = self.store.get(k, t.name)["value"]
+                drops[t.name] = stats.point_drop(score, base[t.name],
+                                                 stats.per_sample_arrays(self.store.columns(k, t.name)[1], score))
             out[k] = Evaluated(k, values, drops)
         return out
 
@@ -215,7 +214,7 @@ class Evaluator:
                 want = set(int(i) for i in subsets[t.name])
                 by_missing: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
                 for k in alive:
-                    missing = tuple(sorted(want - set(self.store.samples_of(k, t.name))))
+                    missing = tuple(sorted(want - set(self.store.columns(k, t.name)[0].tolist())))
                     if missing:
                         by_missing.setdefault(missing, []).append(k)
                 jobs.extend((t, ks, list(m)) for m, ks in by_missing.items())
@@ -236,12 +235,10 @@ class Evaluator:
             cols = [int(i) for i in subsets[t.name]]
             score = self.rank_by[t.name]
             fields = scores.get(score).fields()
-            base_data = self.store.samples_of((), t.name)
-            base = stats.per_sample_arrays({f: [base_data[i][f] for i in cols] for f in fields}, score)
+            base = stats.per_sample_arrays(_at(self.store.columns((), t.name), cols, fields), score)
             nums, dens = [], []
             for k in keys:
-                data = self.store.samples_of(k, t.name)
-                num, den = stats.per_sample_arrays({f: [data[i][f] for i in cols] for f in fields}, score)
+                num, den = stats.per_sample_arrays(_at(self.store.columns(k, t.name), cols, fields), score)
                 nums.append(num)
                 dens.append(den)
             cand = (np.stack(nums), np.stack(dens))
@@ -263,14 +260,13 @@ class Evaluator:
         return alive
 
 
-def _column(values: list) -> np.ndarray:
-    """Per-sample values as an array; samples that hold lists (per-choice fields) as an object array."""
-    if values and isinstance(values[0], list):
-        out = np.empty(len(values), dtype=object)
-        for i, v in enumerate(values):
-            out[i] = v
-        return out
-    return np.asarray(values)
+def _at(columns: tuple[np.ndarray, dict[str, np.ndarray]], samples: list[int], fields) -> dict[str, np.ndarray]:
+    """`fields` of a store's columns (`Store.columns`) at the given sample indices (all stored)."""
+    idx, per = columns
+    pos = np.searchsorted(idx, samples)
+    if len(samples) and (pos.max() >= len(idx) or not np.array_equal(idx[pos], samples)):
+        raise KeyError(f"samples {sorted(set(samples) - set(idx.tolist()))[:5]} are not stored")
+    return {f: per[f][pos] for f in fields}
 
 
 

@@ -24,6 +24,11 @@
 * Records of `"type": "part"` hold a candidate's per-sample scores on some samples of a task
   (racing scores candidates on growing sample subsets; see blockprune.search). A candidate that
   reaches the end of a race gets a whole record like any other; one eliminated early keeps parts.
+* In memory the store is the run's results (the file is for durability): `Store.columns(set, task)`
+  gives a (candidate, task)'s sample indices and per-sample fields as arrays, filled from each
+  record as it is appended or read on resume, so a resumed run and a fresh one hold the same.
+  The evaluator, racing and the analysis read these; after a search its store is passed on to the
+  report, the held-out check and the latency step instead of results.jsonl being parsed again.
 * For tests only: with `BLOCKPRUNE_KILL_AFTER_RECORDS=N` in its environment a process SIGKILLs
   itself right after the append that brings the records it wrote to N or more -- `kill -9` at a
   known point, however fast the machine. Unset (always, outside tests), nothing happens.
@@ -41,6 +46,8 @@ import tempfile
 from numbers import Real
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from .rundir import LOCK_FILE, chmod_like_user
 
@@ -202,6 +209,19 @@ def key_of(removed: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(int(b) for b in removed))
 
 
+def column(values: list) -> np.ndarray:
+    """Per-sample values as an array; samples that hold lists (per-choice fields) as an object array."""
+    if values and isinstance(values[0], list):
+        out = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):
+            out[i] = v
+        return out
+    return np.asarray(values)
+
+
+_NO_SAMPLES = np.zeros(0, dtype=np.int64)
+
+
 class Store:
     def __init__(self, directory: Path, settings: dict, extra: dict | None = None, readonly: bool = False,
                  content: dict | None = None):
@@ -220,6 +240,9 @@ class Store:
         self.work: list[dict] = []
         self.parts: dict[tuple[tuple[int, ...], str], list[dict]] = {}
         self.planned: list[tuple[int, ...]] = []
+        # (candidate, task) -> (sample indices, ascending; {per-sample field: values at them}):
+        # what the records hold, as arrays (a whole record: every sample; else its parts merged)
+        self._columns: dict[tuple[tuple[int, ...], str], tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         self.done = False
         self.tracked = False  # records carry run fingerprints (older stores cannot say if they finished)
         self.skipped: list[str] = []
@@ -354,9 +377,35 @@ class Store:
         elif kind == "done":
             self.done = True
         elif kind == "part":
-            self.parts.setdefault((key_of(rec["removed"]), rec["task"]), []).append(rec)
+            key = (key_of(rec["removed"]), rec["task"])
+            self.parts.setdefault(key, []).append(rec)
+            if key not in self.results:
+                self._add_part(key, rec)
         else:
-            self.results[(key_of(rec["removed"]), rec["task"])] = rec
+            key = (key_of(rec["removed"]), rec["task"])
+            self.results[key] = rec
+            per = rec["per_sample"]
+            n = len(next(iter(per.values())))
+            self._columns[key] = (np.arange(n), {f: column(v) for f, v in per.items()})
+
+    def _add_part(self, key, rec: dict) -> None:
+        """Merge a part's samples into the (candidate, task)'s columns (a sample scored twice: the later part's)."""
+        idx = np.asarray([int(i) for i in rec["samples"]], dtype=np.int64)
+        fields = {f: column(v) for f, v in rec["per_sample"].items()}
+        if key in self._columns:
+            old_idx, old = self._columns[key]
+            idx = np.concatenate([old_idx, idx])
+            fields = {f: np.concatenate([old[f], v]) for f, v in fields.items() if f in old}
+        # the last occurrence of each sample, in ascending sample order
+        rev = idx[::-1]
+        uniq, first = np.unique(rev, return_index=True)
+        pick = len(idx) - 1 - first
+        self._columns[key] = (uniq, {f: v[pick] for f, v in fields.items()})
+
+    def columns(self, removed: Iterable[int], task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(sample indices, ascending; {per-sample field: array of its values at them}) of everything
+        stored for (candidate, task): all samples when it has a whole record; none when nothing."""
+        return self._columns.get((key_of(removed), task), (_NO_SAMPLES, {}))
 
     def has(self, removed: Iterable[int], task: str) -> bool:
         return (key_of(removed), task) in self.results
@@ -378,8 +427,9 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         for r in fresh:
-            # index what a reader of the file would get back, so resumed and fresh runs agree
-            self._index(json.loads(json.dumps(r)))
+            # records hold JSON values only (lists, not tuples or numpy types), so what is indexed is
+            # what a reader of the file gets back: resumed and fresh runs agree
+            self._index(r)
         _kill_point(len(fresh))
 
     def plan(self, sets: Iterable[Iterable[int]]) -> None:
@@ -411,15 +461,7 @@ class Store:
         return sorted({k for k, t in self.parts if (k, t) not in self.results}, key=lambda k: (len(k), k))
 
     def samples_of(self, removed: Iterable[int], task: str) -> dict[int, dict]:
-        """{sample index: {per-sample field: value}} of everything stored for (candidate, task)."""
-        key = key_of(removed)
-        out: dict[int, dict] = {}
-        recs = self.parts.get((key, task), [])
-        if (key, task) in self.results:
-            rec = self.results[(key, task)]
-            n = len(next(iter(rec["per_sample"].values())))
-            recs = [{**rec, "samples": list(range(n))}]
-        for rec in recs:
-            for j, i in enumerate(rec["samples"]):
-                out[int(i)] = {f: v[j] for f, v in rec["per_sample"].items()}
-        return out
+        """{sample index: {per-sample field: value}} of everything stored for (candidate, task)
+        (a view of `columns`, for tests and callers that want one sample at a time)."""
+        idx, per = self.columns(removed, task)
+        return {int(i): {f: v[j] for f, v in per.items()} for j, i in enumerate(idx.tolist())}
