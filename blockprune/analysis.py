@@ -18,6 +18,7 @@ import numpy as np
 
 from . import scores, stats
 from .kinds import get_kind, kind_of_metric
+from .report_text import fmt_set
 from .store import Store
 
 ANALYSIS_FILE = "cross_dataset_analysis.json"
@@ -192,7 +193,7 @@ def _incomplete(store: Store, names: list[str]) -> dict | None:
         if not all(store.has(key, t) or (key, t) in store.parts for t in names):
             missing.add(key)
     missing = sorted(missing, key=lambda k: (len(k), k))
-    shown = ", ".join(_fmt_set(k) for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    shown = ", ".join(fmt_set(k) for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
     message = ("the search has not finished (interrupted, or still running): "
                + (f"{len(missing)} planned set(s) have no complete record: {shown}" if missing
                   else "no planned set lacks a record, but later steps were never planned")
@@ -247,10 +248,6 @@ def _partial(store: Store, tasks: dict, rank_by: dict[str, str], replicates: int
     return out
 
 
-def _fmt_set(removed) -> str:
-    return "{" + ", ".join(str(b) for b in removed) + "}"
-
-
 def summary_markdown(analysis: dict) -> str:
     tasks = analysis["tasks"]
     lines = [
@@ -279,7 +276,7 @@ def summary_markdown(analysis: dict) -> str:
         by_k.setdefault(len(c["removed"]), c)  # sorted by mean drop within k
     for k, c in sorted(by_k.items()):
         per_task = " | ".join(f"{c['scores'][t]:.4g} ({c['drops'][t]:.2%})" for t in tasks)
-        lines.append(f"| {k} | {_fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | "
+        lines.append(f"| {k} | {fmt_set(c['removed'])} | {c['mean_drop']:.2%} ± {c['std_drop']:.2%} | "
                      f"{c['ci95'][0]:.2%} – {c['ci95'][1]:.2%} | {per_task} |")
     w = analysis["work"]
     if w.get("naive_block_rows"):
