@@ -328,7 +328,7 @@ def test_report_of_an_incomplete_run_says_so_and_names_the_missing_sets(run_copy
     assert cli.main(["report", str(run_copy)]) == 0
     report = (run_copy / "REPORT.md").read_text()
     assert "the search has not finished" in report
-    assert "{" + ", ".join(map(str, last)) + "}" in report.split("has not finished")[1].split("\n")[0]
+    assert "[" + ", ".join(map(str, last)) + "]" in report.split("has not finished")[1].split("\n")[0]
 
 
 def test_finished_run_report_has_no_incomplete_warning(finished):
