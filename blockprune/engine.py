@@ -427,8 +427,8 @@ class Engine:
             else:
                 lse, tgt, is_max = scoring_head(h, model.head.weight, targets_rep, **head)
                 if kl:
-                    kls = kernels.kl_from_expectation(h, dense_h.repeat(count, 1), lse, dense_lse.repeat(count),
-                                                      dense_mean.repeat(count, 1))
+                    kls = kernels.kl_from_expectation(h.view(count, num_pos, -1), dense_h, lse.view(count, num_pos),
+                                                      dense_lse, dense_mean).reshape(-1)
             values = [tgt - lse, (~is_max).to(torch.float64)] + ([kls] if kl else [])
             for k, value in enumerate(values):
                 flat = torch.zeros(count * num_seg, dtype=torch.float64, device=device)

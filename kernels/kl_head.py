@@ -154,7 +154,9 @@ def dense_expectation(
 
 def kl_from_expectation(hidden: torch.Tensor, dense_hidden: torch.Tensor, lse: torch.Tensor,
                         dense_lse: torch.Tensor, dense_mean: torch.Tensor) -> torch.Tensor:
-    """KL(p_dense || p_candidate) [P] fp32 from the candidate's log-sum-exp (the scoring head's)
-    and the dense side of `dense_expectation`: ``mean . (h_a - h_b) - lse_a + lse_b``, clamped at 0."""
-    cross = (dense_mean * (dense_hidden.float() - hidden.float())).sum(dim=1)
+    """KL(p_dense || p_candidate) fp32 from the candidate's log-sum-exp (the scoring head's) and the
+    dense side of `dense_expectation`: ``mean . (h_a - h_b) - lse_a + lse_b``, clamped at 0. The
+    dense tensors ([P, D], [P]) broadcast over leading candidate dimensions of `hidden` / `lse`
+    ([..., P, D], [..., P]): many candidates share one dense side without copies of it."""
+    cross = (dense_mean * (dense_hidden.float() - hidden.float())).sum(dim=-1)
     return (cross - dense_lse + lse).clamp_min(0.0)
