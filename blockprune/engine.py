@@ -37,7 +37,7 @@ from . import kernels
 from .kernels import kl_head, scoring_head
 from .models import BlockModel, Prelude
 from .request import Request
-from .trie import (ChunkIndex, StateCache, TriePlan, node_rows, plan_trie, row_key, runs_of, to_host,
+from .trie import (ChunkIndex, StateCache, TriePlan, as_codes, node_rows, plan_trie, row_key, runs_of, to_host,
                    trie_block_rows, upload)
 
 log = logging.getLogger("blockprune")
@@ -98,8 +98,10 @@ def default_budget(device: torch.device) -> int:
 class Engine:
     def __init__(self, model: BlockModel, budget_bytes: int | None = None, max_batch: int = 64,
                  cpu_micro_tokens: int = 2048, pack: bool = True, max_packed_len: int = 512,
-                 head_positions: int = 4096, fused: bool | None = None, reuse_bytes: int | None = None):
+                 head_positions: int = 4096, fused: bool | None = None, reuse_bytes: int | None = None,
+                 heal=None):
         self.model = model
+        self.heal = heal  # blockprune.heal.Healing: removed runs are scored healed (None: plain)
         self.pack = pack
         self.max_packed_len = max_packed_len
         self.head_positions = head_positions  # scored positions per scoring-head call
@@ -205,10 +207,16 @@ class Engine:
             chunks.append(current)
         return group, chunks
 
+    def codes(self, keep: np.ndarray) -> np.ndarray:
+        """The keep-masks as the trie walks them: -1 skipped, 0 run as is, n > 0 run healed for
+        the n removed blocks after it (blockprune.heal; plain scoring has no n > 0)."""
+        keep = np.asarray(keep, dtype=bool).reshape(-1, self.model.num_blocks)
+        return self.heal.codes(keep) if self.heal is not None else as_codes(keep)
+
     def retain(self, keep: np.ndarray) -> None:
         """Keep stored states only on these keep-masks' paths (see StateCache)."""
         if self.cache is not None:
-            self.cache.retain(np.asarray(keep, dtype=bool).reshape(-1, self.model.num_blocks))
+            self.cache.retain(self.codes(keep))
 
     def _cached_starts(self, keys: list[bytes], masks: np.ndarray) -> np.ndarray:
         """Per candidate, the longest mask prefix whose states are stored for every row (0 = none)."""
@@ -260,13 +268,14 @@ class Engine:
         rows = packing.pack(requests, self.packing_limit())
         group_size, chunks = self.plan(rows, num_cands + int(kl))
         group_size = max(1, group_size - int(kl))  # room for the dense path
-        dense = np.ones((1, num_blocks), dtype=bool)
+        codes = self.codes(keep)
+        dense = np.zeros((1, num_blocks), dtype=codes.dtype)
         # Lexicographic order puts candidates with shared prefixes in the same group.
-        order = sorted(range(num_cands), key=lambda c: keep[c].tobytes(), reverse=True)
+        order = sorted(range(num_cands), key=lambda c: codes[c].tobytes(), reverse=True)
         for g in range(0, num_cands, group_size):
             cands = np.array(order[g : g + group_size])
-            masks = keep[cands]
-            if kl and not masks.all(axis=1).any():
+            masks = codes[cands]
+            if kl and not (masks == 0).all(axis=1).any():
                 masks = np.concatenate([masks, dense])
             for chunk in chunks:
                 lp, gr, w, kls = self._score_rows([rows[i] for i in chunk], len(requests), masks, progress, kl)
@@ -281,18 +290,20 @@ class Engine:
                     ) -> tuple[np.ndarray, np.ndarray, Work, np.ndarray | None]:
         """One chunk of rows under every mask. Returns [C, num_requests] arrays that are zero
         (False) for requests not in these rows; with `kl` the summed KL to the dense mask's node
-        (which `masks` must contain).
+        (which `masks` must contain). `masks`: codes (see `codes`) or keep-masks.
 
         Four phases: plan the trie walk on the host (`plan_trie`), upload every index it needs in
         one copy (`_upload_plan`), run the blocks on preallocated rows (`_run_blocks`), score the
         live nodes (`_score_nodes`), and bring the per-node sums back in one copy."""
+        masks = as_codes(masks)
         keys = [row_key(r) for r in rows] if self.cache is not None else []
         starts = self._cached_starts(keys, masks)
         plan = plan_trie(masks, starts)
         device = self.model.device
         prelude, index = self._upload_plan(rows, plan, masks)
-        work = Work(naive_block_rows=int(masks.sum()) * index.num_requests,
-                    naive_block_tokens=int(masks.sum()) * index.request_tokens,
+        kept = int((masks >= 0).sum())
+        work = Work(naive_block_rows=kept * index.num_requests,
+                    naive_block_tokens=kept * index.request_tokens,
                     naive_head_positions=len(masks) * index.request_tokens)  # every position, every candidate
         # take the stored states now: storing new ones during the pass may evict them
         held = {prefix: [self.cache.get((k, prefix)) for k in keys] for _, _, prefix in plan.restores}
@@ -312,7 +323,7 @@ class Engine:
             if kl:
                 kl_out[np.ix_(cands, index.req_ids)] = kl_np[i]
         if kl:  # the dense model against itself: exactly 0, not the rounding of two equal log-sum-exps
-            kl_out[masks.all(axis=1)] = 0.0
+            kl_out[(masks == 0).all(axis=1)] = 0.0
         return logprob, greedy, work, kl_out
 
     def _upload_plan(self, rows: list[packing.Row], plan: "TriePlan", masks: np.ndarray) -> tuple[Prelude, "ChunkIndex"]:
@@ -346,8 +357,8 @@ class Engine:
             if step.fork_src:
                 parts[f"src{layer}"] = node_rows(step.fork_src, batch)
                 parts[f"dst{layer}"] = node_rows(step.fork_dst, batch)
-            if step.run:
-                parts[f"run{layer}"] = node_rows(step.run, batch)
+            for code, nodes in step.by_code().items():
+                parts[f"run{layer}_{code}"] = node_rows(nodes, batch)
         flat = upload(np.concatenate([np.asarray(v, dtype=np.int64).ravel() for v in parts.values()]), device)
         views, offset = {}, 0
         for name, value in parts.items():
@@ -388,8 +399,13 @@ class Engine:
                 hidden.index_copy_(0, index.views[f"dst{layer}"], hidden.index_select(0, index.views[f"src{layer}"]))
             if not step.run:
                 continue
-            idx = index.views[f"run{layer}"]
-            self.run_inplace(layer, hidden, idx, prelude, micro)
+            for code in step.by_code():
+                idx = index.views[f"run{layer}_{code}"]
+                if code:
+                    with self.heal.applied(layer, code):
+                        self.run_inplace(layer, hidden, idx, prelude, micro)
+                else:
+                    self.run_inplace(layer, hidden, idx, prelude, micro)
             work.block_rows += len(step.run) * batch
             work.block_tokens += len(step.run) * batch * length
             if progress is not None:

@@ -20,14 +20,22 @@ import torch
 from . import packing
 
 
-def trie_block_rows(masks: np.ndarray) -> int:
-    """Block evaluations per request for these keep-masks: distinct kept prefixes summed over blocks."""
+def trie_block_rows(codes: np.ndarray) -> int:
+    """Block evaluations per request for these codes (or keep-masks): distinct run prefixes summed
+    over blocks (a block runs once per distinct prefix that keeps it, healed or not)."""
+    codes = as_codes(codes)
     total = 0
-    num_blocks = masks.shape[1]
-    for layer in range(num_blocks):
-        prefixes = {row[: layer + 1].tobytes() for row in masks if row[layer]}
-        total += len(prefixes)
+    for layer in range(codes.shape[1]):
+        total += len({row[: layer + 1].tobytes() for row in codes if row[layer] >= 0})
     return total
+
+
+def as_codes(masks: np.ndarray) -> np.ndarray:
+    """Keep-masks as codes (-1 skipped, 0 run as is); codes (blockprune.heal) pass through."""
+    masks = np.asarray(masks)
+    if masks.dtype == bool:
+        return np.where(masks, 0, -1).astype(np.int16)
+    return masks.astype(np.int16, copy=False)
 
 
 class StateCache:
@@ -69,8 +77,8 @@ class StateCache:
             _, dropped = self.entries.popitem(last=False)
             self.bytes -= dropped.numel() * dropped.element_size()
 
-    def retain(self, masks: np.ndarray) -> None:
-        paths = [np.asarray(m, dtype=bool).tobytes() for m in masks]
+    def retain(self, codes: np.ndarray) -> None:
+        paths = [row.tobytes() for row in as_codes(codes)]
         for key in [k for k in self.entries if not any(p.startswith(k[1]) for p in paths)]:
             value = self.entries.pop(key)
             self.bytes -= value.numel() * value.element_size()
@@ -84,11 +92,23 @@ def row_key(row: packing.Row) -> bytes:
 
 @dataclass
 class Step:
-    """One block of a trie walk: nodes forked (src -> new dst) and nodes that run the block."""
+    """One block of a trie walk: nodes forked (src -> new dst) and nodes that run the block, each
+    with its code (0: as it is; n > 0: healed for the n removed blocks after it)."""
 
     fork_src: list[int]
     fork_dst: list[int]
     run: list[int]
+    codes: list[int] = None
+
+    def __post_init__(self):
+        if self.codes is None:
+            self.codes = [0] * len(self.run)
+
+    def by_code(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for n, code in zip(self.run, self.codes):
+            out.setdefault(int(code), []).append(n)
+        return out
 
 
 @dataclass
@@ -111,39 +131,49 @@ class TriePlan:
         """Nodes that still hold candidates (the others moved to forks or were restored)."""
         return [n for n, cands in enumerate(self.nodes) if len(cands)]
 
-    def dense_node(self, masks: np.ndarray) -> int:
+    def dense_node(self, codes: np.ndarray) -> int:
         """The live node of the all-keep mask (KL's reference)."""
-        dense = masks.all(axis=1)
+        dense = (as_codes(codes) == 0).all(axis=1)
         return next(n for n in self.live if dense[self.nodes[n]].any())
 
 
 def plan_trie(masks: np.ndarray, starts: np.ndarray) -> TriePlan:
-    """Walk the keep-masks' prefix trie block by block (see the module doc). Candidates with
-    starts[c] > 0 join at block starts[c] from stored states, one node per stored prefix."""
-    num_blocks = masks.shape[1]
+    """Walk the codes' (or keep-masks') prefix trie block by block (see the module doc). At each
+    block a node's candidates split by code: the skipping ones (or else the first code's) stay in
+    the node, every other code's get a copy of the rows in a new node; each running node runs the
+    block with its code. Candidates with starts[c] > 0 join at block starts[c] from stored
+    states, one node per stored prefix."""
+    codes = as_codes(masks)
+    num_blocks = codes.shape[1]
     nodes: list[np.ndarray] = [np.flatnonzero(starts == 0)]
     waiting: dict[int, dict[bytes, list[int]]] = {}
     for c in np.flatnonzero(starts > 0):
-        waiting.setdefault(int(starts[c]), {}).setdefault(masks[c, : starts[c]].tobytes(), []).append(int(c))
+        waiting.setdefault(int(starts[c]), {}).setdefault(codes[c, : starts[c]].tobytes(), []).append(int(c))
     steps, restores = [], []
     for layer in range(num_blocks):
         for prefix, cands in waiting.pop(layer, {}).items():
             restores.append((layer, len(nodes), prefix))
             nodes.append(np.array(cands))
-        run, src, forked = [], [], []
+        run, run_codes, src, forked, fork_codes = [], [], [], [], []
         for n, cands in enumerate(nodes):
             if len(cands) == 0:
                 continue
-            kept = masks[cands, layer]
-            if kept.all():
+            here = codes[cands, layer]
+            values = np.unique(here)
+            stay = -1 if values[0] == -1 else int(values[0])  # np.unique sorts: -1 first
+            if stay >= 0:
                 run.append(n)
-            elif kept.any():  # the keeping part gets a copy of the node's rows, then runs
+                run_codes.append(stay)
+            for value in values:
+                if value == stay:
+                    continue
                 src.append(n)
-                forked.append(cands[kept])
-                nodes[n] = cands[~kept]
+                forked.append(cands[here == value])
+                fork_codes.append(int(value))
+            nodes[n] = cands[here == stay]
         dst = list(range(len(nodes), len(nodes) + len(forked)))
         nodes.extend(forked)
-        steps.append(Step(src, dst, run + dst))
+        steps.append(Step(src, dst, run + dst, run_codes + fork_codes))
     return TriePlan(nodes, steps, restores)
 
 
