@@ -82,13 +82,17 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         ranking = scores.resolve_rank_by(s.rank_by, {t.name: t.kind for t in loaded})
     except scores.ScoreError as exc:
         raise search.SearchError(str(exc)) from None
-    settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
+    healing = fit_healing(s, bm, loaded)  # before anything is written: a bad calibration is one line
+    settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
+                                     calibration=healing.calibration_windows if healing else None))
     _keep_stored_spelling(Path(out), settings)
     content = {"model": model_hash, "tasks": {t.name: t.source_hash for t in loaded if getattr(t, "source_hash", None)}}
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
                                               "prefix_tokens": loaded[0].prefix}, content=content)
-    engine = Engine(bm, budget_bytes=s.budget_bytes)
-    store.set_info("engine", engine.info())  # fused runner or why not, packing limit: how the scores were made
+    engine = Engine(bm, budget_bytes=s.budget_bytes, heal=healing)
+    store.set_info("engine", engine.info())
+    if healing is not None:
+        store.set_info("healing", {**healing.describe(), "seconds": round(healing.seconds, 3)})  # fused runner or why not, packing limit: how the scores were made
     if pool is not None:
         _attach_pool(pool, engine, loaded, store)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
@@ -103,6 +107,8 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     # once: the latency step, the held-out check and the report take them
     analysis = report.build_analysis(out, store=store)
     advised = advice.recommendations(advice.by_k(analysis["candidates"]), s.tolerance)
+    if healing is not None and s.plain_baseline:
+        _plain_baseline(s, Path(out), bm, loaded, ranking, content, analysis)
     for note in analysis.get("warnings", []):
         print(f"blockprune: warning: {note}", file=sys.stderr)
     if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
@@ -112,7 +118,8 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
 
         if s.progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised)
+        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised,
+                               healing=healing)
     recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store, recs=advised)
     balanced = recs["recommendations"]["balanced"]
     if s.export_formats and not balanced["k"]:  # said, never a silent no-op
@@ -124,8 +131,56 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         target = Path(out) / "export"  # the run's own export of an earlier balanced set may be replaced
         levels = [r["removed"] for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
         export(bm, balanced["removed"], target, formats=s.export_formats, kv_cache=s.kv_cache,
-               force=(target / MANIFEST).exists(), elastic_sets=levels)
+               force=(target / MANIFEST).exists(), elastic_sets=levels, healing=healing)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
+
+
+def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | None":
+    """The healing of a `--heal linear` search: calibration windows no task scores, one dense pass,
+    maps for runs up to the longest the search can remove (None for a plain search)."""
+    if s.heal == "none":
+        return None
+    from . import calibration, heal
+
+    hidden = bm.head.weight.shape[1]
+    cal = calibration.select(s.calibration, bm.tokenizer, bm.eos_token_id, hidden, s.seed, s.ppl_window, loaded, s.tasks)
+    if s.method == "given":
+        longest = max((len(r["blocks"]) for x in s.sets for r in heal.runs_of(x)), default=1)
+    else:
+        longest = s.max_remove
+    if s.progress:
+        print(f"blockprune: fitting the healing maps on {cal.tokens} calibration tokens of {cal.spec} "
+              f"({len(cal.windows)} windows)", file=sys.stderr, flush=True)
+    healing = heal.Healing.fit(bm, cal.windows, longest, s.ridge, cal.describe(), skip=cal.skip)
+    if len(healing.unfoldable) >= bm.num_blocks - 1:
+        why = next(iter(healing.unfoldable.values()), "no block")
+        raise heal.HealError(f"--heal linear: {bm.name}: no block's MLP output can take a fold ({why}); nothing "
+                             "to heal: search with --heal none")
+    healing.calibration_windows = cal
+    return healing
+
+
+def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranking: dict, content: dict,
+                    healed_analysis: dict) -> None:
+    """The same search without healing in OUT/plain (its own resumable store), plus plain scores of
+    the healed run's best sets per k: the report's side-by-side columns."""
+    plain = s.replace(heal="none", calibration=None)
+    pout = out / "plain"
+    settings = plain.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
+    store = Store(pout, settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
+                                         "prefix_tokens": loaded[0].prefix, "baseline_of": ".."}, content=content)
+    engine = Engine(bm, budget_bytes=s.budget_bytes)
+    if s.progress:
+        print("blockprune: the plain search to compare with (OUT/plain; --no-plain-baseline skips it)",
+              file=sys.stderr, flush=True)
+    evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
+                                 racing=None if s.exact else search.Racing(), rank_by=ranking)
+    search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
+               min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution, sets=s.sets)
+    best = [tuple(group[0]["removed"]) for k, group in sorted(advice.by_k(healed_analysis["candidates"]).items()) if k]
+    evaluator.evaluate(best)
+    store.finish()
+    report.write_report(pout, lang=s.lang, tolerance=s.tolerance, store=store)
 
 
 @contextmanager
@@ -254,19 +309,48 @@ def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, pro
 
 def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
            kv_cache: bool = False, device: str | None = None, dtype: str = "float32", force: bool = False,
-           elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
+           elastic_sets: Sequence[Sequence[int]] = (), healing=None, heal: str = "none",
+           calibration: str | None = None, ridge: float | None = None, window: int = 128, seed: int = 0) -> dict:
     """Write `model` without the `removed` blocks as a verified HF checkpoint and/or ONNX; returns the manifest.
-    `out` must be new, empty or an export of the same request unless `force` (never a search run)."""
+    `out` must be new, empty or an export of the same request unless `force` (never a search run).
+    `healing` (a fitted heal.Healing, as a search passes it), or `heal="linear"` with `calibration`
+    (SOURCE#N windows of `window` tokens): the removed runs are healed (maps folded in before the cut)."""
+    from . import heal as heal_mod
     from .export import check_formats, check_out, export_model, inputs_of, request_of
 
     formats = check_formats(formats)
     if dtype not in DTYPES:
         raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if heal not in heal_mod.METHODS:
+        raise heal_mod.HealError(f"unknown healing method {heal!r}: choose one of {', '.join(heal_mod.METHODS)}")
+    if heal == "none" and calibration is not None:
+        raise heal_mod.HealError("--calibration is the text --heal linear fits its maps on; give --heal linear too")
+    removed = sorted({int(b) for b in removed})
+    if heal == "linear":
+        from . import calibration as cal_mod
+
+        if calibration is None:
+            raise cal_mod.CalibrationError("export --heal linear needs --calibration SOURCE[#N] (e.g. shakespeare/hamlet)")
+        cal_mod.check_spec(calibration)
+        if removed and removed[0] == 0:
+            raise heal_mod.HealError(f"--heal linear: the removed run {heal_mod.fmt_run(removed)} starts at block 0: no "
+                                     "block before it to fold its map into; keep block 0, or export with --heal none")
     if not isinstance(model, models.BlockModel):
         models.check_device(device)
-        check_out(out, request_of(model, removed, formats, kv_cache), force, inputs_of(model))  # before the model loads
+        if heal == "none":  # a healed request is named once its calibration is known
+            check_out(out, request_of(model, removed, formats, kv_cache), force, inputs_of(model))  # before the model loads
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
-    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force, elastic_sets=elastic_sets)
+    if heal == "linear" and healing is None:
+        from . import calibration as cal_mod
+
+        hidden = bm.head.weight.shape[1]
+        cal = cal_mod.select(calibration, bm.tokenizer, bm.eos_token_id, hidden, seed, window)
+        longest = max((len(r["blocks"]) for r in heal_mod.runs_of(removed)), default=1)
+        ridge = heal_mod.DEFAULT_RIDGE if ridge is None else ridge
+        healing = heal_mod.Healing.fit(bm, cal.windows, longest, ridge, cal.describe(), skip=cal.skip)
+    kwargs = {"healing": healing} if healing is not None else {}
+    return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force, elastic_sets=elastic_sets,
+                        **kwargs)
 
 
 def validate(directory: str | Path, samples: int | None = None, device: str | None = None, lang: str = "en",

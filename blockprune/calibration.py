@@ -43,6 +43,28 @@ class Calibration:
                 "sample_ids": self.sample_ids}
 
 
+def check_spec(source_spec: str) -> None:
+    """The syntax of --calibration, before anything loads (one-line CalibrationError)."""
+    source, _ = split_count(source_spec)
+    source = source.removeprefix("kl:").removeprefix("ppl:")
+    try:
+        parse_spec(f"ppl:{source}")
+    except TaskError as exc:
+        raise CalibrationError(f"--calibration {source_spec}: {exc}") from None
+
+
+def from_record(record: dict, tokenizer, eos_token_id) -> Calibration:
+    """The windows run.json's calibration record names (to refit the same maps: validate, export)."""
+    text = load_task(f"ppl:{record['spec']}", tokenizer, eos_token_id, None, 0, record["window"])
+    by_id = {sid: tuple(r.tokens) for sid, r in zip(text.sample_ids, text.requests)}
+    missing = [sid for sid in record["sample_ids"] if sid not in by_id]
+    if missing:
+        raise CalibrationError(f"calibration {record['spec']}: window {missing[0]} is no longer in the text")
+    skip = text.requests[0].score_from if text.requests else 1
+    return Calibration(record["spec"], record["window"], list(record["sample_ids"]),
+                       [by_id[sid] for sid in record["sample_ids"]], skip)
+
+
 def text_source(task_spec: str) -> str | None:
     """The text source of a `kl:` or `ppl:` task spec (without #N), else None."""
     spec = parse_spec(task_spec)

@@ -17,6 +17,8 @@ from .cluster import ClusterError
 from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
+from .calibration import CalibrationError
+from .heal import HealError
 from .heldout import HeldOutError
 from .latency import BenchError
 from .models import ModelError
@@ -26,7 +28,7 @@ from .store import StoreError
 from .tasks import TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
-               ExportFailed, BenchError, ScoreError, PathError, ClusterError, HeldOutError)
+               ExportFailed, BenchError, ScoreError, PathError, ClusterError, HeldOutError, HealError, CalibrationError)
 
 
 def _int_list(what: str):
@@ -52,6 +54,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="auto (default): bfloat16 on CUDA, float32 elsewhere")
     p.add_argument("--budget-gb", type=float, default=None, help="engine memory budget (default: 60%% of free GPU memory, 3 GiB on CPU)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _add_heal(p: argparse.ArgumentParser, search: bool = True) -> None:
+    p.add_argument("--heal", default=default("heal"), choices=["none", "linear"],
+                   help="linear: repair each removed run of blocks with a closed-form linear map folded into the MLP "
+                        "output projection of the block before it (same modules and speed as plain deletion)"
+                        + ("; every candidate is scored healed" if search else ""))
+    p.add_argument("--calibration", default=None, metavar="SOURCE[#N]",
+                   help="text the maps are fitted on (a text source as in kl: specs, N windows of --ppl-window "
+                        "tokens)" + ("; default: the first text task's windows the search does not score" if search
+                                     else "; needed with --heal linear"))
+    p.add_argument("--ridge", type=float, default=default("ridge"),
+                   help="ridge of the least-squares fit, times the mean eigenvalue of MᵀM")
+    if search:
+        p.add_argument("--no-plain-baseline", dest="plain_baseline", action="store_false",
+                       help="with --heal linear: skip the plain search in OUT/plain that the report compares with")
 
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
@@ -120,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     s.add_argument("--export", dest="export_formats", type=_formats, default="", metavar="FORMATS",
                    help="export the balanced recommendation to OUT/export: hf, onnx or hf,onnx (default: none)")
+    _add_heal(s)
     _add_common(s)
     _add_cluster(s)
     _add_report_options(s)
@@ -155,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
                         "files blockprune did not write, a search run, or the model")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default="float32", choices=sorted(api.DTYPES))
+    _add_heal(e, search=False)
+    e.add_argument("--ppl-window", type=int, default=128, help="with --heal linear: tokens per calibration window")
+    e.add_argument("--seed", type=int, default=0, help="with --heal linear: seed of the calibration windows' choice")
 
     r = sub.add_parser("report", help="regenerate the report of a run directory from its store (no re-scoring)")
     r.add_argument("dir", help="a run directory, or with --replaced-system the root of the replaced system's result files")
@@ -263,7 +285,9 @@ def _main(args, signals: _Signals) -> int:
             return _validate(args)
         if args.command == "export":
             manifest = api.export(args.model, args.remove, args.out, formats=[f for f in args.format.split(",") if f],
-                                  kv_cache=args.kv_cache, device=args.device, dtype=args.dtype, force=args.force)
+                                  kv_cache=args.kv_cache, device=args.device, dtype=args.dtype, force=args.force,
+                                  heal=args.heal, calibration=args.calibration, ridge=args.ridge,
+                                  window=args.ppl_window, seed=args.seed)
             print(json.dumps({"out": args.out, "parity": manifest["parity"]}, indent=2))
             return 0
         out = api.run_search(_settings(args, api.DEMO if args.command == "demo" else None), out=args.out)

@@ -8,8 +8,8 @@ Y_i)`, and `M_i T` is what block i's output projection computes with its weight 
 (ReplaceMe's fold). So the healed model has exactly the plain pruned model's modules and cost.
 
 The statistics come from one dense pass over the calibration windows (`Healing.fit`): per block
-i, `MᵀM` and, for every run length n up to `max_run`, `Mᵀ(H_{i+n} - Y_i)`, accumulated in float64
-while streaming over tokens (memory O(hidden²) per (i, n), never tokens x hidden beyond one
+i, `MᵀM` and, for every run length n up to `max_run`, `Mᵀ(H_{i+n} - Y_i)`, each batch's product in
+float32 (on the model's device) summed over batches in float64, streaming over tokens (memory O(hidden²) per (i, n), never tokens x hidden beyond one
 batch). Each T is solved on first use and cached. A block folds only where its projection's
 output is added to the residual as it is: checked numerically (a perturbation of the projection's
 output must come out of the block unchanged), so an MLP whose output passes through a norm
@@ -138,6 +138,22 @@ def codes_of(keep: np.ndarray) -> np.ndarray:
     return codes
 
 
+def runs_of(removed: Iterable[int]) -> list[dict]:
+    """Maximal runs of consecutive removed blocks: [{"after": block before the run, "blocks": [...]}]."""
+    out: list[dict] = []
+    for b in sorted(set(int(b) for b in removed)):
+        if out and out[-1]["blocks"][-1] == b - 1:
+            out[-1]["blocks"].append(b)
+        else:
+            out.append({"after": b - 1, "blocks": [b]})
+    return out
+
+
+def fmt_run(blocks: Sequence[int]) -> str:
+    blocks = list(blocks)
+    return f"[{blocks[0]}]" if len(blocks) == 1 else f"[{blocks[0]}..{blocks[-1]}]"
+
+
 def plain_codes(keep: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(keep, dtype=bool), 0, -1).astype(np.int16)
 
@@ -173,6 +189,8 @@ class Healing:
         self._maps: dict[tuple[int, int], torch.Tensor] = {}
         self._folds: "OrderedDict[tuple[int, int], tuple]" = OrderedDict()
         self._fold_cache = fold_cache
+        self.seconds = 0.0  # the dense pass (and later, the solves)
+        self.calibration_windows = None  # the blockprune.calibration.Calibration it was fitted on, when known
 
     # ---- fitting --------------------------------------------------------------------------
     @classmethod
@@ -182,6 +200,9 @@ class Healing:
             progress=None) -> "Healing":
         """One dense pass over the calibration windows (tokens before `skip` in each are context
         only: the first token's activations are outliers that would dominate the fit)."""
+        import time
+
+        start = time.perf_counter()
         num_blocks = bm.num_blocks
         unfoldable = {i: why for i in range(num_blocks) if (why := foldable(bm, i)) is not None}
         max_run = max(0, min(max_run, num_blocks - 1))
@@ -189,6 +210,9 @@ class Healing:
         length = max(len(w) for w in windows)
         per_batch = max(1, batch_tokens // length)
         projections = [projection(b) for b in bm.blocks]
+        # one batch's products in float32 (the model's matmuls), summed over batches in float64
+        grams: dict[int, torch.Tensor] = {}
+        sums: dict[tuple[int, int], torch.Tensor] = {}
         for s in range(0, len(windows), per_batch):
             part = windows[s : s + per_batch]
             ids = np.full((len(part), length), bm.eos_token_id or 0, dtype=np.int64)
@@ -213,19 +237,23 @@ class Healing:
                 finally:
                     if handle is not None:
                         handle.remove()
-                h = hidden.reshape(-1, hidden.shape[-1])[sel].double()
+                h = hidden.reshape(-1, hidden.shape[-1])[sel].float()
                 for j, m, y in recent:  # runs j+1..i end here: n = i - j
                     key = (j, i - j)
-                    stats.cross[key] = stats.cross.get(key, 0) + (m.T @ (h - y)).cpu().numpy()
+                    sums[key] = sums.get(key, 0) + (m.T @ (h - y)).double()
                 recent = [(j, m, y) for j, m, y in recent if i - j < max_run]
                 if "m" in captured and max_run > 0 and i + 1 < num_blocks:
-                    m = captured["m"].reshape(-1, hidden.shape[-1])[sel].double()
-                    stats.gram[i] = stats.gram.get(i, 0) + (m.T @ m).cpu().numpy()
+                    m = captured["m"].reshape(-1, hidden.shape[-1])[sel].float()
+                    grams[i] = grams.get(i, 0) + (m.T @ m).double()
                     recent.append((i, m, h - m))
             stats.tokens += int(valid.sum())
             if progress is not None:
                 progress(len(part))
-        return cls(bm, stats, max_run, ridge, calibration, unfoldable)
+        stats.gram = {i: g.cpu().numpy() for i, g in grams.items()}
+        stats.cross = {k: c.cpu().numpy() for k, c in sums.items()}
+        healing = cls(bm, stats, max_run, ridge, calibration, unfoldable)
+        healing.seconds = time.perf_counter() - start
+        return healing
 
     # ---- maps -----------------------------------------------------------------------------
     def can_heal(self, block: int, n: int) -> bool:
@@ -237,7 +265,11 @@ class Healing:
         if key not in self._maps:
             if not self.can_heal(block, n):
                 raise HealError(f"no healing map for blocks {block + 1}..{block + n} after block {block}")
+            import time
+
+            start = time.perf_counter()
             t = solve(self.stats.gram[block], self.stats.cross[key], self.ridge)
+            self.seconds += time.perf_counter() - start
             self._maps[key] = torch.from_numpy(t).to(self.bm.device)
         return self._maps[key]
 
@@ -278,13 +310,7 @@ class Healing:
 
     def runs(self, removed: Iterable[int]) -> list[dict]:
         """The removed set's runs: {"after", "blocks", "healed", "why"} (why a run stays plain)."""
-        removed = sorted(set(int(b) for b in removed))
-        out: list[dict] = []
-        for b in removed:
-            if out and out[-1]["blocks"][-1] == b - 1:
-                out[-1]["blocks"].append(b)
-            else:
-                out.append({"after": b - 1, "blocks": [b]})
+        out = runs_of(removed)
         for run in out:
             after = run["after"]
             why = ("it starts at block 0: no block before it to fold into" if after < 0

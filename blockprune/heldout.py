@@ -46,11 +46,47 @@ def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | N
     return a, sets
 
 
+UNSEEN_TEXT = "shakespeare/macbeth"  # a healed run's second text, never calibrated on (unless it is the calibration)
+UNSEEN_WINDOWS = 24
+
+
+def healed_copy(bm: models.BlockModel, removed, healing) -> models.BlockModel:
+    """The model with `removed` deleted after its runs' maps are folded in (as the export writes it)."""
+    import copy
+
+    from . import heal
+
+    folded = copy.deepcopy(bm)
+    heal.fold_into(folded, healing.maps_for(removed))
+    return models.remove_blocks(folded, removed)
+
+
+def run_healing(directory: Path, store: Store, bm: models.BlockModel):
+    """The healing a healed run was searched with, refitted from run.json's record (None for a plain run)."""
+    record = store.run_info["settings"].get("heal")
+    if not record:
+        return None
+    from . import calibration, heal
+
+    cal = calibration.from_record(record["calibration"], bm.tokenizer, bm.eos_token_id)
+    settings = store.run_info["settings"]
+    longest = max([len(r["blocks"]) for x in settings.get("sets", []) for r in heal.runs_of(x)] or
+                  [settings.get("max_remove", 1)])
+    healing = heal.Healing.fit(bm, cal.windows, longest, record["ridge"], cal.describe(), skip=cal.skip)
+    healing.calibration_windows = cal
+    return healing
+
+
 @torch.inference_mode()
-def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ...]], score_from: int = 1) -> float:
-    """Perplexity of the model with `removed` deleted, one plain forward per window (tokens before
-    `score_from` are context: the first one, after any leading special tokens)."""
-    pruned = models.remove_blocks(bm, removed) if removed else bm
+def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ...]], score_from: int = 1,
+                     healing=None) -> float:
+    """Perplexity of the model with `removed` deleted (healed first with `healing`), one plain
+    forward per window (tokens before `score_from` are context: the first one, after any leading
+    special tokens)."""
+    if healing is not None and removed:
+        pruned = healed_copy(bm, removed, healing)
+    else:
+        pruned = models.remove_blocks(bm, removed) if removed else bm
     nll, count = 0.0, 0
     for w in windows:
         ids = torch.tensor([w], device=bm.device)
@@ -62,9 +98,13 @@ def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ..
 
 def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | None = None,
                  tolerance: float = advice.DEFAULT_TOLERANCE, plain_check: bool = True,
-                 analysis: dict | None = None, store: Store | None = None, recs: dict | None = None) -> dict:
+                 analysis: dict | None = None, store: Store | None = None, recs: dict | None = None,
+                 healing=None) -> dict:
     """Score the recommendations and dense on held-out samples; write DIR/validation.json.
-    `analysis`, `store`, `recs` (the recommendations at `tolerance`): the run's, when the caller has them."""
+    `analysis`, `store`, `recs` (the recommendations at `tolerance`): the run's, when the caller has them.
+    A healed run's sets are scored healed (`healing`: the search's; else refitted from run.json), its
+    held-out windows exclude the calibration's, and plain transformers also measures the folded
+    model on a second text the healing never saw (UNSEEN_TEXT), healed and plain."""
     directory = Path(directory)
     store = store if store is not None else Store.open_existing(directory)
     info_all = store.run_info
@@ -75,7 +115,10 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
     a, sets = recommended_sets(directory, tolerance, analysis, recs, store)
     if not sets:
         raise HeldOutError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")
-    engine = Engine(bm)
+    if healing is None:
+        healing = run_healing(directory, store, bm)
+    cal = (settings.get("heal") or {}).get("calibration") or {}
+    engine = Engine(bm, heal=healing)
     keys = [()] + sets
     masks = np.ones((len(keys), bm.num_blocks), dtype=bool)
     for i, s in enumerate(keys):
@@ -85,8 +128,11 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
     for name, info in settings["tasks"].items():
         spec = str(parse_spec(info["spec"]).without_count())  # without its #N (still escaped)
         n = samples or info["n"]
+        exclude = list(info["sample_ids"])
+        if cal and _text_source(info["spec"]) == cal.get("spec"):  # never a window the maps were fitted on
+            exclude += cal["sample_ids"]
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
-                         exclude=info["sample_ids"])
+                         exclude=exclude)
         if task.name != name:
             raise HeldOutError(f"task {spec} now loads as {task.name}, the run calls it {name}")
         # the held-out samples come from the data the search used (its whole source is hashed)
@@ -110,11 +156,37 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
             start = task.requests[0].score_from
             out["dense"][name]["plain_perplexity"] = plain_perplexity(bm, (), windows, start)
             for k in sets:
-                per_set[k].setdefault("plain_perplexity", {})[name] = plain_perplexity(bm, k, windows, start)
+                per_set[k].setdefault("plain_perplexity", {})[name] = plain_perplexity(bm, k, windows, start, healing)
+                if healing is not None:  # the same set without its maps, for the healing's gain
+                    per_set[k].setdefault("unhealed_perplexity", {})[name] = plain_perplexity(bm, k, windows, start)
+    if healing is not None and plain_check:
+        out["unseen_text"] = unseen_text(bm, sets, healing, settings, cal)
     for k in sets:
         per_set[k]["mean_drop"] = float(np.mean(list(per_set[k]["drops"].values())))
         out["sets"][_set_key(k)] = per_set[k]
     atomic_write_json(directory / VALIDATION_FILE, out)
+    return out
+
+
+def _text_source(spec: str) -> str | None:
+    from .calibration import text_source
+
+    return text_source(spec)
+
+
+def unseen_text(bm: models.BlockModel, sets, healing, settings: dict, cal: dict) -> dict:
+    """Perplexity by plain transformers on a text the healing never saw, dense / healed / plain per set."""
+    source = UNSEEN_TEXT if cal.get("spec") != UNSEEN_TEXT else "shakespeare/hamlet"
+    used = {_text_source(info["spec"]) for info in settings["tasks"].values()}
+    task = load_task(f"ppl:{source}", bm.tokenizer, bm.eos_token_id, UNSEEN_WINDOWS, settings["seed"] + 1,
+                     settings["ppl_window"])
+    windows = [r.tokens for r in task.requests]
+    start = task.requests[0].score_from
+    out = {"spec": source, "windows": task.n, "searched_on": source in used,
+           "dense": plain_perplexity(bm, (), windows, start), "sets": {}}
+    for k in sets:
+        out["sets"][_set_key(k)] = {"healed": plain_perplexity(bm, k, windows, start, healing),
+                                    "plain": plain_perplexity(bm, k, windows, start)}
     return out
 
 

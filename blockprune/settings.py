@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import evolve, report, scores, search, sources
+from . import heal as heal_mod
 from .search import SearchError
 from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, split_count
 
@@ -35,6 +36,7 @@ class Loaded:
     num_blocks: int
     rank_by: dict  # {task: score}, resolved from --rank-by and the tasks' kinds
     tasks: Sequence  # the loaded tasks, in the order of Settings.tasks
+    calibration: Any = None  # blockprune.calibration.Calibration of a healed run
 
 
 def option(default: Any = dataclasses.MISSING, *, run: Any, group: str | None = None):
@@ -60,6 +62,14 @@ def _tasks(s: "Settings", m: Loaded) -> dict:
             for spec, t in zip(s.tasks, m.tasks)
         },
     }
+
+
+def _heal(s: "Settings", m: Loaded) -> dict:
+    """Absent for plain runs (so every earlier run keeps its identity)."""
+    if s.heal == "none":
+        return {}
+    return {"heal": {"method": s.heal, "ridge": s.ridge,
+                     "calibration": m.calibration.describe() if m.calibration is not None else None}}
 
 
 # A group is fingerprinted (as one dict) only when its condition holds.
@@ -89,6 +99,9 @@ class Settings:
         (), run=lambda s, m: {"sets": [list(x) for x in sorted(set(s.sets), key=lambda x: (len(x), x))]}
         if s.method == "given" else {})
     tasks: Sequence[str] = option(run=_tasks)
+    heal: str = option("none", run=_heal)  # none | linear (blockprune.heal)
+    calibration: str | None = option(None, run=None)  # in "heal" above: SOURCE[#N] (None: the first text task's)
+    ridge: float = option(heal_mod.DEFAULT_RIDGE, run=None)  # in "heal" above
     # not fingerprinted: where and how fast the scores are made, and what is done after the search
     max_candidates: int = option(5000, run=None)  # exhaustive searches above this are refused
     candidates_per_pass: int = option(256, run=None)
@@ -104,6 +117,7 @@ class Settings:
     held_out_samples: int | None = option(None, run=None)
     workers: int | None = option(None, run=None)
     ray_address: str | None = option(None, run=None)
+    plain_baseline: bool = option(True, run=None)  # a healed run also searches plain (OUT/plain) to compare
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -122,6 +136,19 @@ class Settings:
             raise SearchError("--candidates-per-pass must be at least 1")
         if self.ppl_window < 2:
             raise SearchError("--ppl-window must be at least 2 tokens")
+        if self.heal not in heal_mod.METHODS:
+            raise SearchError(f"unknown healing method {self.heal!r}: choose one of {', '.join(heal_mod.METHODS)}")
+        if self.heal == "none" and self.calibration is not None:
+            raise SearchError("--calibration is the text --heal linear fits its maps on; give --heal linear too")
+        if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge >= 0):
+            raise SearchError(f"--ridge must be a finite number >= 0, not {self.ridge}")
+        if self.calibration is not None:
+            from .calibration import check_spec as check_calibration
+
+            check_calibration(self.calibration)
+        if self.heal != "none" and self.clustered:
+            raise SearchError("--heal linear is not yet scored on Ray workers: drop --workers/--ray-address "
+                              "(one process scores healed candidates)")
         if self.method not in search.METHODS:
             raise SearchError(f"unknown method {self.method!r}: choose one of {', '.join(search.METHODS)}")
         sets = [tuple(sorted(int(b) for b in s)) for s in self.sets]

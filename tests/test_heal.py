@@ -70,7 +70,8 @@ def test_statistics_give_the_least_squares_of_the_hf_forward(arch):
     assert healing.stats.tokens == 12 * 19
     want = _reference_maps(bm, windows, [(0, 1), (1, 3), (3, 2), (4, 1)])
     for (block, n), t in want.items():
-        np.testing.assert_allclose(healing.map(block, n).cpu().numpy(), t, rtol=1e-6, atol=1e-6)
+        got = healing.map(block, n).cpu().numpy()  # float32 products per batch: ~1e-6 of the map's size
+        assert np.linalg.norm(got - t) / np.linalg.norm(t) < 1e-4, (block, n)
     assert not healing.can_heal(1, 4)  # longer than max_run: no statistics
     with pytest.raises(heal.HealError, match="at most 3"):
         healing.codes(masks_for([(1, 2, 3, 4)], 6))
