@@ -14,6 +14,8 @@ Rules (documented in the report itself):
 * critical blocks: single removals whose lower 95% bound is >= 20%.
 * interactions: sets of k >= 2 whose drop differs from the sum of their single drops with a 95%
   interval that excludes 0.
+* healed runs (`--heal linear`): a Healing section against the plain search in OUT/plain
+  (`blockprune.heal_report`); the plots draw sets failing the guard hollow, never on a front.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import advice, latency_report, stats
+from . import advice, heal_report, latency_report, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .outputs import VALIDATION_FILE
-from .plots import PLOTS, plot_all
+from .plots import PLOTS, plot_all, plot_drop_vs_speedup, speedup_series
 from .report_text import TEXT, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
 from .rundir import TempDir, chmod_like_user
 from .store import Store
@@ -187,7 +189,8 @@ def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
            decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None,
-           plots_dir: Path | None = None) -> str:
+           plots_dir: Path | None = None, heal: dict | None = None) -> str:
+    """REPORT.md's text; `heal`: the healing bundle of a healed run (`heal_report.bundle`)."""
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
@@ -196,6 +199,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L += [f"## {T['overview']}", "",
          T["overview_text"].format(method=a["method"], n=a["num_blocks"], model=a["model"], c=len(a["candidates"]),
                                    t=len(tasks), b=a.get("replicates", stats.DEFAULT_REPLICATES)), ""]
+    L += [T["heal_overview"], ""] if heal else []
     if len(tasks) < 2:
         L += [T["one_task"], ""]
     L += [f"| {T['task']} | {T['metric']} | {T['dense']} | {T['ranked']} | {T['dense']} | {T['n']} |",
@@ -241,12 +245,14 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
                  f"{pct(s['ci95'][0])} – {pct(s['ci95'][1])} | {pct(s['incremental_drop'])} |")
     if any(not s["extends_previous"] for s in path[1:]):
         L += ["", f"\\* {T['jump']}"]
-    L += ["", f"## {T['rec']}", "", T["guard"], ""]
+    L += [""] + heal_report.section_lines(heal, T, out)
+    L += [f"## {T['rec']}", "", T["guard"], ""]
+    tag = f" {T['heal_tag']}" if heal else ""
     for level in advice.LEVELS:
         r = recs[level]
         L += [f"### {T[level]}", "", f"- **{T['rule']}**: {T['rule_' + level].format(t=pct(recs['tolerance']))}"]
         if r["k"]:
-            L += [f"- **{fmt_set(r['removed'])}** (k = {r['k']}): {pct(r['mean_drop'])} ± {pct(r['std_drop'])}, "
+            L += [f"- **{fmt_set(r['removed'])}**{tag} (k = {r['k']}): {pct(r['mean_drop'])} ± {pct(r['std_drop'])}, "
                   f"{T['ci']} {pct(r['ci95'][0])} – {pct(r['ci95'][1])}; " +
                   "; ".join(f"{t} {pct(d)} ({pct(r['task_ci95'][t][0])} – {pct(r['task_ci95'][t][1])})"
                             for t, d in r["drops"].items())]
@@ -280,6 +286,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     for f, what in T["f_files"].items():
         L.append(f"- `{report_name if f == 'REPORT' else f}`: {what}")
     L.append(f"- `plots/`: {', '.join(p + '.png' for p in PLOTS)}")
+    L += [f"- `plain/`: {T['f_plain']}"] if heal and not heal.get("plain_note") else []
     L += ["", f"## {T['usage']}", "", T["repro"].format(out=out), "", "```bash", command, "```", ""]
     return "\n".join(L)
 
@@ -303,12 +310,14 @@ def cluster_lines(sessions: list | None, T: dict) -> list[str]:
 
 
 def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None = None,
-                 recs: dict | None = None) -> list[tuple[int, ...]]:
+                 recs: dict | None = None, plain: dict | None = None) -> list[tuple[int, ...]]:
     """The sets whose speed the report's latency table shows: the best set per k and the three
-    recommendations (`analysis`, `recs`: the run's, when the caller has them; else built from its store)."""
+    recommendations (`analysis`, `recs`: the run's, when the caller has them; else built from its store);
+    for a healed run also OUT/plain's (`heal_report.plain_sets`; `plain`: its analysis)."""
     a = analysis if analysis is not None else analysis_mod.build(Store.open_existing(Path(directory)))
     groups = by_k(a["candidates"])
-    return advice.report_sets(groups, recs if recs is not None else recommendations(groups, tolerance))
+    sets = advice.report_sets(groups, recs if recs is not None else recommendations(groups, tolerance))
+    return sets + [x for x in heal_report.plain_sets(directory, tolerance, plain) if x not in sets]
 
 
 def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
@@ -357,6 +366,8 @@ def finding_lines(findings: list[dict], T: dict) -> list[str]:
         elif kind == "rank_agreement":
             pairs = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in f["spearman"].items())
             lines.append(T["f_rank"].format(m="n/a" if f["mean"] is None else f"{f['mean']:.2f}", pairs=pairs))
+        elif kind == "healing":
+            lines.append(heal_report.finding_line(f, T))
         elif kind == "incremental_drops_grow":
             inc = " → ".join(pct(x) for x in f["increments"])
             lines.append(T["f_grow_yes" if f["value"] else "f_grow_no"].format(inc=inc))
@@ -383,6 +394,10 @@ def command_of(info: dict, out: Path) -> str:
         parts.append(f"--{name} {value}")
     if s.get("sets"):
         parts.append("--sets " + q(";".join(",".join(map(str, x)) for x in s["sets"])))
+    if s.get("heal"):
+        cal = s["heal"].get("calibration") or {}
+        parts.append(f"--heal {q(str(s['heal']['method']))} --ridge {s['heal']['ridge']}"
+                     + (f" --calibration {q(str(cal['spec']) + '#' + str(cal['n']))}" if cal.get("spec") else ""))
     parts += [f"--min-depth {s['min_depth']}", f"--dtype {q(str(s['dtype']))}", f"--out {q(str(out))}"]
     return " \\\n    ".join(parts)
 
@@ -415,8 +430,6 @@ def build_analysis(directory: str | Path, replicates: int = stats.DEFAULT_REPLIC
 
 
 def load_validation(directory: Path) -> dict | None:
-    import json
-
     try:
         return json.loads((Path(directory) / VALIDATION_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -425,10 +438,11 @@ def load_validation(directory: Path) -> dict | None:
 
 def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None,
                  replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None,
-                 store: Store | None = None, recs: dict | None = None) -> dict:
+                 store: Store | None = None, recs: dict | None = None, plain: dict | None = None) -> dict:
     """(Re)generate every report file of a run directory from its store; `tolerance` None: the one
     the run was searched with. `store`, `analysis`, `recs` (the recommendations at `tolerance`):
-    the run's, when the caller has them (the search passes its own: nothing is read or computed twice)."""
+    the run's, when the caller has them (the search passes its own: nothing is read or computed twice);
+    `plain`: a healed run's OUT/plain analysis, when the caller has it (else built from OUT/plain)."""
     directory = Path(directory)
     store = store if store is not None else Store.open_existing(directory)
     if tolerance is None:
@@ -441,11 +455,14 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     decisions = advice.decisions(groups, a["tasks"], tolerance)
     findings = key_findings(a, groups, path)
     validation = load_validation(directory)
+    heal, plain = heal_report.of_run(directory, store.run_info, a, recs, plain, a.get("replicates", replicates))
+    findings += [heal["finding"]] if heal and heal["finding"] else []
     best = {k: {"best": cs[0], "top5": cs[:5]} for k, cs in groups.items()}
     rec_json = {"model": a["model"], "tolerance": tolerance, "rank_by": a["rank_by"], "independent_best": best,
                 "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
                 **({"held_out": {"flagged": held_out_flags(recs, validation), "sets": validation["sets"],
-                                 "tasks": validation["tasks"]}} if validation else {})}
+                                 "tasks": validation["tasks"]}} if validation else {}),
+                **({"healing": heal} if heal else {})}
     # Everything is written into a temporary folder of ours first (plots and files, in full), then
     # moved into place: a full disk or an error leaves the old report as it was. The caller holds
     # the run's lock, so a `.plots-*` folder here is what a killed report of an older blockprune
@@ -457,17 +474,19 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     command = command_of(store.run_info, directory)
     with TempDir(directory) as tmp:
         chmod_like_user(tmp.new, directory=True)
-        plot_all(a, path, tmp.new)
+        plot_all(a, path, tmp.new, tolerance)
         speed = latency_report.load_speedups(directory, a["model"])
         if speed:
-            latency_report.plot_drop_vs_speedup(a["candidates"], speed, tmp.new / "drop_vs_speedup.png")
+            plain_speed = plain and latency_report.load_speedups(directory / heal_report.PLAIN_DIR, a["model"])
+            plot_drop_vs_speedup(speedup_series(a["candidates"], speed, tolerance, heal is not None, plain, plain_speed),
+                                 tolerance, tmp.new / "drop_vs_speedup.png")
         texts = {
             analysis_mod.ANALYSIS_FILE: json.dumps(analysis_mod.public(a), indent=2, sort_keys=False) + "\n",
             RECOMMENDATIONS_FILE: json.dumps(rec_json, indent=2, sort_keys=False) + "\n",
             analysis_mod.SUMMARY_FILE: analysis_mod.summary_markdown(a),
             ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render(
                 a, recs, path, findings, lang, directory, command, decisions, validation,
-                store.run_info.get("cluster"), plots_dir=tmp.new),
+                store.run_info.get("cluster"), plots_dir=tmp.new, heal=heal),
         }
         for name, text in texts.items():
             chmod_like_user(tmp.write_text(name, text))

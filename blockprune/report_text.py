@@ -92,6 +92,39 @@ TEXT = {
         "cluster_retried": ("{r} unit(s) retried on another worker after {lost} worker(s) died mid-unit ({who}); a unit "
                             "is stored only when its result arrives whole, so nothing was lost or stored twice."),
         "cluster_none": "No unit was retried.",
+        "heal": "Healing",
+        "heal_overview": "Every candidate is scored healed (see Healing).",
+        "heal_tag": "healed",
+        "heal_text": ("Every candidate of this run is scored **healed** (`--heal {method}`): each removed run of blocks gets "
+                      "a closed-form linear map (ridge {ridge} times the mean eigenvalue), fitted by least squares on the "
+                      "dense model's activations and folded into the MLP output projection of the block before the run, "
+                      "so a healed set has the plain pruned model's modules and speed."),
+        "heal_cal": ("Calibration: {n} windows of {window} tokens from `{spec}` ({tokens} tokens fitted), disjoint from "
+                     "every window the search scores."),
+        "heal_cal_none": "Calibration: not recorded in run.json.",
+        "heal_plain_item": "after block {b}: {why}",
+        "heal_plain_blocks": ("Runs that stay plain (scored as plain deletion): {items}; a run starting at block 0 always "
+                              "does (no block before it)."),
+        "heal_plain_none": "Every block can fold a map: only a run starting at block 0 stays plain (no block before it).",
+        "heal_best": "best healed set", "heal_mean": "healed mean drop [95% interval]",
+        "heal_same": "the same set plain", "heal_best_plain": "best plain set", "heal_its": "its mean drop [95% interval]",
+        "heal_table_note": ("Plain columns: the plain (unhealed) search in `plain/`, on the same tasks and samples; — where "
+                            "it did not score the set."),
+        "heal_no_plain": "No plain run to compare with (`{out}/plain` is absent: searched with --no-plain-baseline?).",
+        "heal_plain_tasks": "`{out}/plain` is not compared: its tasks differ from this run's.",
+        "heal_plain_samples": "`{out}/plain` is not compared: its tasks score other samples than this run's.",
+        "heal_plain_empty": "`{out}/plain` is not compared: no candidate of it is scored on every task yet.",
+        "heal_plain_bad": "`{out}/plain` is not compared: {why}",
+        "heal_more": ("Healing removes {K} blocks within the tolerance {t} where plain deletion removes {J} (balanced "
+                      "advice: healed {healed}, plain {plain})."),
+        "heal_not_more": ("Healing removes {K} blocks within the tolerance {t}, plain deletion {J} (balanced advice: healed "
+                          "{healed}, plain {plain}): healing does not remove more here, because {why}."),
+        "heal_bind_guard": ("at k = {k} the best healed set {set} fails the per-task guard: {task}'s drop is {d} (95% lower "
+                            "bound {lo}, above {t})"),
+        "heal_bind_mean": ("at k = {k} the best healed set {set} has mean drop {m} with one-sided 95% upper bound {u}, above "
+                           "{t}; its largest task drop is {task} at {d}"),
+        "heal_bind_none": "the search scored no healed set of {k} blocks (--max-remove)",
+        "f_plain": "the plain (unhealed) search the Healing section compares with (a run directory of its own)",
         "f_files": {"REPORT": "this report", "pruning_recommendations.json": "recommendations, stepwise path, key findings",
                     "cross_dataset_analysis.json": "every candidate: scores, drops, mean ± std, 95% interval; single-block table",
                     "results.jsonl": "the store: per-sample scores of every (candidate, task)", "run.json": "settings and versions"},
@@ -161,6 +194,32 @@ TEXT = {
         "cluster_session": "第 {i} 次运行（{started}，Ray 地址 {address}）：{n} 个 worker 共完成 {units} 个工作单元；各 worker 忙碌时间内每秒 block token 数：{rates}。",
         "cluster_retried": "有 {lost} 个 worker 在工作单元中途失效（{who}），{r} 个工作单元已在其他 worker 上重跑；工作单元只有在结果完整返回后才会写入存储，因此没有丢失或重复记录。",
         "cluster_none": "没有工作单元需要重跑。",
+        "heal": "修复",
+        "heal_overview": "每个候选都以修复后的模型评估（见“修复”一节）。",
+        "heal_tag": "已修复",
+        "heal_text": ("本次运行的每个候选都以**修复后**的模型评估（`--heal {method}`）：每段被移除的连续 block 都配有一个闭式线性映射"
+                      "（ridge 为 MᵀM 平均特征值的 {ridge} 倍），在完整模型的激活上用最小二乘拟合，并折叠进该段之前那个 block 的 "
+                      "MLP 输出投影，因此修复后的组合与普通剪枝模型的模块和速度完全相同。"),
+        "heal_cal": "校准数据：来自 `{spec}` 的 {n} 个 {window} token 窗口（拟合 {tokens} 个 token），与搜索评估的所有窗口都不重叠。",
+        "heal_cal_none": "校准数据：run.json 中没有记录。",
+        "heal_plain_item": "block {b} 之后：{why}",
+        "heal_plain_blocks": "保持普通删除（按未修复评估）的连续段：{items}；从 block 0 开始的段也总是如此（前面没有 block）。",
+        "heal_plain_none": "每个 block 都能折叠映射：只有从 block 0 开始的段保持普通删除（前面没有 block）。",
+        "heal_best": "修复后最佳组合", "heal_mean": "修复后平均下降 [95% 区间]",
+        "heal_same": "同一组合未修复", "heal_best_plain": "未修复最佳组合", "heal_its": "其平均下降 [95% 区间]",
+        "heal_table_note": "未修复的各列来自 `plain/` 中的普通（未修复）搜索，任务与样本相同；— 表示该搜索未评估此组合。",
+        "heal_no_plain": "没有可比较的普通运行（`{out}/plain` 不存在：是否使用了 --no-plain-baseline？）。",
+        "heal_plain_tasks": "未与 `{out}/plain` 比较：其任务与本次运行不同。",
+        "heal_plain_samples": "未与 `{out}/plain` 比较：其任务评估的样本与本次运行不同。",
+        "heal_plain_empty": "未与 `{out}/plain` 比较：其中还没有在全部任务上评估完的候选。",
+        "heal_plain_bad": "未与 `{out}/plain` 比较：{why}",
+        "heal_more": "在容差 {t} 之内，修复可移除 {K} 个 block，而普通删除只能移除 {J} 个（平衡策略：修复 {healed}，普通 {plain}）。",
+        "heal_not_more": ("在容差 {t} 之内，修复可移除 {K} 个 block，普通删除 {J} 个（平衡策略：修复 {healed}，普通 {plain}）："
+                          "此处修复没有多移除，因为{why}。"),
+        "heal_bind_guard": "k = {k} 时修复后最佳组合 {set} 未通过逐任务检查：{task} 的下降为 {d}（95% 下界 {lo}，高于 {t}）",
+        "heal_bind_mean": "k = {k} 时修复后最佳组合 {set} 的平均下降为 {m}，单侧 95% 上界 {u} 高于 {t}；下降最大的任务是 {task}（{d}）",
+        "heal_bind_none": "搜索没有评估 {k} 个 block 的修复组合（--max-remove）",
+        "f_plain": "“修复”一节用于比较的普通（未修复）搜索（独立的运行目录）",
         "f_files": {"REPORT": "本报告", "pruning_recommendations.json": "推荐结果、逐步路径、关键发现",
                     "cross_dataset_analysis.json": "全部候选：分数、下降、均值 ± 标准差、95% 区间；单 block 表",
                     "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},
