@@ -48,14 +48,14 @@ def check_spec(source_spec: str) -> None:
     source, _ = split_count(source_spec)
     source = source.removeprefix("kl:").removeprefix("ppl:")
     try:
-        parse_spec(f"ppl:{source}")
+        parse_spec(f"kl:{source}")
     except TaskError as exc:
         raise CalibrationError(f"--calibration {source_spec}: {exc}") from None
 
 
 def from_record(record: dict, tokenizer, eos_token_id) -> Calibration:
     """The windows run.json's calibration record names (to refit the same maps: validate, export)."""
-    text = load_task(f"ppl:{record['spec']}", tokenizer, eos_token_id, None, 0, record["window"])
+    text = load_task(f"kl:{record['spec']}", tokenizer, eos_token_id, None, 0, record["window"])
     by_id = {sid: tuple(r.tokens) for sid, r in zip(text.sample_ids, text.requests)}
     missing = [sid for sid in record["sample_ids"] if sid not in by_id]
     if missing:
@@ -99,7 +99,7 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
     if count is None:
         count = -(-DEFAULT_TOKENS_PER_DIM * hidden // max(1, window - 1))
     try:
-        text = load_task(f"ppl:{source}", tokenizer, eos_token_id, count, seed + 7919, window, exclude=sorted(exclude))
+        text = load_task(f"kl:{source}", tokenizer, eos_token_id, count, seed + 7919, window, exclude=sorted(exclude))
     except TaskError as exc:
         raise CalibrationError(f"--calibration {source}: {exc}") from None
     skip = text.requests[0].score_from if text.requests else 1

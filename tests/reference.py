@@ -129,3 +129,30 @@ def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return tokens[: i + 1]
     return tokens
+
+
+@torch.inference_mode()
+def folded_kl(bm, healing, requests, removed) -> float:
+    """Mean per-token KL(p_dense || p_pruned) of a copy with `healing`'s maps folded into its weights
+    (blockprune.heal.fold_into, as the export writes them; None: plain) and `removed` deleted."""
+    import copy
+
+    from blockprune import heal
+
+    folded = copy.deepcopy(bm)
+    if healing is not None:
+        heal.fold_into(folded, healing.maps_for(removed))
+    kl = _kl_against(bm, pruned(folded, removed), requests)
+    return float(kl.sum() / sum(r.num_scored for r in requests))
+
+
+@torch.inference_mode()
+def _kl_against(dense_bm, pruned_bm, requests) -> np.ndarray:
+    out = []
+    for r in requests:
+        ids = torch.tensor([r.tokens])
+        dense = torch.log_softmax(dense_bm.model(ids, use_cache=False).logits[0].double(), -1)
+        cut = torch.log_softmax(pruned_bm.model(ids, use_cache=False).logits[0].double(), -1)
+        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
+        out.append((dense[pos].exp() * (dense[pos] - cut[pos])).sum().item())
+    return np.array(out)
