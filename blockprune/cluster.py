@@ -110,6 +110,16 @@ class _Worker:
     def add_tasks(self, tasks: dict) -> None:
         self.tasks.update(tasks)
 
+    def set_healing(self, fitted: dict | None, probe, keep: np.ndarray) -> list[float]:
+        """Score healed with the driver's fitted statistics (blockprune.heal; None: plain); returns
+        the log-probs of `probe` under `keep`, for the driver to check against its own."""
+        from .heal import Healing
+
+        self.engine.heal = None if fitted is None else Healing(self.engine.model, **fitted)
+        if self.engine.cache is not None:
+            self.engine.cache.retain(np.zeros((0, self.engine.model.num_blocks), dtype=np.int16))
+        return self.engine.score(probe, keep).logprob[0].tolist()
+
     def score(self, task: str, req_ids: list[int], masks: np.ndarray) -> dict:
         requests, dense = self.tasks[task]
         start = time.perf_counter()
@@ -225,6 +235,19 @@ class Pool:
                                    f"(dense log-prob {got[0]:.4f} vs {want[0]:.4f}): not the same model or weights")
         payload = ray.put({t.name: (t.requests, needs_dense(t)) for t in tasks})
         ray.get([a.add_tasks.remote(payload) for a in self.actors])
+        if engine.heal is not None:  # the driver's statistics (one dense pass), not one fit per worker
+            h = engine.heal
+            fitted = ray.put({"stats": h.stats, "max_run": h.max_run, "ridge": h.ridge, "calibration": h.calibration,
+                              "unfoldable": h.unfoldable})
+            keep = np.ones((1, engine.model.num_blocks), dtype=bool)
+            run = next(((i, n) for (i, n) in sorted(h.stats.cross) if i + n < engine.model.num_blocks), None)
+            if run is not None:
+                keep[0, run[0] + 1 : run[0] + run[1] + 1] = False
+            want = engine.score(probe, keep).logprob[0]
+            for info, got in zip(infos, ray.get([a.set_healing.remote(fitted, probe, keep) for a in self.actors])):
+                if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+                    raise ClusterError(f"worker {info['worker']} on {info['host']} scores a healed set differently from "
+                                       f"this process (log-prob {got[0]:.4f} vs {want[0]:.4f})")
         for t in tasks:
             per_sample = np.zeros(t.n, dtype=np.int64)
             for r, s in enumerate(t.request_sample):

@@ -146,9 +146,6 @@ class Settings:
             from .calibration import check_spec as check_calibration
 
             check_calibration(self.calibration)
-        if self.heal != "none" and self.clustered:
-            raise SearchError("--heal linear is not yet scored on Ray workers: drop --workers/--ray-address "
-                              "(one process scores healed candidates)")
         if self.method not in search.METHODS:
             raise SearchError(f"unknown method {self.method!r}: choose one of {', '.join(search.METHODS)}")
         sets = [tuple(sorted(int(b) for b in s)) for s in self.sets]

@@ -111,6 +111,21 @@ def test_two_workers_store_what_one_process_stores(ray_cluster, single, tiny_dir
     assert tokens["two"] <= 1.15 * tokens["one"], tokens
 
 
+def test_a_healed_search_on_two_workers_stores_what_one_process_stores(ray_cluster, tiny_dir, jsonl_tasks, tmp_path):
+    """The workers score healed with the driver's statistics: the same healed records as one process."""
+    kw = dict(model=str(tiny_dir), tasks=["kl:shakespeare/hamlet#4", f"jsonl:{jsonl_tasks / 'mc.jsonl'}"],
+              method="given", sets=[(2,), (2, 3), (1, 3)], samples=None, ppl_window=32, device="cpu", progress=False,
+              latency=False, heal="linear", plain_baseline=False)
+    one = api.run_search(out=tmp_path / "one", **kw)
+    two = api.run_search(out=tmp_path / "two", workers=2, ray_address=ray_cluster, **kw)
+    assert two.result.steps == one.result.steps
+    same_scores(whole(tmp_path / "two"), whole(tmp_path / "one"))
+    plain = api.run_search(out=tmp_path / "plain", **{**kw, "heal": "none"})
+    healed_kl = whole(tmp_path / "two")[((2, 3), "kl_shakespeare_hamlet")]["value"]
+    assert healed_kl != pytest.approx(whole(tmp_path / "plain")[((2, 3), "kl_shakespeare_hamlet")]["value"], rel=1e-3)
+    assert plain.result.steps == one.result.steps
+
+
 def test_a_worker_killed_mid_run_loses_nothing(ray_cluster, single, tiny_dir, jsonl_tasks, tmp_path, monkeypatch):
     one, res_one = single
     handed = []
