@@ -72,7 +72,8 @@ def _recs(cands, t=T):
 def test_the_finding_names_what_stops_the_next_k():
     ok = {"a": (0.01, 0.0, 0.02), "b": (0.01, 0.0, 0.03)}
     one = cand([1], 0.01, ok)
-    guard_fails = cand([1, 2], 0.03, {"a": (0.0, -0.01, 0.01), "b": (0.06, 0.055, 0.07)}, upper95=0.04)
+    # both tasks fail the guard: b binds, its lower bound is the highest (a's drop is the larger)
+    guard_fails = cand([1, 2], 0.065, {"a": (0.07, 0.052, 0.09), "b": (0.06, 0.055, 0.07)}, upper95=0.08)
     plain = [cand([1], 0.02, ok)]
     f = heal_report.finding({"candidates": [one, guard_fails]}, _recs([one, guard_fails]),
                             {"candidates": plain}, _recs(plain))
