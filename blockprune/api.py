@@ -175,8 +175,11 @@ def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranki
               file=sys.stderr, flush=True)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
                                  racing=None if s.exact else search.Racing(), rank_by=ranking)
-    search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
-               min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution, sets=s.sets)
+    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
+                        min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution,
+                        sets=s.sets)
+    # the plain search's own best per k, before the healed run's sets are scored here too
+    store.set_info("searched_best", {str(len(step[0])): list(step[0]) for step in result.steps if step and step[0]})
     best = [tuple(group[0]["removed"]) for k, group in sorted(advice.by_k(healed_analysis["candidates"]).items()) if k]
     evaluator.evaluate(best)
     store.finish()
