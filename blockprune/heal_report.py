@@ -39,15 +39,15 @@ def load_plain(directory: str | Path, replicates: int, run_info: dict) -> tuple[
     if not (d / "run.json").exists():
         return None, "absent"
     try:
-        store = Store.open_existing(d)
-        a = analysis_mod.build(store, replicates)
+        theirs = Store.existing_settings(d)["tasks"]
+        mine = run_info["settings"]["tasks"]
+        if set(mine) != set(theirs):
+            return None, "tasks"
+        if any(mine[t].get("sample_ids") != theirs[t].get("sample_ids") for t in mine):
+            return None, "samples"
+        a = analysis_mod.build(Store.open_existing(d), replicates)
     except (StoreError, analysis_mod.AnalysisError, OSError, ValueError) as exc:
         return None, f"unreadable: {exc}"
-    mine, theirs = run_info["settings"]["tasks"], store.run_info["settings"]["tasks"]
-    if set(mine) != set(theirs):
-        return None, "tasks"
-    if any(mine[t].get("sample_ids") != theirs[t].get("sample_ids") for t in mine):
-        return None, "samples"
     if not a["candidates"]:
         return None, "empty"
     a["replicates"] = replicates

@@ -196,3 +196,28 @@ def test_the_healed_plot_has_both_series(healed, tmp_path):
     for name, analysis in (("healed", a), ("plain", plain)):
         drops = {tuple(c["removed"]): c["mean_drop"] for c in analysis["candidates"]}
         assert all(p["drop"] == drops[tuple(p["removed"])] for p in series[name][1:])
+
+
+def test_a_plain_sibling_on_other_samples_is_not_compared(healed, tmp_path):
+    out, _ = healed
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.lock", ".lock*"))
+    info = json.loads((copy / "plain" / "run.json").read_text())
+    info["settings"]["tasks"]["mc"]["sample_ids"] = info["settings"]["tasks"]["mc"]["sample_ids"][::-1]
+    (copy / "plain" / "run.json").write_text(json.dumps(info))
+    recs = report.write_report(copy, tolerance=0.9, replicates=200)
+    assert recs["healing"]["plain_note"] == "samples" and recs["healing"]["plain_recommendations"] is None
+    assert f"`{copy}/plain` is not compared: its tasks score other samples" in (copy / "REPORT.md").read_text()
+
+
+def test_the_section_names_the_runs_that_stay_plain():
+    h = {"settings": {"method": "linear", "ridge": 0.01, "calibration": None},
+         "fit": {"tokens": 900, "plain_blocks": {"11": "its MLP output passes through a norm", "3": "no projection"}},
+         "per_k": [{"k": 1, "healed": {"removed": [4], "mean_drop": 0.01, "ci95": [0.0, 0.02]}, "healed_plain": None,
+                    "plain": None}], "plain_note": "absent", "finding": None}
+    text = "\n".join(heal_report.section_lines(h, report.TEXT["en"], "OUT"))
+    assert ("Runs that stay plain (scored as plain deletion): after block 3: no projection; after block 11: its MLP output "
+            "passes through a norm; a run starting at block 0 always does") in text
+    assert "Calibration: not recorded in run.json." in text and "ridge 0.01 times" in text
+    assert "| 1 | [4] | 1.00% [0.00% – 2.00%] | — | — | — |" in text and "`OUT/plain` is absent" in text
+    assert heal_report.section_lines(None, report.TEXT["en"], "OUT") == []
