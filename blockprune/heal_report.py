@@ -162,6 +162,31 @@ def finding_line(f: dict, T: dict) -> str:
     return T["heal_not_more"].format(why=why, **words)
 
 
+def heldout_lines(validation: dict, T: dict) -> list[str]:
+    """The held-out check's perplexities of a healed run's sets by plain transformers: the folded
+    pruned model and the same set deleted without its maps, on the held-out windows and on a text
+    the healing never saw (heldout.unseen_text)."""
+    L = []
+    for v in validation["sets"].values():
+        for task, ppl in v.get("plain_perplexity", {}).items():
+            dense = validation["dense"][task]["plain_perplexity"]
+            plain = v.get("unhealed_perplexity", {}).get(task)
+            L.append("- " + T["heal_held_ppl"].format(
+                set=fmt_set(v["removed"]), task=task, dense=f"{dense:.2f}", ppl=f"{ppl:.2f}", rise=pct(ppl / dense - 1),
+                plain="—" if plain is None else f"{plain:.2f}", plain_rise="—" if plain is None else pct(plain / dense - 1),
+                n=validation["tasks"][task]["n"]))
+    u = validation.get("unseen_text")
+    if u:
+        d = u["dense"]
+        items = "; ".join(T["heal_held_unseen_item"].format(set=fmt_set([int(b) for b in key.split(",") if b]),
+                                                            healed=f"{x['healed']:.2f}", rise=pct(x["healed"] / d - 1),
+                                                            plain=f"{x['plain']:.2f}", plain_rise=pct(x["plain"] / d - 1))
+                          for key, x in u["sets"].items())
+        L.append("- " + T["heal_held_unseen"].format(spec=u["spec"], n=u["windows"], dense=f"{d:.2f}", items=items,
+                                                     searched=T["heal_held_searched"] if u.get("searched_on") else ""))
+    return L
+
+
 def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
     """The report's "Healing" section (nothing for a plain run)."""
     if not h:

@@ -161,6 +161,8 @@ def validation_lines(recs: dict, validation: dict | None, T: dict, out: Path) ->
                  f"{pct(r['ci95'][1])}) | {pct(v['mean_drop'])}{flag(v['mean_drop'], *r['ci95'])} | " + " | ".join(cells) + " |")
     flags = held_out_flags(recs, validation)
     L += ["", T["held_flag"] + ": " + ", ".join(flags) + "." if flags else T["held_ok"] + ".", ""]
+    if "unseen_text" in validation or any("unhealed_perplexity" in v for v in validation["sets"].values()):
+        return L + heal_report.heldout_lines(validation, T) + [""]  # a healed run's sets, healed and not
     for key, v in validation["sets"].items():
         for task, ppl in v.get("plain_perplexity", {}).items():
             dense = validation["dense"][task]["plain_perplexity"]

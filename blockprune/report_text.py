@@ -42,7 +42,8 @@ TEXT = {
         "lat_text": ("Decode speedup vs the dense model (per-token latency, greedy, with the KV cache: median over runs of the "
                      "dense/pruned ratio of adjacent runs, min–max in brackets; {backend}, "
                      "batch {batch}, prompt {prompt} + {gen} tokens, {reps} interleaved runs, {device}) from `latency.json`; "
-                     "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front."),
+                     "`plots/drop_vs_speedup.png` shows mean drop against it with the Pareto front of the sets that pass "
+                     "the per-task guard (sets failing it hollow, never on the front)."),
         "rule_conservative": "the largest k with a set whose every task's upper 95% bound is <= {t}",
         "rule_balanced": ("the largest k with a set whose one-sided 95% upper bound of the mean drop is <= {t} and no "
                           "task's lower 95% bound above {t}"),
@@ -125,6 +126,12 @@ TEXT = {
                            "{t}; its largest task drop is {task} at {d}"),
         "heal_bind_none": "the search scored no healed set of {k} blocks (--max-remove)",
         "f_plain": "the plain (unhealed) search the Healing section compares with (a run directory of its own)",
+        "heal_held_ppl": ("{set} healed: {task} perplexity {dense} → {ppl} ({rise}); deleted without its maps {plain} "
+                          "({plain_rise}); {n} held-out windows, measured by plain transformers on the folded, pruned model"),
+        "heal_held_unseen": ("On a text the healing never saw (`{spec}`, {n} windows{searched}), by plain transformers: "
+                             "dense perplexity {dense}; {items}."),
+        "heal_held_unseen_item": "{set} healed {healed} ({rise}), without its maps {plain} ({plain_rise})",
+        "heal_held_searched": "; a search task's text",
         "f_files": {"REPORT": "this report", "pruning_recommendations.json": "recommendations, stepwise path, key findings",
                     "cross_dataset_analysis.json": "every candidate: scores, drops, mean ± std, 95% interval; single-block table",
                     "results.jsonl": "the store: per-sample scores of every (candidate, task)", "run.json": "settings and versions"},
@@ -154,7 +161,8 @@ TEXT = {
         "lat_text": ("相对完整模型的解码加速比（每个 token 的延迟，贪心解码，使用 KV cache：相邻运行的完整/剪枝比值在各次运行上的中位数，"
                      "括号内为最小–最大；{backend}，batch {batch}，"
                      "提示 {prompt} + 生成 {gen} 个 token，{reps} 次交替运行，{device}），数据来自 `latency.json`；"
-                     "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出 Pareto 前沿。"),
+                     "`plots/drop_vs_speedup.png` 展示平均下降与实测加速比的关系，并标出通过逐任务检查的组合的 Pareto 前沿"
+                     "（未通过的组合画为空心，不进入前沿）。"),
         "rule_conservative": "存在每个任务的 95% 区间上界都 <= {t} 的组合的最大 k",
         "rule_balanced": "存在平均下降单侧 95% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
         "rule_aggressive": "存在平均下降单侧 80% 上界 <= {t}、且没有任务的 95% 区间下界高于 {t} 的组合的最大 k",
@@ -220,6 +228,11 @@ TEXT = {
         "heal_bind_mean": "k = {k} 时修复后最佳组合 {set} 的平均下降为 {m}，单侧 95% 上界 {u} 高于 {t}；下降最大的任务是 {task}（{d}）",
         "heal_bind_none": "搜索没有评估 {k} 个 block 的修复组合（--max-remove）",
         "f_plain": "“修复”一节用于比较的普通（未修复）搜索（独立的运行目录）",
+        "heal_held_ppl": ("{set} 修复后：{task} 困惑度 {dense} → {ppl}（{rise}）；不加映射直接删除为 {plain}（{plain_rise}）；"
+                          "{n} 个留出窗口，用普通 transformers 在折叠并剪枝后的模型上测得"),
+        "heal_held_unseen": "在修复从未见过的文本上（`{spec}`，{n} 个窗口{searched}），用普通 transformers 测得：完整模型困惑度 {dense}；{items}。",
+        "heal_held_unseen_item": "{set} 修复后 {healed}（{rise}），不加映射 {plain}（{plain_rise}）",
+        "heal_held_searched": "；也是某个搜索任务的文本",
         "f_files": {"REPORT": "本报告", "pruning_recommendations.json": "推荐结果、逐步路径、关键发现",
                     "cross_dataset_analysis.json": "全部候选：分数、下降、均值 ± 标准差、95% 区间；单 block 表",
                     "results.jsonl": "存储：每个（候选, 任务）的逐样本分数", "run.json": "设置与版本"},

@@ -149,6 +149,13 @@ def test_the_healed_report_compares_with_the_plain_search(healed):
     validation = report.load_validation(out)
     assert recs["held_out"]["flagged"] == report.held_out_flags(recs["recommendations"], validation)
     assert ",".join(map(str, balanced["removed"])) in validation["sets"]
+    held = text.split("### Held-out check")[1].split("\n## ")[0]
+    v = validation["sets"][",".join(map(str, balanced["removed"]))]
+    assert (f"- {fmt_set(balanced['removed'])} healed: ppl perplexity {validation['dense']['ppl']['plain_perplexity']:.2f} → "
+            f"{v['plain_perplexity']['ppl']:.2f}") in held
+    assert f"deleted without its maps {v['unhealed_perplexity']['ppl']:.2f}" in held
+    u = validation["unseen_text"]
+    assert f"On a text the healing never saw (`{u['spec']}`, {u['windows']} windows" in held
     assert recs["healing"]["per_k"][0]["healed"]["removed"] == by_k(a["candidates"])[1][0]["removed"]
     assert "--heal linear --ridge 0.001 --calibration 'shakespeare/hamlet#48'" in text
     assert "- `plain/`:" in text
