@@ -10,6 +10,15 @@ when every file in it is one its manifest lists. A user's files, a search run, t
 or a directory holding them are refused always (`outputs.claim`). `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
 
+With `healing` (a fitted `blockprune.heal.Healing`), each removed run's map is folded into the
+block before it in a copy of the model (`hf.healed_copy`; the caller's model is not changed), and
+every format is written and verified from that copy, so the exported model is the one the engine
+scored healed. A run starting at block 0 (no block before it) is refused before anything is
+written; the healing (method, ridge, calibration, a hash of its window ids) is part of the
+request, and the manifest's `healing` says which run was folded into which tensor and which stayed
+plain. `onnx-elastic` stays plain (a healed skip would need one map per block and run length in
+the graph): the manifest says so.
+
 The formats are one table, `EXPORTERS` (as Optimum's exporters): each declares the formats it is
 built from (written first and shipped beside it), the folder it writes and what it verifies, and
 its `run` writes the artifact and then checks it; `export_model` is one loop over the table.
@@ -58,9 +67,44 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_cache: bool) -> dict:
-    return {"model": model, "removed": sorted({int(b) for b in removed}), "formats": sorted(set(formats)),
-            "kv_cache": bool(kv_cache and "onnx" in formats)}
+def healing_identity(healing) -> dict:
+    """What makes two healings the same request: method, ridge, the calibration (spec, window, number
+    of windows, tokens) and a short hash of its window ids."""
+    d = healing.describe()
+    cal = d.get("calibration") or {}
+    ids = "\n".join(str(i) for i in cal.get("sample_ids") or [])
+    return {"method": d.get("method"), "ridge": d.get("ridge"), "tokens": d.get("tokens"),
+            "calibration": {k: cal.get(k) for k in ("spec", "window", "n", "tokens")} if cal else None,
+            "sample_ids_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest()[:16] if cal else None}
+
+
+def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_cache: bool, healing=None) -> dict:
+    request = {"model": model, "removed": sorted({int(b) for b in removed}), "formats": sorted(set(formats)),
+               "kv_cache": bool(kv_cache and "onnx" in formats)}
+    if healing is not None:  # a plain request has no key (so exports written before healing stay the same request)
+        request["healing"] = healing_identity(healing)
+    return request
+
+
+def check_healing(bm: BlockModel, removed: Sequence[int], healing) -> dict:
+    """The maps a healed export folds ({block: T}); one-line ExportFailed, before anything is
+    written, for a run starting at block 0, a healing of another model or a run it has no map for."""
+    runs = healing.runs(removed)
+    first = next((r for r in runs if r["after"] < 0), None)
+    if first is not None:
+        raise ExportFailed(f"a healed export cannot remove the run {_fmt(first['blocks'])}: it starts at block 0, so there "
+                           "is no block before it to fold its map into; keep block 0, or export without healing")
+    fitted = getattr(getattr(healing, "bm", None), "num_blocks", bm.num_blocks)
+    if fitted != bm.num_blocks:
+        raise ExportFailed(f"the healing was fitted on a model of {fitted} blocks, not {bm.name} ({bm.num_blocks} blocks)")
+    try:
+        return healing.maps_for(removed)
+    except ValueError as exc:  # heal.HealError: a run longer than the statistics were gathered for
+        raise ExportFailed(f"cannot heal the export: {str(exc).splitlines()[0]}") from None
+
+
+def _fmt(blocks) -> str:
+    return "[" + ", ".join(str(b) for b in blocks) + "]"
 
 
 def _manifest_request(manifest: dict) -> dict | None:
@@ -101,6 +145,8 @@ class _Job:
     elastic_sets: Sequence[Sequence[int]]
     manifest: dict
     pruned: BlockModel | None = None  # the physically pruned copy, once one exists
+    plain: BlockModel | None = None  # with healing: the caller's model (bm is the folded copy)
+    folded: tuple[int, ...] = ()  # with healing: the blocks whose projections hold a map
 
 
 def _seconds(t: float) -> float:
@@ -136,7 +182,7 @@ def _write_elastic(job: _Job) -> None:
     from . import elastic
     from . import onnx as onnx_export
 
-    bm, removed, tmp = job.bm, job.removed, job.tmp
+    bm, removed, tmp = job.plain or job.bm, job.removed, job.tmp  # healed or not, the graph is the plain model's
     t = time.perf_counter()
     work = tmp / ".elastic-work"
     (tmp / "onnx-elastic").mkdir()
@@ -146,12 +192,14 @@ def _write_elastic(job: _Job) -> None:
     info["export_seconds"] = _seconds(t)
     info.update(elastic.verify(bm, target, list(dict.fromkeys([(), tuple(removed), *map(tuple, job.elastic_sets)]))))
     if removed:
-        pruned_graph = tmp / "onnx" / onnx_export.DECODER_FILE
+        pruned_graph = tmp / "onnx" / onnx_export.DECODER_FILE  # healed or not: the same modules, the same cost
         if not pruned_graph.exists():
             pruned_graph = onnx_export.export_decoder_with_past((job.pruned or remove_blocks(bm, removed)).model,
                                                                 work / "pruned")
         info["speed"] = elastic.speed(target, dense_graph, pruned_graph, bm.num_blocks, removed, bm.head.weight.shape[0])
     shutil.rmtree(work, ignore_errors=True)
+    if job.plain is not None:
+        info["healed"] = False  # its masks, the exported set's included, were verified against the plain pruned model
     job.manifest["parity"]["onnx_elastic"] = info
 
 
@@ -173,8 +221,14 @@ def _write_gguf(job: _Job) -> None:
     if job.bm.meta.get("gguf"):  # the source GGUF's kept blocks, as they are
         source = Path(job.bm.meta["gguf"])
         target = job.tmp / "gguf" / (source.stem.replace(".", "-") + f"-pruned{len(job.removed)}.gguf")
-        info = gguf.write_pruned(source, job.removed, target)
-        info.update(gguf.verify(job.bm, job.removed, target))
+        if not job.folded:
+            info = gguf.write_pruned(source, job.removed, target)
+            info.update(gguf.verify(job.bm, job.removed, target))
+        else:  # the folded projections written at the source's type (or f16), every other tensor as it is
+            replace = gguf.folded_tensors(job.bm, job.folded)
+            info = gguf.write_pruned(source, job.removed, target, replace)
+            reference = gguf.as_stored(job.bm, job.folded, replace, info["rewritten"])
+            info.update(gguf.verify(reference, job.removed, target, unrounded=job.bm))
         job.manifest["parity"]["gguf"] = info
         return
     for outtype in ("f16", "q8_0"):  # written from the pruned checkpoint
@@ -216,15 +270,22 @@ assert set(_BY_FORMAT) == set(FORMATS)
 
 
 def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, formats: Sequence[str] = ("hf",),
-                 kv_cache: bool = False, force: bool = False, elastic_sets: Sequence[Sequence[int]] = ()) -> dict:
-    """Export `bm` without the `removed` blocks into `out`; returns the manifest."""
+                 kv_cache: bool = False, force: bool = False, elastic_sets: Sequence[Sequence[int]] = (),
+                 healing=None) -> dict:
+    """Export `bm` without the `removed` blocks into `out`, healed when `healing` (a fitted
+    heal.Healing) is given; returns the manifest."""
     removed = sorted({int(b) for b in removed})
     formats = check_formats(formats)
     remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
-    request = request_of(bm.name, removed, formats, kv_cache)
+    maps = check_healing(bm, removed, healing) if healing is not None else None  # before any write too
+    request = request_of(bm.name, removed, formats, kv_cache, healing)
     inputs = inputs_of(bm.name, bm.meta)
     shown = out
     out = check_out(out, request, force, inputs)
+    plain, healed_runs = None, None
+    if healing is not None:  # the maps folded into a copy; the blocks are removed from it
+        plain = bm
+        bm, healed_runs = hf.healed_copy(bm, healing, removed, maps)
     start = time.perf_counter()
     made: list[Path] = []
     try:
@@ -240,11 +301,13 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     try:
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
+        if healing is not None:
+            manifest["healing"] = _healing_record(healing, healed_runs, formats)
         needed = [r for f in formats for r in _BY_FORMAT[f].requires(bm) if r not in formats]
         if needed:  # built from the verified checkpoint, which ships beside them
             formats = [*dict.fromkeys(needed), *formats]
             manifest["formats"] = list(formats)
-        job = _Job(bm, removed, tmp, kv_cache, elastic_sets, manifest)
+        job = _Job(bm, removed, tmp, kv_cache, elastic_sets, manifest, plain=plain, folded=tuple(sorted(maps or {})))
         for exporter in EXPORTERS:
             if exporter.format in formats:
                 step = exporter.folder + "/"
@@ -275,6 +338,19 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         staging.close()
         if not committed:
             rundir.remove_made(made)
+
+
+def _healing_record(healing, runs: list[dict], formats: Sequence[str]) -> dict:
+    """The manifest's `healing`: the fit (method, ridge, calibration, tokens) and each removed run:
+    folded into which tensor, or plain and why."""
+    d = healing.describe()
+    record = {"method": d.get("method"), "ridge": d.get("ridge"), "calibration": d.get("calibration"),
+              "tokens": d.get("tokens"), "runs": runs}
+    if "onnx-elastic" in formats:
+        record["elastic"] = ("plain: onnx-elastic's skip branches pass the residual stream through unchanged (a healed "
+                             "skip would need one map per block and run length in the graph); its masks are the plain "
+                             "model's and are verified against it")
+    return record
 
 
 def _where(exc: OSError, tmp: Path) -> str:

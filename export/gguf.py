@@ -9,6 +9,14 @@ every per-layer metadata array (`<arch>.*` arrays with one entry per block) is f
 Verified with a reader that is not ours: transformers' GGUF loader dequantises the written file,
 whose logits must equal the pruned model's (the source dequantised the same way, blocks masked)
 and whose greedy tokens on fixed prompts must be identical.
+
+Healed (`replace`): the output projection of each block a map was folded into
+(`blk.N.ffn_down.weight`, N the block's number before renumbering, and its bias if it has one) is
+written with the folded values, quantised to the source tensor's own type where the `gguf`
+library can quantise it (`gguf.quants.quantize`: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, ...;
+not the K- and IQ-types), else F16; every other tensor is copied byte for byte. The reference it
+is verified against is the folded model with those tensors rounded through the same type (so
+atol stays 1e-4); how far the rounding moves it from the unrounded folded model is stated.
 """
 
 from __future__ import annotations
@@ -25,8 +33,76 @@ from .onnx import ExportError
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def write_pruned(source: Path, removed: Sequence[int], out: Path) -> dict:
-    """Copy `source` into `out` without the `removed` blocks; returns what was written."""
+FALLBACK = "F16"  # the type a folded tensor is written at when the gguf library cannot quantise the source's
+
+
+def _linear_layout(module) -> bool:
+    return type(module).__name__ != "Conv1D"  # GPT-2's Conv1D holds [in, out]; GGUF (and Linear) [out, in]
+
+
+def folded_tensors(bm, blocks: Sequence[int]) -> dict[str, "np.ndarray"]:
+    """{source GGUF tensor name: float32 values} of the folded output projections of `blocks`
+    (names before renumbering; arrays [out, in] as the reader's dequantised tensors are shaped)."""
+    from blockprune import heal
+
+    out = {}
+    for b in blocks:
+        _, module = heal.projection(bm.blocks[b])
+        w = module.weight.detach().float().cpu()
+        out[f"blk.{b}.ffn_down.weight"] = (w if _linear_layout(module) else w.T).contiguous().numpy()
+        if getattr(module, "bias", None) is not None:
+            out[f"blk.{b}.ffn_down.bias"] = module.bias.detach().float().cpu().numpy()
+    return out
+
+
+def _encode(values, qtype):
+    """(array to write, its type, why not the source's type or None): `qtype` where gguf can quantise it, else F16."""
+    import gguf
+    import numpy as np
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    try:
+        return gguf.quants.quantize(values, qtype), qtype, None
+    except (NotImplementedError, ValueError) as exc:  # no quantiser in this gguf version, or a shape it cannot block
+        why = f"the gguf library cannot quantise {qtype.name}" + (f" ({exc})" if str(exc) else "")
+        return values.astype(np.float16), gguf.GGMLQuantizationType.F16, why
+
+
+def stored(values, type_name: str):
+    """`values` (float32, [out, in]) as a tensor of that GGUF type holds them, read back by gguf's dequantiser."""
+    import gguf
+    import numpy as np
+
+    qtype = gguf.GGMLQuantizationType[type_name]
+    data = np.ascontiguousarray(values, dtype=np.float32)
+    return gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype).reshape(data.shape).astype(np.float32)
+
+
+def as_stored(bm, blocks: Sequence[int], replace: dict, rewritten: list[dict]):
+    """A copy of `bm` whose folded projections hold what the written file holds (the reference a
+    healed GGUF is verified against); every other tensor shared with `bm`."""
+    from blockprune import heal
+
+    from .hf import copy_sharing
+
+    kinds = {r["tensor"]: r["type"] for r in rewritten}
+    modules = {b: heal.projection(bm.blocks[b])[1] for b in blocks}
+    ref = copy_sharing(bm, modules.values())
+    with torch.no_grad():
+        for b in blocks:
+            module = heal.projection(ref.blocks[b])[1]
+            w = torch.from_numpy(stored(replace[f"blk.{b}.ffn_down.weight"], kinds[f"blk.{b}.ffn_down.weight"]))
+            module.weight.copy_(w if _linear_layout(module) else w.T)
+            if f"blk.{b}.ffn_down.bias" in replace:
+                bias = replace[f"blk.{b}.ffn_down.bias"]
+                module.bias.copy_(torch.from_numpy(stored(bias, kinds[f"blk.{b}.ffn_down.bias"])))
+    return ref
+
+
+def write_pruned(source: Path, removed: Sequence[int], out: Path, replace: dict | None = None) -> dict:
+    """Copy `source` into `out` without the `removed` blocks; returns what was written. `replace`:
+    {source tensor name: float32 values} written instead of those tensors' bytes (healing), each at
+    its source type where gguf can quantise it, else F16."""
     import gguf
 
     start = time.perf_counter()
@@ -47,6 +123,17 @@ def write_pruned(source: Path, removed: Sequence[int], out: Path) -> dict:
     if block_ids != set(range(num_blocks)):
         raise ExportError(f"GGUF {source.name}: {arch} tensors name blocks {sorted(block_ids)[:5]}..., not "
                           f"blk.0..blk.{num_blocks - 1}; cannot remove blocks")
+    replace = dict(replace or {})
+    by_name = {t.name: t for t in reader.tensors}
+    for name, values in replace.items():
+        t = by_name.get(name)
+        if t is None:
+            raise ExportError(f"GGUF {source.name}: no tensor {name} to write the healing map's fold into")
+        if BLOCK_TENSOR.match(name) and int(BLOCK_TENSOR.match(name).group(1)) in removed:
+            raise ExportError(f"GGUF {source.name}: {name} belongs to a removed block")
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))  # GGUF lists ne0 (the row length) first
+        if tuple(values.shape) != shape:
+            raise ExportError(f"GGUF {source.name}: {name} is {list(shape)}, the folded projection {list(values.shape)}")
     writer = gguf.GGUFWriter(out, arch)
     filtered = []
     for field in reader.fields.values():
@@ -62,29 +149,44 @@ def write_pruned(source: Path, removed: Sequence[int], out: Path) -> dict:
             value = [value[i] for i in kept]  # one entry per block (per-layer head counts, window flags, ...)
             filtered.append(field.name)
         writer.add_key_value(field.name, value, vtype, sub_type=sub)
-    copied = []
+    copied = []  # (data, its endianness: the source's for copied bytes, native for rewritten ones)
+    rewritten = []
+    types = set()
     for t in reader.tensors:
         m = BLOCK_TENSOR.match(t.name)
         if m and int(m.group(1)) in removed:
             continue
         name = f"blk.{new_of[int(m.group(1))]}.{m.group(2)}" if m else t.name
+        if t.name in replace:
+            data, qtype, why = _encode(replace[t.name], t.tensor_type)
+            writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, qtype)
+            copied.append((data, None))
+            rewritten.append({"tensor": t.name, "written_as": name, "source_type": t.tensor_type.name,
+                              "type": qtype.name, **({"why": why} if why else {})})
+            types.add(qtype.name)
+            continue
         writer.add_tensor_info(name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        copied.append(t)
+        copied.append((t.data, reader.endianess))
+        types.add(t.tensor_type.name)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for t in copied:
-        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    for data, endianness in copied:
+        writer.write_tensor_data(data, tensor_endianess=endianness)
     writer.close()
-    quant = sorted({t.tensor_type.name for t in copied})
-    return {"source": source.name, "architecture": arch, "block_count": len(kept), "tensors": len(copied),
-            "tensor_types": quant, "per_layer_metadata_filtered": filtered, "requantised": False,
+    info = {"source": source.name, "architecture": arch, "block_count": len(kept), "tensors": len(copied),
+            "tensor_types": sorted(types), "per_layer_metadata_filtered": filtered, "requantised": bool(rewritten),
             "write_seconds": round(time.perf_counter() - start, 2)}
+    if replace:
+        info["rewritten"] = rewritten  # the folded projections; every other tensor's bytes are the source's
+    return info
 
 
 @torch.inference_mode()
-def verify(bm, removed: Sequence[int], path: Path, atol: float = 1e-4, new_tokens: int = 12) -> dict:
-    """Reload `path` with transformers' GGUF reader; logits and greedy tokens vs the masked model."""
+def verify(bm, removed: Sequence[int], path: Path, atol: float = 1e-4, new_tokens: int = 12, unrounded=None) -> dict:
+    """Reload `path` with transformers' GGUF reader; logits and greedy tokens vs the masked model.
+    `unrounded` (healed: `bm` is the folded model with the rewritten tensors rounded as the file
+    holds them): how far the file is from the folded model before that rounding, stated."""
     from blockprune.sources import from_gguf
 
     from .hf import masked_logits
@@ -108,17 +210,25 @@ def verify(bm, removed: Sequence[int], path: Path, atol: float = 1e-4, new_token
     from .genai import PROMPTS
 
     pruned = remove_blocks(bm, removed).model  # equal to the masked model (the hf export checks it)
-    same = 0
-    for p in PROMPTS:
-        x = torch.tensor([list(bm.tokenizer(p).input_ids)], device=bm.device)
-        kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-        same += int(torch.equal(model.generate(x, **kw), pruned.generate(x, **kw)))
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    prompts = [torch.tensor([list(bm.tokenizer(p).input_ids)], device=bm.device) for p in PROMPTS]
+    got = [model.generate(x, **kw) for x in prompts]
+    same = sum(int(torch.equal(g, pruned.generate(x, **kw))) for g, x in zip(got, prompts))
     if same != len(PROMPTS):
         raise ExportError(f"the written GGUF's greedy tokens differ from the pruned model's on "
                           f"{len(PROMPTS) - same} of {len(PROMPTS)} prompts")
-    return {"reader": "transformers GGUF loader (dequantised)", "logits_max_abs_diff": diff, "atol": atol,
-            "greedy_prompts_identical": f"{same}/{len(PROMPTS)}", "new_tokens": new_tokens,
-            "verify_seconds": round(time.perf_counter() - start, 2)}
+    info = {"reader": "transformers GGUF loader (dequantised)", "logits_max_abs_diff": diff, "atol": atol,
+            "greedy_prompts_identical": f"{same}/{len(PROMPTS)}", "new_tokens": new_tokens}
+    if unrounded is not None:
+        info["reference"] = ("the folded pruned model with the rewritten tensors rounded through their GGUF type "
+                             "(gguf's own quantiser)")
+        info["logits_max_abs_diff_vs_unrounded"] = (model(input_ids=ids).logits.float()
+                                                    - masked_logits(unrounded, ids, removed)).abs().max().item()
+        folded = remove_blocks(unrounded, removed).model
+        same_unrounded = sum(int(torch.equal(g, folded.generate(x, **kw))) for g, x in zip(got, prompts))
+        info["greedy_prompts_identical_vs_unrounded"] = f"{same_unrounded}/{len(PROMPTS)}"
+    info["verify_seconds"] = round(time.perf_counter() - start, 2)
+    return info
 
 
 # ---- from a Hugging Face checkpoint (llama-family) -------------------------------------------------

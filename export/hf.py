@@ -8,13 +8,20 @@ Verifying: the directory is reloaded with plain `AutoModelForCausalLM.from_pretr
 give (1) the logits of the original model with those blocks skipped (the masked model, run block
 by block through the adapter, not through the pruned copy) within `atol`, and (2) the same greedy
 `generate()` tokens with the KV cache as a full recompute without it.
+
+Healing (`healed_copy`): the maps of a `blockprune.heal.Healing` are folded into a copy of the
+model (the blocks before the removed runs get new output-projection weights; every other tensor
+and the tokenizer are shared with the caller's model, which is never changed), and that copy is
+what every format is written and verified from.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -38,6 +45,36 @@ def masked_logits(bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[int
     if bm.logit_softcap:
         logits = torch.tanh(logits / bm.logit_softcap) * bm.logit_softcap
     return logits
+
+
+def copy_sharing(bm: BlockModel, fresh: Iterable[torch.nn.Module] = ()) -> BlockModel:
+    """A deep copy of `bm` whose parameters and buffers are the caller's own tensors except those of
+    the `fresh` modules (new tensors, safe to change); the tokenizer is shared too."""
+    own = {id(t) for m in fresh for t in itertools.chain(m.parameters(), m.buffers())}
+    memo = {id(bm.tokenizer): bm.tokenizer}
+    for t in itertools.chain(bm.model.parameters(), bm.model.buffers()):
+        if id(t) not in own:
+            memo[id(t)] = t
+    return copy.deepcopy(bm, memo)
+
+
+def healed_copy(bm: BlockModel, healing, removed: Sequence[int], maps: dict | None = None) -> tuple[BlockModel, list[dict]]:
+    """`bm` with `healing`'s maps for the runs of `removed` folded into the blocks before them (a
+    copy: `copy_sharing`), and the runs (`healing.runs`), each healed one naming the tensor its map
+    was folded into (`folded_into`: the module path in the unpruned model, block numbering as before)."""
+    from blockprune import heal
+
+    maps = healing.maps_for(removed) if maps is None else maps
+    projections = {b: heal.projection(bm.blocks[b]) for b in maps}
+    folded = copy_sharing(bm, [m for _, m in projections.values()])
+    heal.fold_into(folded, maps)
+    runs = []
+    for run in healing.runs(removed):
+        run = dict(run)
+        if run["after"] in projections:
+            run["folded_into"] = f"{bm.block_path}.{run['after']}.{projections[run['after']][0]}"
+        runs.append(run)
+    return folded, runs
 
 
 def save(bm: BlockModel, removed: Sequence[int], directory: Path) -> BlockModel:
