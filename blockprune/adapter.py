@@ -90,7 +90,7 @@ class Prelude:
     batch: int
 
 
-class _Captured(Exception):
+class Captured(Exception):
     pass
 
 
@@ -176,7 +176,7 @@ class BlockModel:
             def fake_forward(*args, **kwargs):
                 records.append((args, kwargs))
                 if index == last:
-                    raise _Captured
+                    raise Captured
                 return args[0] if args else kwargs["hidden_states"]
 
             return fake_forward
@@ -185,7 +185,7 @@ class BlockModel:
             block.forward = recorder(i)
         try:
             self.model(input_ids=input_ids.to(self.device), use_cache=False, **extra)
-        except _Captured:
+        except Captured:
             pass
         except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
             text = str(exc).strip()

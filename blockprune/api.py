@@ -13,7 +13,7 @@ from . import advice, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
 from .store import RUN_FILE, Store, StoreError, refuse_changed_content
-from .tasks import absolute_spec, load_task
+from .tasks import absolute_spec, get_kind, load_task
 
 
 @dataclass
@@ -75,6 +75,11 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     for t in loaded:
         check_length(t, bm)
         check_tokens(t, bm)
+        if hasattr(t, "check_positions"):  # a generative prompt plus its token limit
+            t.check_positions(bm.max_positions)
+        if s.clustered and get_kind(t.kind).generates:
+            raise search.SearchError(f"{t.name}: generative tasks are not yet decoded on Ray workers: drop "
+                                     "--workers/--ray-address for this run")
         if s.held_out and t.n >= t.available:  # refused now, not after the whole search
             raise search.SearchError(f"--held-out: {t.name} has {t.available} samples and the search uses all of them, "
                                      "so none is left to hold out; lower --samples (or SPEC#N), or drop --held-out")

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .adapter import BlockModel, _Captured, select_rows
+from .adapter import BlockModel, Captured, select_rows
 
 
 @dataclass
@@ -97,7 +97,7 @@ def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tens
         def fake_forward(*args, **kwargs):
             records.append((args, kwargs))
             if index == last:
-                raise _Captured
+                raise Captured
             return args[0] if args else kwargs["hidden_states"]
 
         return fake_forward
@@ -106,7 +106,7 @@ def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tens
         block.forward = recorder(i)
     try:
         bm.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True)
-    except _Captured:
+    except Captured:
         pass
     finally:
         for block in bm.blocks:

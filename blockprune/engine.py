@@ -78,6 +78,7 @@ class Scores:
     greedy: np.ndarray  # [C, R] bool: every scored token is the argmax
     work: Work
     kl: np.ndarray | None = None  # [C, R] float64: sum over scored positions of KL(dense || candidate)
+    generated: tuple | None = None  # generative tasks: (samples, [candidate][i] tokens), set by the runner
 
 
 def packing_tolerance(dtype: torch.dtype) -> float:
@@ -285,6 +286,22 @@ class Engine:
                     kl_sum[cands] += kls[: len(cands)]
                 work.add(w)
         return Scores(logprob, greedy, work, kl_sum)
+
+    def generate(self, prompts, keep: np.ndarray, max_new_tokens, eos=(), stop=None):
+        """Greedy continuations of `prompts` under every keep-mask (healed with this engine's
+        healing): blockprune.decode, rows in chunks that fit half the memory budget."""
+        from . import decode
+
+        codes = self.codes(keep)
+        cfg = self.model.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        kv_dim = 2 * (getattr(cfg, "num_key_value_heads", None) or self.heads) * (
+            getattr(cfg, "head_dim", None) or self.hidden_size // self.heads)
+        longest = max(len(p) for p in prompts) + int(np.max(max_new_tokens)) if len(prompts) else 1
+        per_row = int((codes >= 0).sum(axis=1).max(initial=1)) * longest * kv_dim * self.elem
+        max_rows = max(len(codes), (self.budget // 2) // max(1, per_row))
+        return decode.generate(self.model, prompts, codes, max_new_tokens, eos=eos, stop=stop, heal=self.heal,
+                               max_rows=max_rows)
 
     def _score_rows(self, rows: list[packing.Row], num_requests: int, masks: np.ndarray, progress, kl: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, Work, np.ndarray | None]:

@@ -75,6 +75,9 @@ class Evaluator:
         self.racing = racing
         self.runner = runner or shard.LocalRunner(engine, batch_candidates)
         self.eliminated: list[tuple[int, ...]] = []
+        for task in self.tasks:  # generative tasks decode the dense continuation once, before any unit
+            if hasattr(task, "prepare"):
+                task.prepare(engine)
         self._baseline: dict[str, float] | None = None
 
     def retain(self, sets: Sequence[tuple[int, ...]]) -> None:
@@ -110,17 +113,31 @@ class Evaluator:
         logprob[:, unit.req_ids], greedy[:, unit.req_ids] = result.logprob, result.greedy
         if kl:
             kl_sum[:, unit.req_ids] = result.kl
-        per_sample = task.per_sample(logprob, greedy, kl_sum)
+        texts = None
+        if getattr(result, "generated", None) is not None:  # generative: (samples, [set][i] tokens)
+            gen_samples, tokens = result.generated
+            full = [[None] * task.n for _ in chunk]
+            for c in range(len(chunk)):
+                for i, s in enumerate(gen_samples):
+                    full[c][s] = tokens[c][i]
+            per_sample = task.per_sample(logprob, greedy, kl_sum, generated=full)
+            texts = task.last_texts
+        else:
+            per_sample = task.per_sample(logprob, greedy, kl_sum)
         records = []
         if samples is None:
             values = task.value(per_sample)
             for c, s in enumerate(chunk):
                 records.append(self._record(task, s, {k: v[c] for k, v in per_sample.items()}, values[c]))
+                if texts is not None:
+                    records[-1]["generated"] = list(texts[c])
         else:
             cols = sorted(int(i) for i in samples)
             for c, s in enumerate(chunk):
                 records.append({"type": "part", "removed": list(s), "task": task.name, "samples": cols,
                                 "per_sample": {k: v[c, cols].tolist() for k, v in per_sample.items()}})
+                if texts is not None:
+                    records[-1]["generated"] = [texts[c, i] for i in cols]
         records.append({"type": "work", "task": task.name, "candidates": len(chunk), **unit.meta,
                         **({"samples": len(samples)} if samples is not None else {}), **result.work.as_dict()})
         return records

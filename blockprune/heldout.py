@@ -139,8 +139,14 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
         refuse_changed_content(directory, info_all.get("content"),
                                {"tasks": {name: getattr(task, "source_hash", None)}}, "validate")
         kl = get_kind(task.kind).needs_dense
+        if hasattr(task, "prepare"):  # generative: the dense continuation, then every set decodes
+            task.prepare(engine)
         res = engine.score(task.requests, masks, kl=kl)
-        per_sample = task.per_sample(res.logprob, res.greedy, res.kl)
+        if get_kind(task.kind).generates:
+            per_sample = task.per_sample(res.logprob, res.greedy, res.kl,
+                                         generated=task.generate(engine, masks, range(task.n)))
+        else:
+            per_sample = task.per_sample(res.logprob, res.greedy, res.kl)
         score, metric = a["rank_by"][name], a["tasks"][name]["shown"]
         arrays = {sc: stats.per_sample_arrays(per_sample, sc) for sc in {score, metric}}
         values = task.value(per_sample)

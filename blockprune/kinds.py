@@ -62,6 +62,14 @@ def leading_specials(tokenizer) -> list[int]:
     return []
 
 
+def generates(task) -> bool:
+    """The task's samples are decoded under every candidate (its kind declares `generates`)."""
+    try:
+        return get_kind(task.kind).generates
+    except Exception:  # noqa: BLE001 - an unregistered stand-in generates nothing
+        return False
+
+
 def kind_of_task(kind: Kind | str):
     """Class decorator: make `kind` the class's `kind` (its name), registering it when it is a
     `Kind` (a name must be registered already: the built-in kinds are, in blockprune.scores)."""

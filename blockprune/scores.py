@@ -107,6 +107,9 @@ SCORES = {s.name: s for s in [
           "mean log-prob per token of the gold answer (and EOS)"),
     Score("perplexity", "loglik", "nll", "ntok", False, "perplexity (NLL per token)"),
     Score("kl", "kl", "kl", "ntok", False, "KL(dense || candidate) per token, nats"),
+    Score("dense_logprob", "loglik", "dense_logprob", "dense_tokens", True,
+          "per-token log-prob of the dense model's own greedy continuation (no labels)"),
+    Score("f1", "mean", "f1", None, False, "token F1 of the generated answer (normalised) against the best answer"),
 ]}
 
 
@@ -118,7 +121,9 @@ class Kind:
     thresholded metric shown beside the ranking score (default: `metric`); `needs_dense`: the
     engine scores the dense model in the same pass and gives the per-request KL to it;
     `text_windows`: its requests are windows of one text, scored after their first token, whose
-    perplexity a plain forward recomputes (validate's check outside the engine)."""
+    perplexity a plain forward recomputes (validate's check outside the engine); `generates`: its
+    samples are also decoded greedily under every candidate (blockprune.decode) and its
+    `per_sample` reads the generated tokens (`generated=`)."""
 
     name: str
     scores: tuple[str, ...]
@@ -127,6 +132,7 @@ class Kind:
     shown: str | None = None
     needs_dense: bool = False
     text_windows: bool = False
+    generates: bool = False
 
     def __post_init__(self):
         if not self.scores:
@@ -185,6 +191,7 @@ def kind_of_metric(metric: str) -> Kind:
 for _kind in (
     Kind("multiple_choice", ("p_gold", "p_gold_norm", "acc", "acc_norm"), metric="acc"),
     Kind("exact_match", ("gold_logprob", "exact_match"), metric="exact_match"),
+    Kind("generate", ("dense_logprob", "gold_logprob", "exact_match", "f1"), metric="exact_match", generates=True),
     Kind("perplexity", ("perplexity",), metric="perplexity", higher_is_better=False, text_windows=True),
     Kind("kl", ("kl", "perplexity"), metric="kl", higher_is_better=False, shown="perplexity", needs_dense=True,
          text_windows=True),

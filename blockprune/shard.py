@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .engine import Engine, Scores
-from .kinds import needs_dense
+from .kinds import generates, needs_dense
 from .trie import trie_block_rows
 
 
@@ -148,9 +148,12 @@ class LocalRunner:
     def run(self, units: Sequence[Unit], progress: Callable[[int], None] | None) -> Iterator[tuple[Unit, Scores]]:
         for unit in units:
             start = time.perf_counter()
-            result = self.engine.score([unit.task.requests[r] for r in unit.req_ids],
-                                       masks_of(unit.sets, self.engine.model.num_blocks), progress=progress,
+            masks = masks_of(unit.sets, self.engine.model.num_blocks)
+            result = self.engine.score([unit.task.requests[r] for r in unit.req_ids], masks, progress=progress,
                                        kl=needs_dense(unit.task))
+            if generates(unit.task):  # the unit's samples decoded under every set, in one batch
+                samples = list(range(unit.task.n)) if unit.samples is None else sorted(int(s) for s in unit.samples)
+                result.generated = (samples, unit.task.generate(self.engine, masks, samples))
             unit.meta = {"seconds": round(time.perf_counter() - start, 3)}
             yield unit, result
 

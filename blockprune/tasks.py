@@ -216,5 +216,13 @@ for _scheme in (
     Scheme("jsonl", "jsonl:<path>", load_jsonl, absolute=_absolute_path),
     Scheme("hf", "hf:<dataset>", load_hf, absolute=_absolute_hf),
     Scheme("lm-eval", "lm-eval:<task name | task.yaml>", _load_lmeval, absolute=_absolute_yaml),
+    Scheme("gen", "gen:jsonl:<path> | gen:bigbench:<task>", lambda spec, load: _load_gen(spec, load),
+           absolute=lambda source: _absolute_kl(source)),
 ):
     register_scheme(_scheme)
+
+
+def _load_gen(spec, load):
+    from .gen_task import load_gen
+
+    return load_gen(spec, load)
