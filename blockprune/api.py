@@ -112,12 +112,13 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     # once: the latency step, the held-out check and the report take them
     analysis = report.build_analysis(out, store=store)
     advised = advice.recommendations(advice.by_k(analysis["candidates"]), s.tolerance)
+    plain = None  # the plain baseline's analysis, built once for the latency step and the report
     if healing is not None and s.plain_baseline:
-        _plain_baseline(s, Path(out), bm, loaded, ranking, content, analysis)
+        plain = _plain_baseline(s, Path(out), bm, loaded, ranking, content, analysis)
     for note in analysis.get("warnings", []):
         print(f"blockprune: warning: {note}", file=sys.stderr)
     if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
-        _bench_latency(out, bm, s.tolerance, s.progress, analysis, advised)
+        _bench_latency(out, bm, s.tolerance, s.progress, analysis, advised, plain)
     if s.held_out:
         from . import heldout
 
@@ -125,7 +126,8 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
         heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised,
                                healing=healing)
-    recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store, recs=advised)
+    recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store, recs=advised,
+                               plain=plain)
     balanced = recs["recommendations"]["balanced"]
     if s.export_formats and not balanced["k"]:  # said, never a silent no-op
         print(f"blockprune: warning: nothing exported: no balanced recommendation at tolerance {s.tolerance:.1%} (no set "
@@ -166,7 +168,7 @@ def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | N
 
 
 def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranking: dict, content: dict,
-                    healed_analysis: dict) -> None:
+                    healed_analysis: dict) -> dict:
     """The same search without healing in OUT/plain (its own resumable store), plus plain scores of
     the healed run's best sets per k: the report's side-by-side columns."""
     plain = s.replace(heal="none", calibration=None)
@@ -188,7 +190,9 @@ def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranki
     best = [tuple(group[0]["removed"]) for k, group in sorted(advice.by_k(healed_analysis["candidates"]).items()) if k]
     evaluator.evaluate(best)
     store.finish()
-    report.write_report(pout, lang=s.lang, tolerance=s.tolerance, store=store)
+    analysis = report.build_analysis(pout, store=store)
+    report.write_report(pout, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store)
+    return analysis
 
 
 @contextmanager
@@ -304,12 +308,12 @@ def _refuse_old_store(out: Path) -> None:
 
 
 def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool, analysis: dict,
-                   recs: dict) -> None:
+                   recs: dict, plain: dict | None = None) -> None:
     """Latency is an extra: a failure is reported on one line and the search's report still written."""
     from . import latency
 
     try:
-        latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis, recs=recs)
+        latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis, recs=recs, plain=plain)
     except Exception as exc:  # noqa: BLE001
         print(f"blockprune: warning: latency not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)

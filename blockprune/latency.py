@@ -380,15 +380,16 @@ def write(result: dict, out: str | Path) -> list[Path]:
 
 # ---- after a search: the report's measured speedups -------------------------------------------
 def bench_run(directory: str | Path, bm: models.BlockModel, tolerance: float, progress: bool = True,
-              settings: dict | None = None, analysis: dict | None = None, recs: dict | None = None) -> dict:
+              settings: dict | None = None, analysis: dict | None = None, recs: dict | None = None,
+              plain: dict | None = None) -> dict:
     """Bench the sets the report names (`report.latency_sets`: PyTorch, batch 1, short settings) into
     DIR/latency.json. `analysis`, `recs` (the recommendations at `tolerance`): the run's, when the
-    caller has them already."""
+    caller has them already; `plain`: a healed run's OUT/plain analysis."""
     from . import report
     from .store import atomic_write_json
 
     settings = {**REPORT_SETTINGS, **(settings or {})}
-    sets = report.latency_sets(directory, tolerance, analysis, recs)
+    sets = report.latency_sets(directory, tolerance, analysis, recs, plain=plain)
     log = (lambda msg: print(f"latency: {msg}", file=sys.stderr, flush=True)) if progress else None
     start = time.perf_counter()
     result = bench_sets(bm, sets, backends=("torch",), batches=(1,), log=log, **settings)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import advice, heal_report, latency_report, stats
+from . import advice, gen_report, heal_report, latency_report, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .outputs import VALIDATION_FILE
@@ -92,7 +92,8 @@ def key_findings(a: dict, groups: dict[int, list[dict]], path: list[dict]) -> li
         if len(cs) >= 2:
             sig[k] = {"best": cs[0]["removed"], "runner_up": cs[1]["removed"], **stats.compare(reps[_key(cs[0])], reps[_key(cs[1])])}
     out.append({"kind": "best_vs_runner_up", "per_k": sig})
-    return out
+    gen = gen_report.finding(a, groups)
+    return out + ([gen] if gen else [])
 
 
 def shown_note(c: dict, t: str, tasks: dict) -> str:
@@ -191,8 +192,9 @@ def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
            decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None,
-           plots_dir: Path | None = None, heal: dict | None = None) -> str:
-    """REPORT.md's text; `heal`: the healing bundle of a healed run (`heal_report.bundle`)."""
+           plots_dir: Path | None = None, heal: dict | None = None, store: Store | None = None) -> str:
+    """REPORT.md's text; `heal`: the healing bundle of a healed run (`heal_report.bundle`); `store`:
+    the run's (generated texts)."""
     T = TEXT[lang]
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
@@ -263,6 +265,8 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
         L.append("")
     L += decision_lines(decisions, recs["tolerance"], T)
     L += validation_lines(recs, validation, T, out)
+    L += gen_report.sample_lines(a, store, list(dict.fromkeys(tuple(recs[lv]["removed"]) for lv in advice.LEVELS
+                                                               if recs[lv]["k"])), T)
     L += latency_lines(recs, T, out, a)
     L += cluster_lines(cluster, T)
     L += [f"## {T['findings']}", ""]
@@ -370,6 +374,8 @@ def finding_lines(findings: list[dict], T: dict) -> list[str]:
             lines.append(T["f_rank"].format(m="n/a" if f["mean"] is None else f"{f['mean']:.2f}", pairs=pairs))
         elif kind == "healing":
             lines.append(heal_report.finding_line(f, T))
+        elif kind == "generation_falls_faster":
+            lines += [x.removeprefix("- ") for x in gen_report.finding_lines(f, T)]
         elif kind == "incremental_drops_grow":
             inc = " → ".join(pct(x) for x in f["increments"])
             lines.append(T["f_grow_yes" if f["value"] else "f_grow_no"].format(inc=inc))
@@ -488,7 +494,7 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
             analysis_mod.SUMMARY_FILE: analysis_mod.summary_markdown(a),
             ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render(
                 a, recs, path, findings, lang, directory, command, decisions, validation,
-                store.run_info.get("cluster"), plots_dir=tmp.new, heal=heal),
+                store.run_info.get("cluster"), plots_dir=tmp.new, heal=heal, store=store),
         }
         for name, text in texts.items():
             chmod_like_user(tmp.write_text(name, text))

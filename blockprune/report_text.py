@@ -96,6 +96,14 @@ TEXT = {
         "heal": "Healing",
         "heal_overview": "Every candidate is scored healed (see Healing).",
         "heal_tag": "healed",
+        "gen_faster": ("Generation falls faster than multiple choice: removing {set} (k = {k}), {task} drops {drop:.1%} "
+                       "(95% interval {lo:.1%} – {hi:.1%}) while the worst multiple-choice task, {mc}, drops {mc_drop:.1%} "
+                       "(at most {mc_hi:.1%}); so at k = {ks}. Multiple choice alone would overstate what survives."),
+        "gen_not_faster": ("Generation does not fall significantly faster than multiple choice for the best sets of any k "
+                           "(the generative drop's interval reaches the multiple-choice one)."),
+        "gen_samples": "What the pruned models say",
+        "gen_samples_text": "The first samples of each generative task, greedy, cut at the stop strings: the dense model's "
+                            "output beside each recommended set's (every sample's is in results.jsonl, field `generated`).",
         "heal_text": ("Every candidate of this run is scored **healed** (`--heal {method}`): each removed run of blocks gets "
                       "a closed-form linear map (ridge {ridge} times the mean eigenvalue), fitted by least squares on the "
                       "dense model's activations and folded into the MLP output projection of the block before the run, "
@@ -205,6 +213,12 @@ TEXT = {
         "heal": "修复",
         "heal_overview": "每个候选都以修复后的模型评估（见“修复”一节）。",
         "heal_tag": "已修复",
+        "gen_faster": ("生成比多项选择下降得更快：移除 {set}（k = {k}）时，{task} 下降 {drop:.1%}（95% 区间 {lo:.1%} – {hi:.1%}），"
+                       "而下降最多的多项选择任务 {mc} 只下降 {mc_drop:.1%}（至多 {mc_hi:.1%}）；k = {ks} 时均如此。只看多项选择会高估剪枝后保留的能力。"),
+        "gen_not_faster": "对每个 k 的最佳组合，生成任务的下降都没有显著快于多项选择（两者的区间相交）。",
+        "gen_samples": "剪枝后的模型生成了什么",
+        "gen_samples_text": "每个生成任务的前几个样本（贪心解码，在停止串处截断）：稠密模型的输出与各推荐组合的输出并列"
+                            "（所有样本见 results.jsonl 的 `generated` 字段）。",
         "heal_text": ("本次运行的每个候选都以**修复后**的模型评估（`--heal {method}`）：每段被移除的连续 block 都配有一个闭式线性映射"
                       "（ridge 为 MᵀM 平均特征值的 {ridge} 倍），在完整模型的激活上用最小二乘拟合，并折叠进该段之前那个 block 的 "
                       "MLP 输出投影，因此修复后的组合与普通剪枝模型的模块和速度完全相同。"),
