@@ -172,7 +172,18 @@ class Evaluator:
                 idx, per_sample = self.store.columns(k, t.name)  # every sample is in: idx is 0..n-1
                 assert len(idx) == t.n, (k, t.name)
                 records.append(self._record(t, k, per_sample, float(t.value(per_sample))))
+                texts = self._generated_of_parts(k, t)
+                if texts is not None:
+                    records[-1]["generated"] = texts
         self.store.append(records)
+
+    def _generated_of_parts(self, key: tuple[int, ...], task: Task) -> list | None:
+        """A generative task's texts per sample, gathered from the set's parts (None: none kept)."""
+        texts: list = [None] * task.n
+        for part in self.store.parts.get((key, task.name), []):
+            for s, text in zip(part["samples"], part.get("generated") or []):
+                texts[s] = text
+        return texts if any(x is not None for x in texts) else None
 
     @property
     def baseline(self) -> dict[str, float]:

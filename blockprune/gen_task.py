@@ -201,7 +201,10 @@ def load_gen(spec, load) -> Task:
             raw = data.bigbench_task(task, sub or None)
         except data.DataError as exc:
             raise TaskError(str(exc)) from None
-        rows = [r for r in loaders.bigbench_rows(raw, rest) if "answers" in r]
+        # generative: an example's target, even where it also has target_scores (multiple choice)
+        raw = {**raw, "examples": [{k: v for k, v in ex.items() if k != "target_scores"}
+                                   for ex in raw.get("examples", []) if "target" in ex]}
+        rows = [r for r in loaders.bigbench_rows(raw, rest) if "answers" in r] if raw["examples"] else []
         if not rows:
             raise TaskError(f"gen:bigbench:{rest}: the task has no generative examples (a target per example)")
         for r in rows:

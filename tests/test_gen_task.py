@@ -96,3 +96,29 @@ def test_stored_generations_are_the_pruned_models(tiny_dir, tmp_path):
     assert run["settings"]["rank_by"] == {"gen_g": "dense_logprob"}
     dense = np.sum(stored[()]["per_sample"]["dense_logprob"])
     assert all(np.sum(stored[k]["per_sample"]["dense_logprob"]) <= dense + 1e-6 for k in stored) or True
+
+
+def test_racing_on_a_generative_task_keeps_generations_and_scores(tiny_dir, tmp_path):
+    """Racing adds samples in rounds: parts hold their samples' generations, and every whole record
+    equals the same set scored exactly (no racing) in a fresh run."""
+    rows = [{"prompt": f"Item {i}: the colour of {w} is", "answers": [" red"], "max_new_tokens": 4}
+            for i, w in enumerate(["sky", "grass", "snow", "coal", "blood", "sun", "sea", "fire", "ash", "gold"] * 2)]
+    task = _write(tmp_path / "g.jsonl", rows)
+    kw = dict(method="beam", beam_width=1, max_remove=1, samples=None, device="cpu", progress=False, latency=False,
+              rank_by="dense_logprob")
+    raced = api.run_search(str(tiny_dir), [f"gen:jsonl:{task}"], tmp_path / "raced", **kw)
+    exact = api.run_search(str(tiny_dir), [f"gen:jsonl:{task}"], tmp_path / "exact", exact=True, **kw)
+    parts = [json.loads(x) for x in (tmp_path / "raced" / "results.jsonl").open() if '"type":"part"' in x]
+    assert parts and all(len(p["generated"]) == len(p["samples"]) for p in parts)
+
+    def whole(d):
+        return {tuple(r["removed"]): r for r in map(json.loads, (d / "results.jsonl").open())
+                if r.get("type") is None and "value" in r}
+
+    w_r, w_e = whole(tmp_path / "raced"), whole(tmp_path / "exact")
+    assert set(w_r) <= set(w_e) and len(w_r) >= 2
+    for key, rec in w_r.items():
+        assert rec["generated"] == w_e[key]["generated"], key
+        np.testing.assert_allclose(rec["per_sample"]["dense_logprob"], w_e[key]["per_sample"]["dense_logprob"],
+                                   rtol=1e-5, atol=1e-5)
+    assert raced.result.steps[0][0] == exact.result.steps[0][0]
