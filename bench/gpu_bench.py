@@ -373,6 +373,46 @@ def bench_rows(rec: Recorder, smoke: bool) -> None:
         free_memory()
 
 
+# ---- 4: batched masked generation against generate() per candidate --------------------------------
+@torch.inference_mode()
+def bench_generate(rec: "Recorder", smoke: bool, end: float) -> None:
+    """One beam step's candidates decoded by Engine.generate (blockprune.decode) against the naive
+    loop: per candidate, its pruned copy (models.remove_blocks, not timed) and generate() per
+    prompt, greedy. fp32, so the tokens must be equal; the ~1B config, 8 prompts of 64 tokens, 16
+    new tokens each (EOS never stops a random model early)."""
+    from blockprune import models
+    from blockprune.engine import Engine
+
+    bm = build_model("llama-1b", torch.float32, layers=4 if smoke else None)
+    rng = np.random.default_rng(1)
+    prompts = [list(int(t) for t in rng.integers(1, bm.head.weight.shape[0], 8 if smoke else 64))
+               for _ in range(2 if smoke else 8)]
+    new = 3 if smoke else 16
+    keep = beam_step(bm.num_blocks, 1)[: (3 if smoke else 12)]
+    engine = Engine(bm)
+    engine.generate(prompts[:1], keep[:1], 2)  # warm-up
+    t_engine, got = wall(lambda: engine.generate(prompts, keep, new))
+    t_naive, same = 0.0, 0
+    for c, mask in enumerate(keep):
+        if time.monotonic() > end:
+            break
+        pm = models.remove_blocks(bm, [b for b in range(bm.num_blocks) if not mask[b]])
+        for p, prompt in enumerate(prompts):
+            ids = torch.tensor([prompt], device=DEVICE)
+            dt_, out = wall(lambda: pm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                      max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                                      eos_token_id=None, pad_token_id=0))
+            t_naive += dt_
+            same += out[0, len(prompt):].tolist() == got.tokens[c][p]
+        del pm
+        free_memory()
+    rows = len(keep) * len(prompts)
+    rec.add("generate", {"model": "llama-1b", "candidates": len(keep), "prompts": len(prompts), "new_tokens": new,
+                         "engine_s": t_engine, "naive_s": t_naive, "speedup": t_naive / t_engine,
+                         "same_tokens": f"{same}/{rows}", "agrees": same == rows,
+                         "block_rows": got.block_rows, "block_rows_unshared": got.naive_block_rows})
+
+
 # ---- summary and main -----------------------------------------------------------------------------
 def summarize(data: dict) -> str:
     meta, sec = data["meta"], data["sections"]
@@ -412,6 +452,15 @@ def summarize(data: dict) -> str:
                              f"{r['GB/s']:.0f} GB/s = {r['copy_fraction']:.0%} of copy "
                              f"(target {THRESHOLDS['row_copy_fraction']:.0%})")
         lines.append("")
+    if sec.get("generate"):
+        lines += ["## 4. Batched masked generation vs generate() per candidate (beam step, fp32)", "",
+                  "| model | candidates x prompts | new tokens | engine s | naive s | speedup | same tokens | block rows (unshared) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in sec["generate"]:
+            lines.append(f"| {r['model']} | {r['candidates']} x {r['prompts']} | {r['new_tokens']} | {r['engine_s']:.2f} "
+                         f"| {r['naive_s']:.2f} | {r['speedup']:.1f}x | {r['same_tokens']} | {r['block_rows']} "
+                         f"({r['block_rows_unshared']}) |")
+        lines.append("")
     for key, text in data.get("notes", {}).items():
         lines.append(f"- note {key}: {text}")
     return "\n".join(lines) + "\n"
@@ -437,7 +486,8 @@ def main() -> int:
     if not args.quick:
         sections += [("engine llama-8b", 90, lambda: bench_engine(rec, "llama-8b", args.smoke, end)),
                      ("heads", 40, lambda: bench_heads(rec, args.smoke, end - 20)),
-                     ("rows", 15, lambda: bench_rows(rec, args.smoke))]
+                     ("rows", 15, lambda: bench_rows(rec, args.smoke)),
+                     ("generate", 45, lambda: bench_generate(rec, args.smoke, end - 10))]
     failures = 0
     for name, need, run in sections:
         if end - time.monotonic() < need:
@@ -454,7 +504,7 @@ def main() -> int:
         free_memory()
     rec.data["meta"]["finished"] = _now()
     rec.flush()
-    disagree = [r for s in ("engine", "fp32_exact") for r in rec.data["sections"].get(s, []) if r.get("agrees") is False]
+    disagree = [r for s in ("engine", "fp32_exact", "generate") for r in rec.data["sections"].get(s, []) if r.get("agrees") is False]
     print(f"wrote {Path(args.out) / 'gpu_bench.json'}; {len(disagree)} disagreeing rows", flush=True)
     return 1 if failures or disagree else 0
 

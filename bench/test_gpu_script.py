@@ -22,7 +22,8 @@ def test_gpu_script_smoke(tmp_path):
     data = json.loads((out / "gpu_bench.json").read_text())
     sections = list(data["sections"])
     assert sections[:2] == ["engine", "fp32_exact"], sections  # the card's question first
-    assert {"heads", "rows"} <= set(sections)
+    assert {"heads", "rows", "generate"} <= set(sections)
+    assert all(r["agrees"] for r in data["sections"]["generate"])
     assert all(r["agrees"] for r in data["sections"]["engine"] if "agrees" in r)
     assert all(r["nan_outputs"] == 0 for r in data["sections"]["heads"] if "nan_outputs" in r)
     assert "Batched engine vs one pruned forward per candidate" in (out / "summary.md").read_text()
