@@ -2,8 +2,12 @@
 
 `--calibration SOURCE[#N]` names a text source as `kl:` and `ppl:` tasks do (`shakespeare/hamlet`,
 `jsonl:PATH` of `{"text"}` rows, `hf:...`), cut into windows of `--ppl-window` tokens at the same
-offsets the tasks cut; N windows are drawn with their own seeded order. Without it, the first text
-task's source is used. Windows any search task scores (same source and window) are excluded, and
+offsets the tasks cut; N windows are drawn with their own seeded order. Without it, the default mix:
+the first text task's unscored windows and half of every other task's unscored samples (context
+and gold answer; the other half stays for the held-out check). Measured: a map fitted on a text
+alone halves the text's KL but costs multiple choice (SmolLM2, [17, 18, 19]: general_knowledge
+p_gold 0.374 plain -> 0.272 healed on Hamlet), one fitted on the tasks' prompts alone keeps
+multiple choice and loses the text; the mix keeps both (KL 0.351 -> 0.206, p_gold 0.352). Windows any search task scores (same source and window) are excluded, and
 so are windows equal in content to any scored window (the same text named another way); the
 held-out check later excludes the calibration's windows too (run.json records their ids). A
 calibration of fewer than MIN_TOKENS_PER_DIM tokens per hidden dimension is refused: the map has
@@ -12,13 +16,14 @@ hidden² parameters and overfits below it (bench/results/heal_calibration.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from .kinds import TaskError
 from .tasks import load_task, parse_spec, split_count
 
-MIN_TOKENS_PER_DIM = 8  # refused below (measured: bench/heal_calibration.py)
+MIN_TOKENS_PER_DIM = 4  # refused below: healing loses its gain there (bench/results/heal_calibration.md)
 DEFAULT_TOKENS_PER_DIM = 16  # the default count of windows gives about this many tokens
 
 
@@ -28,11 +33,12 @@ class CalibrationError(ValueError):
 
 @dataclass
 class Calibration:
-    spec: str  # the text source, without #N
+    spec: str | None  # the text source, without #N (None: the tasks' samples only)
     window: int
-    sample_ids: list[str]
-    windows: list[tuple[int, ...]]
+    sample_ids: list[str]  # the text's windows
+    windows: list[tuple[int, ...]]  # the text's windows, then the tasks' samples
     skip: int  # tokens at the start of each window fitted as context only (BOS, the first token)
+    tasks: dict = field(default_factory=dict)  # {task name: {"spec", "sample_ids"}}: samples fitted on
 
     @property
     def tokens(self) -> int:
@@ -40,7 +46,8 @@ class Calibration:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "window": self.window, "n": len(self.windows), "tokens": self.tokens,
-                "sample_ids": self.sample_ids}
+                "sample_ids": self.sample_ids,
+                **({"tasks": {k: {**v, "n": len(v["sample_ids"])} for k, v in self.tasks.items()}} if self.tasks else {})}
 
 
 def check_spec(source_spec: str) -> None:
@@ -55,14 +62,25 @@ def check_spec(source_spec: str) -> None:
 
 def from_record(record: dict, tokenizer, eos_token_id) -> Calibration:
     """The windows run.json's calibration record names (to refit the same maps: validate, export)."""
-    text = load_task(f"kl:{record['spec']}", tokenizer, eos_token_id, None, 0, record["window"])
-    by_id = {sid: tuple(r.tokens) for sid, r in zip(text.sample_ids, text.requests)}
-    missing = [sid for sid in record["sample_ids"] if sid not in by_id]
-    if missing:
-        raise CalibrationError(f"calibration {record['spec']}: window {missing[0]} is no longer in the text")
-    skip = text.requests[0].score_from if text.requests else 1
-    return Calibration(record["spec"], record["window"], list(record["sample_ids"]),
-                       [by_id[sid] for sid in record["sample_ids"]], skip)
+    windows, skip = [], 1
+    if record.get("spec"):
+        text = load_task(f"kl:{record['spec']}", tokenizer, eos_token_id, None, 0, record["window"])
+        by_id = {sid: tuple(r.tokens) for sid, r in zip(text.sample_ids, text.requests)}
+        missing = [sid for sid in record["sample_ids"] if sid not in by_id]
+        if missing:
+            raise CalibrationError(f"calibration {record['spec']}: window {missing[0]} is no longer in the text")
+        skip = text.requests[0].score_from if text.requests else 1
+        windows = [by_id[sid] for sid in record["sample_ids"]]
+    tasks = {}
+    for name, info in (record.get("tasks") or {}).items():
+        full = load_task(info["spec"], tokenizer, eos_token_id, None, 0, record["window"])
+        index = {sid: i for i, sid in enumerate(full.sample_ids)}
+        missing = [sid for sid in info["sample_ids"] if sid not in index]
+        if missing:
+            raise CalibrationError(f"calibration: {name} has no sample {missing[0]} any more")
+        windows += [full.gold_tokens(index[sid]) for sid in info["sample_ids"]]
+        tasks[name] = {"spec": info["spec"], "sample_ids": list(info["sample_ids"])}
+    return Calibration(record.get("spec"), record["window"], list(record.get("sample_ids", [])), windows, skip, tasks)
 
 
 def text_source(task_spec: str) -> str | None:
@@ -79,40 +97,60 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
            tasks: Sequence = (), task_specs: Sequence[str] = (), exclude_ids: Sequence[str] = ()) -> Calibration:
     """The calibration windows (see the module doc). `tasks` / `task_specs`: the search's loaded
     tasks and their specs, whose scored windows are excluded; `exclude_ids`: more window ids of
-    the same source not to use."""
-    if source_spec is None:
+    the same source not to use. Without `source_spec`, the default mix: the first text task's
+    unscored windows and half of every other task's unscored samples (context + gold answer)."""
+    mixed = source_spec is None
+    if mixed:
         source_spec = default_source(task_specs)
-        if source_spec is None:
-            raise CalibrationError("--heal linear needs --calibration SOURCE[#N] (a text source as in kl: specs, "
-                                   "e.g. shakespeare/hamlet#128): no task is a text task to calibrate on")
-    source, count = split_count(source_spec)
-    source = source.removeprefix("kl:").removeprefix("ppl:")
-    needed = MIN_TOKENS_PER_DIM * hidden
-    exclude = set(exclude_ids)
-    scored = set()
-    for spec, task in zip(task_specs, tasks):
-        same = text_source(spec) == source
-        for r in task.requests:
-            scored.add(tuple(r.tokens))
-        if same and getattr(task, "sample_ids", None):
-            exclude.update(task.sample_ids)
-    if count is None:
-        count = -(-DEFAULT_TOKENS_PER_DIM * hidden // max(1, window - 1))
-    try:
-        text = load_task(f"kl:{source}", tokenizer, eos_token_id, count, seed + 7919, window, exclude=sorted(exclude))
-    except TaskError as exc:
-        raise CalibrationError(f"--calibration {source}: {exc}") from None
-    skip = text.requests[0].score_from if text.requests else 1
-    windows = [tuple(r.tokens) for r in text.requests]
-    overlap = [sid for sid, w in zip(text.sample_ids, windows) if w in scored]
+    scored = {tuple(r.tokens) for task in tasks for r in task.requests}
+    ids: list[str] = []
+    windows: list[tuple[int, ...]] = []
+    skip = 1
+    source = None
+    if source_spec is not None:
+        source, count = split_count(source_spec)
+        source = source.removeprefix("kl:").removeprefix("ppl:")
+        exclude = set(exclude_ids)
+        for spec, task in zip(task_specs, tasks):
+            if text_source(spec) == source and getattr(task, "sample_ids", None):
+                exclude.update(task.sample_ids)
+        if count is None:
+            count = -(-DEFAULT_TOKENS_PER_DIM * hidden // max(1, window - 1))
+        try:
+            text = load_task(f"kl:{source}", tokenizer, eos_token_id, count, seed + 7919, window, exclude=sorted(exclude))
+        except TaskError as exc:
+            raise CalibrationError(f"--calibration {source}: {exc}") from None
+        skip = text.requests[0].score_from if text.requests else 1
+        ids, windows = list(text.sample_ids), [tuple(r.tokens) for r in text.requests]
+    task_part: dict[str, dict] = {}
+    if mixed:
+        for spec, task in zip(task_specs, tasks):
+            if text_source(spec) is not None or task.gold_tokens(0) is None:
+                continue
+            try:
+                full = load_task(str(parse_spec(spec).without_count()), tokenizer, eos_token_id, None, seed, window,
+                                 exclude=list(task.sample_ids))
+            except TaskError:
+                continue  # every sample is scored: none to calibrate on
+            picked = sorted(random.Random(f"{seed}:calibration:{task.name}").sample(range(full.n), full.n // 2))
+            if not picked:
+                continue
+            task_part[task.name] = {"spec": str(parse_spec(spec).without_count()),
+                                    "sample_ids": [full.sample_ids[i] for i in picked]}
+            windows += [full.gold_tokens(i) for i in picked]
+        if not windows:
+            raise CalibrationError("--heal linear needs --calibration SOURCE[#N] (a text source as in kl: specs, e.g. "
+                                   "shakespeare/hamlet#128): no task has a text or unscored samples to calibrate on")
+    where = source or "the tasks' unscored samples"
+    overlap = [w for w in windows if w in scored]
     if overlap:
-        raise CalibrationError(f"--calibration {source}: window {overlap[0]} is a window the search scores "
+        raise CalibrationError(f"--calibration {where}: a calibration window is a window the search scores "
                                "(the same text as a task); calibrate on a text or windows the search does not score")
-    cal = Calibration(source, window, list(text.sample_ids), windows, skip)
+    cal = Calibration(source, window, ids, windows, skip, task_part)
+    needed = MIN_TOKENS_PER_DIM * hidden
     if cal.tokens < needed:
-        have = len(windows)
         per = max(1, window - skip)
-        raise CalibrationError(f"--calibration {source}: {cal.tokens} tokens ({have} windows of {window}) are too few to "
-                               f"fit a {hidden}x{hidden} map: it needs at least {needed} ({MIN_TOKENS_PER_DIM} per hidden "
-                               f"dimension), i.e. #{-(-needed // per)} windows or a longer text")
+        raise CalibrationError(f"--calibration {where}: {cal.tokens} tokens ({len(windows)} windows of {window}) are too "
+                               f"few to fit a {hidden}x{hidden} map: it needs at least {needed} ({MIN_TOKENS_PER_DIM} per "
+                               f"hidden dimension), i.e. #{-(-needed // per)} windows or a longer text")
     return cal

@@ -106,6 +106,9 @@ class GenerationTask(Task):
         self.dense_request: list[int] = []
         self.dense_text: list[str] = []
 
+    def gold_tokens(self, sample):
+        return tuple(self.requests[sample].tokens)  # the prompt and its first answer
+
     # ---- what the engine needs ------------------------------------------------------------
     def check_positions(self, limit: int | None) -> None:
         """A prompt plus its token limit must fit the model's positions."""

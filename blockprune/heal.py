@@ -37,7 +37,7 @@ from .adapter import BlockModel
 log = logging.getLogger("blockprune")
 
 METHODS = ("none", "linear")
-DEFAULT_RIDGE = 1e-3  # times the mean eigenvalue of MᵀM (bench/heal_calibration.py)
+DEFAULT_RIDGE = 1e-2  # times the mean eigenvalue of MᵀM (bench/results/heal_calibration.md)
 # The output projection of a block's MLP, by the names architectures give it (searched in order).
 PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h", "mlp.w2", "mlp.fc_out",
                "feed_forward.down_proj", "feed_forward.w2", "fc2", "mlp.linear_fc2")

@@ -131,6 +131,7 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
         exclude = list(info["sample_ids"])
         if cal and _text_source(info["spec"]) == cal.get("spec"):  # never a window the maps were fitted on
             exclude += cal["sample_ids"]
+        exclude += ((cal.get("tasks") or {}).get(name) or {}).get("sample_ids", [])  # nor a sample
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
                          exclude=exclude)
         if task.name != name:

@@ -119,6 +119,11 @@ class Task:
         """Summary values a whole record keeps beside `value` (none by default)."""
         return {}
 
+    def gold_tokens(self, sample: int) -> tuple[int, ...] | None:
+        """A sample as text the model should continue: its context and gold answer (calibration
+        for healing, blockprune.calibration); None for kinds without one (text windows)."""
+        return None
+
 
 @kind_of_task("multiple_choice")
 class MultipleChoiceTask(Task):
@@ -130,6 +135,7 @@ class MultipleChoiceTask(Task):
         `norm_choices`, when given, are the strings measured)."""
         super().__init__(name, ids)
         self.labels = []
+        self._gold_of: list[int] = []  # each sample's gold choice request
         self.choice_bytes: list[int] = []
         self.choice_chars: list[int] = []
         self.choice_tokens: list[int] = []
@@ -156,8 +162,12 @@ class MultipleChoiceTask(Task):
                 self.choice_tokens.append(len(cont))
                 self.norm_len.append(max(1, len(measured[j]) if norm == "chars" else len(measured[j].encode("utf-8"))))
             self.labels.append(int(row["label"]))
+            self._gold_of.append(len(self.requests) - len(row["choices"]) + int(row["label"]))
         self.labels_arr = np.array(self.labels)
         self._bounds = np.searchsorted(np.array(self.request_sample), np.arange(len(rows) + 1))
+
+    def gold_tokens(self, sample):
+        return tuple(self.requests[self._gold_of[sample]].tokens)
 
     def per_sample(self, logprob, greedy, kl=None):
         norm = logprob / np.array(self.norm_len)[None, :]
@@ -215,6 +225,9 @@ class ExactMatchTask(Task):
                     raise TaskError(f"{name}: sample {ids[s]} has an empty answer")
                 self.requests.append(Request(tuple(prompt) + tuple(target), len(prompt)))
                 self.request_sample.append(s)
+
+    def gold_tokens(self, sample):
+        return tuple(self.requests[self.gold_request[sample]].tokens)
 
     def per_sample(self, logprob, greedy, kl=None):
         match = np.zeros((greedy.shape[0], self.n))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import advice, gen_report, heal_report, latency_report, stats
+from . import advice, gen_report, heal_report, latency_report, report_text, stats
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .outputs import VALIDATION_FILE
@@ -268,7 +268,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L += gen_report.sample_lines(a, store, list(dict.fromkeys(tuple(recs[lv]["removed"]) for lv in advice.LEVELS
                                                                if recs[lv]["k"])), T)
     L += latency_lines(recs, T, out, a)
-    L += cluster_lines(cluster, T)
+    L += report_text.cluster_lines(cluster, T)
     L += [f"## {T['findings']}", ""]
     for i, line in enumerate(finding_lines(findings, T), 1):
         L.append(f"{i}. {line}")
@@ -295,24 +295,6 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     L += [f"- `plain/`: {T['f_plain']}"] if heal and not heal.get("plain_note") else []
     L += ["", f"## {T['usage']}", "", T["repro"].format(out=out), "", "```bash", command, "```", ""]
     return "\n".join(L)
-
-
-def cluster_lines(sessions: list | None, T: dict) -> list[str]:
-    """The Ray sessions of a run (run.json "cluster"): workers, throughput, retried units."""
-    if not sessions:
-        return []
-    L = [f"## {T['cluster']}", ""]
-    for i, s in enumerate(sessions, 1):
-        rates = ", ".join(f"{w['worker']} ({w.get('device', '?')} on {w.get('host', '?')}"
-                          f"{', lost' if not w.get('alive', True) else ''}) {w['block_tokens_per_s']:,.0f}"
-                          for w in s["workers"])
-        L += [f"- {T['cluster_session'].format(i=i, started=s['started'], address=s['address'], units=s['units'], n=len(s['workers']), rates=rates)}"]
-        if s["retried_units"]:
-            who = ", ".join(f"{x['worker']}@{x.get('host')}" for x in s["lost_workers"])
-            L += [f"  {T['cluster_retried'].format(r=s['retried_units'], lost=len(s['lost_workers']), who=who)}"]
-        else:
-            L += [f"  {T['cluster_none']}"]
-    return L + [""]
 
 
 def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None = None,

@@ -315,3 +315,21 @@ for _lang, _words in REPLACED_TEXT.items():
     _words.update({"overview": TEXT[_lang]["overview"], "recs": TEXT[_lang]["rec"], "findings": TEXT[_lang]["findings"],
                    "files": TEXT[_lang]["files"]})
 del _lang, _words
+
+
+def cluster_lines(sessions: list | None, T: dict) -> list[str]:
+    """The Ray sessions of a run (run.json "cluster"): workers, throughput, retried units."""
+    if not sessions:
+        return []
+    L = [f"## {T['cluster']}", ""]
+    for i, s in enumerate(sessions, 1):
+        rates = ", ".join(f"{w['worker']} ({w.get('device', '?')} on {w.get('host', '?')}"
+                          f"{', lost' if not w.get('alive', True) else ''}) {w['block_tokens_per_s']:,.0f}"
+                          for w in s["workers"])
+        L += [f"- {T['cluster_session'].format(i=i, started=s['started'], address=s['address'], units=s['units'], n=len(s['workers']), rates=rates)}"]
+        if s["retried_units"]:
+            who = ", ".join(f"{x['worker']}@{x.get('host')}" for x in s["lost_workers"])
+            L += [f"  {T['cluster_retried'].format(r=s['retried_units'], lost=len(s['lost_workers']), who=who)}"]
+        else:
+            L += [f"  {T['cluster_none']}"]
+    return L + [""]

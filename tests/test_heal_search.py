@@ -37,12 +37,19 @@ def test_run_json_records_the_healing_and_its_disjoint_windows(healed_run):
     assert rec["method"] == "linear" and rec["ridge"] == heal.DEFAULT_RIDGE
     cal = rec["calibration"]
     assert cal["spec"] == "shakespeare/hamlet" and cal["window"] == 32
-    assert cal["tokens"] >= 8 * 64 and cal["n"] == len(cal["sample_ids"])
+    assert cal["tokens"] >= 16 * 64
+    # the default mix: the text's unscored windows and half of the other task's unscored samples
+    mc = cal["tasks"]["mc"]
+    assert cal["n"] == len(cal["sample_ids"]) + len(mc["sample_ids"]) and len(mc["sample_ids"]) == 2  # (8 - 4) / 2
     scored = set(run["settings"]["tasks"]["kl_shakespeare_hamlet"]["sample_ids"])
     assert not scored & set(cal["sample_ids"])
+    mc_scored = set(run["settings"]["tasks"]["mc"]["sample_ids"])
+    assert not mc_scored & set(mc["sample_ids"])
     held = json.loads((healed_run / "validation.json").read_text())
     held_ids = set(held["tasks"]["kl_shakespeare_hamlet"]["sample_ids"])
     assert held_ids and not held_ids & set(cal["sample_ids"]) and not held_ids & scored
+    mc_held = set(held["tasks"]["mc"]["sample_ids"])
+    assert mc_held and not mc_held & set(mc["sample_ids"]) and not mc_held & mc_scored
     assert "seconds" in run["healing"]
 
 
@@ -127,8 +134,8 @@ def test_calibration_without_heal_is_refused(tiny_dir, jsonl_tasks, tmp_path, ca
 def test_a_calibration_too_short_names_the_tokens_it_needs(tiny_dir, jsonl_tasks, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(healed_args(tiny_dir, jsonl_tasks, out, "--calibration", "shakespeare/macbeth#3")) == 2
-    line = one_error(capsys, "too few", "at least 512")
-    assert "#17" in line  # 512 tokens / 31 per window
+    line = one_error(capsys, "too few", "at least 256")
+    assert "#9" in line  # 4 tokens per hidden dimension (64): 256 tokens / 31 per window
     assert snapshot(out) in ({}, {".blockprune-run.lock": b""}) or not any(
         p.name in ("run.json", "results.jsonl") for p in out.rglob("*"))
 

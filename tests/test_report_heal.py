@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from blockprune.heal import DEFAULT_RIDGE
+
 from blockprune import api, heal_report, plots, report
 from blockprune.advice import by_k, recommendations
 from blockprune.report_text import fmt_set, pct
@@ -157,7 +159,7 @@ def test_the_healed_report_compares_with_the_plain_search(healed):
     u = validation["unseen_text"]
     assert f"On a text the healing never saw (`{u['spec']}`, {u['windows']} windows" in held
     assert recs["healing"]["per_k"][0]["healed"]["removed"] == by_k(a["candidates"])[1][0]["removed"]
-    assert "--heal linear --ridge 0.001 --calibration 'shakespeare/hamlet#48'" in text
+    assert f"--heal linear --ridge {DEFAULT_RIDGE} --calibration 'shakespeare/hamlet#48'" in text
     assert "- `plain/`:" in text
 
 
