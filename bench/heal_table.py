@@ -51,11 +51,13 @@ def masks(sets, num_blocks):
 
 def held_out(bm, healing, store: Store, sets_healed: dict, sets_plain: dict) -> dict:
     settings = store.run_info["settings"]
-    cal_ids = settings["heal"]["calibration"]["sample_ids"]
+    cal_ids = settings["heal"]["calibration"]["sample_ids"]  # the text's windows the maps were fitted on
     hamlet_ids = settings["tasks"]["kl_shakespeare_hamlet"]["sample_ids"]
     kl = load_task("kl:shakespeare/hamlet", bm.tokenizer, bm.eos_token_id, 24, 11, WINDOW, exclude=hamlet_ids + cal_ids)
     macbeth = load_task("ppl:shakespeare/macbeth", bm.tokenizer, bm.eos_token_id, 24, 11, WINDOW)
     gk_ids = settings["tasks"]["bigbench_general_knowledge"]["sample_ids"]
+    gk_ids = gk_ids + ((settings["heal"]["calibration"].get("tasks") or {}).get("bigbench_general_knowledge") or {}).get(
+        "sample_ids", [])  # nor the questions the maps were fitted on
     mc = load_task("bigbench:general_knowledge", bm.tokenizer, bm.eos_token_id, None, 11, WINDOW, exclude=gk_ids)
     out = {"held_out": {"hamlet_windows": kl.n, "macbeth_windows": macbeth.n, "mc_questions": mc.n}, "rows": []}
     healed_engine, plain_engine = Engine(bm, heal=healing), Engine(bm)
@@ -115,7 +117,8 @@ def markdown(result: dict) -> str:
              f"Searches: `{result['method']}` with racing on {', '.join(f'`{t}`' for t in TASKS)} (window {WINDOW}); "
              f"healed search {result['seconds_healed']:.0f} s, its plain baseline {result['seconds_plain']:.0f} s "
              f"(wall, both in one run_search: {result['seconds_total']:.0f} s). Healing (dense pass over "
-             f"{result['healing']['tokens']} calibration tokens of {result['healing']['calibration']['spec']} + solves): "
+             f"{result['healing']['tokens']} calibration tokens: {result['healing']['calibration']['spec']} windows and "
+             f"half the unscored questions + solves): "
              f"{result['healing']['seconds']:.1f} s = {100 * result['healing']['seconds'] / result['seconds_healed']:.1f}% "
              "of the healed search.",
              f"Held out (never scored by a search, never calibrated on): {result['held_out']['hamlet_windows']} Hamlet "

@@ -156,8 +156,10 @@ def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | N
     else:
         longest = s.max_remove
     if s.progress:
-        print(f"blockprune: fitting the healing maps on {cal.tokens} calibration tokens of {cal.spec} "
-              f"({len(cal.windows)} windows)", file=sys.stderr, flush=True)
+        parts = ([f"{len(cal.sample_ids)} windows of {cal.spec}"] if cal.spec else []) + \
+            [f"{len(v['sample_ids'])} unscored samples of {k}" for k, v in cal.tasks.items()]
+        print(f"blockprune: fitting the healing maps on {cal.tokens} calibration tokens ({', '.join(parts)})",
+              file=sys.stderr, flush=True)
     healing = heal.Healing.fit(bm, cal.windows, longest, s.ridge, cal.describe(), skip=cal.skip)
     if len(healing.unfoldable) >= bm.num_blocks - 1:
         why = next(iter(healing.unfoldable.values()), "no block")
@@ -404,7 +406,8 @@ def prepare_demo() -> None:
 
     try:
         data.fetch_all()
-        data.bigbench_prefetch([spec.split(":", 1)[1].split("#")[0] for spec in DEMO.tasks if spec.startswith("bigbench:")])
+        data.bigbench_prefetch([spec.removeprefix("gen:").split(":", 1)[1].split("#")[0]
+                                for spec in DEMO.tasks if spec.removeprefix("gen:").startswith("bigbench:")])
         for spec in DEMO.tasks:
             if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
                 data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])

@@ -152,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
                    help="skip exporting the balanced recommendation")
     d.add_argument("--no-latency", dest="latency", action="store_false",
                    help="skip measuring the candidates' latency for the report")
+    d.add_argument("--heal", default=api.DEMO.heal, choices=["none", "linear"],
+                   help=f"linear (default): score healed (docs/heal.md), beside a plain search in OUT/plain; none: plain only")
     _add_common(d)
     _add_cluster(d)
     _add_report_options(d, tolerance=api.DEMO.tolerance)

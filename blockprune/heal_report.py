@@ -195,7 +195,13 @@ def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
     ridge = s.get("ridge", fit.get("ridge"))
     L = [f"## {T['heal']}", "", T["heal_text"].format(method=s.get("method", "linear"), ridge=f"{ridge}"), ""]
     cal = s.get("calibration") or fit.get("calibration")
-    if cal:
+    if cal and cal.get("tasks"):
+        tasks = ", ".join(T["heal_cal_task"].format(n=v.get("n", len(v.get("sample_ids", []))), task=k)
+                          for k, v in cal["tasks"].items())
+        L.append("- " + T["heal_cal_mix"].format(n=len(cal.get("sample_ids", [])), window=cal.get("window"),
+                                                 spec=cal.get("spec"), tasks=tasks,
+                                                 tokens=fit.get("tokens", cal.get("tokens"))))
+    elif cal:
         L.append("- " + T["heal_cal"].format(n=cal.get("n", len(cal.get("sample_ids", []))), window=cal.get("window"),
                                              spec=cal.get("spec"), tokens=fit.get("tokens", cal.get("tokens"))))
     else:

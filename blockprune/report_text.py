@@ -110,6 +110,10 @@ TEXT = {
                       "so a healed set has the plain pruned model's modules and speed."),
         "heal_cal": ("Calibration: {n} windows of {window} tokens from `{spec}` ({tokens} tokens fitted), disjoint from "
                      "every window the search scores."),
+        "heal_cal_mix": ("Calibration (the default mix): {n} windows of {window} tokens from `{spec}` and {tasks}, "
+                         "{tokens} tokens fitted; disjoint from every sample the search scores and from the held-out "
+                         "check's (a text alone costs multiple choice: docs/heal.md)."),
+        "heal_cal_task": "{n} unscored samples of {task}",
         "heal_cal_none": "Calibration: not recorded in run.json.",
         "heal_plain_item": "after block {b}: {why}",
         "heal_plain_blocks": ("Runs that stay plain (scored as plain deletion): {items}; a run starting at block 0 always "
@@ -223,6 +227,9 @@ TEXT = {
                       "（ridge 为 MᵀM 平均特征值的 {ridge} 倍），在完整模型的激活上用最小二乘拟合，并折叠进该段之前那个 block 的 "
                       "MLP 输出投影，因此修复后的组合与普通剪枝模型的模块和速度完全相同。"),
         "heal_cal": "校准数据：来自 `{spec}` 的 {n} 个 {window} token 窗口（拟合 {tokens} 个 token），与搜索评估的所有窗口都不重叠。",
+        "heal_cal_mix": ("校准数据（默认混合）：来自 `{spec}` 的 {n} 个 {window} token 窗口，以及{tasks}，共拟合 {tokens} 个 token；"
+                         "与搜索评估的样本和留出检验的样本都不重叠（只用文本会损害多项选择：见 docs/heal.md）。"),
+        "heal_cal_task": "{task} 的 {n} 个未评估样本",
         "heal_cal_none": "校准数据：run.json 中没有记录。",
         "heal_plain_item": "block {b} 之后：{why}",
         "heal_plain_blocks": "保持普通删除（按未修复评估）的连续段：{items}；从 block 0 开始的段也总是如此（前面没有 block）。",

@@ -244,6 +244,7 @@ DEMO = Settings(
     method="beam",
     beam_width=2,
     max_remove=2,
+    heal="linear",  # with the plain search in OUT/plain beside it (docs/heal.md)
     samples=None,
     ppl_window=64,
     tolerance=0.10,
