@@ -55,8 +55,8 @@ def held_out(bm, healing, store: Store, sets_healed: dict, sets_plain: dict) -> 
     hamlet_ids = settings["tasks"]["kl_shakespeare_hamlet"]["sample_ids"]
     kl = load_task("kl:shakespeare/hamlet", bm.tokenizer, bm.eos_token_id, 24, 11, WINDOW, exclude=hamlet_ids + cal_ids)
     macbeth = load_task("ppl:shakespeare/macbeth", bm.tokenizer, bm.eos_token_id, 24, 11, WINDOW)
-    gk_ids = settings["tasks"]["bigbench_general_knowledge"]["sample_ids"]
-    gk_ids = gk_ids + ((settings["heal"]["calibration"].get("tasks") or {}).get("bigbench_general_knowledge") or {}).get(
+    gk_ids = settings["tasks"]["general_knowledge"]["sample_ids"]
+    gk_ids = gk_ids + ((settings["heal"]["calibration"].get("tasks") or {}).get("general_knowledge") or {}).get(
         "sample_ids", [])  # nor the questions the maps were fitted on
     mc = load_task("bigbench:general_knowledge", bm.tokenizer, bm.eos_token_id, None, 11, WINDOW, exclude=gk_ids)
     out = {"held_out": {"hamlet_windows": kl.n, "macbeth_windows": macbeth.n, "mc_questions": mc.n}, "rows": []}
@@ -116,11 +116,12 @@ def markdown(result: dict) -> str:
     lines = [f"# Healed vs plain deletion, SmolLM2-135M, k = 1..{result['max_remove']}", "",
              f"Searches: `{result['method']}` with racing on {', '.join(f'`{t}`' for t in TASKS)} (window {WINDOW}); "
              f"healed search {result['seconds_healed']:.0f} s, its plain baseline {result['seconds_plain']:.0f} s "
-             f"(wall, both in one run_search: {result['seconds_total']:.0f} s). Healing (dense pass over "
-             f"{result['healing']['tokens']} calibration tokens: {result['healing']['calibration']['spec']} windows and "
-             f"half the unscored questions + solves): "
-             f"{result['healing']['seconds']:.1f} s = {100 * result['healing']['seconds'] / result['seconds_healed']:.1f}% "
-             "of the healed search.",
+             f"(scoring time; wall, both in one run_search: {result['seconds_total']:.0f} s). Healing's dense pass over "
+             f"{result['healing']['tokens']} calibration tokens ({result['healing']['calibration']['spec']} windows and "
+             f"half the unscored questions): {result['healing']['seconds']:.1f} s = "
+             f"{100 * result['healing']['seconds'] / result['seconds_healed']:.1f}% of the healed search's scoring time"
+             + (f", with the solves of the {result['healing']['maps_solved']} maps it used" if "maps_solved" in result["healing"]
+                else "; the maps' solves happen inside the search's scoring time") + ".",
              f"Held out (never scored by a search, never calibrated on): {result['held_out']['hamlet_windows']} Hamlet "
              f"windows, {result['held_out']['macbeth_windows']} Macbeth windows, {result['held_out']['mc_questions']} "
              "general_knowledge questions. Perplexities by plain transformers on the folded, pruned copy.", "",
@@ -139,7 +140,8 @@ def markdown(result: dict) -> str:
               f"64-token prompt, 32 tokens, {lat['reps']} interleaved runs): {lat['decode_ms_plain']:.2f} ms vs "
               f"{lat['decode_ms_healed']:.2f} ms per token, healed/plain {lat['healed_over_plain']:.3f} "
               f"(range {lat['ratio_range'][0]:.3f}-{lat['ratio_range'][1]:.3f}): the same modules, the same cost.", ""]
-    lines.append(f"Machine: {result['machine']}; nothing else heavy was running.")
+    lines.append(f"Machine: {result['machine']}; nothing else heavy was running (light pytest runs of other sessions "
+                 "may have overlapped parts of the searches).")
     return "\n".join(lines) + "\n"
 
 
@@ -148,10 +150,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--max-remove", type=int, default=6)
     ap.add_argument("--method", default="greedy")
+    ap.add_argument("--run", default=None, help="run directory (kept; rerun to resume). Default: a temporary one")
     args = ap.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = Path(args.run) if args.run else Path(tmp) / "run"
         start = time.perf_counter()
         res = api.run_search("smollm2-135m", list(TASKS), run, method=args.method, max_remove=args.max_remove,
                              samples=None, ppl_window=WINDOW, heal="linear", latency=False, progress=False,

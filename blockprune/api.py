@@ -107,6 +107,9 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
                         sets=s.sets)
     if pool is not None:  # the replicas' memory back before latency, held-out and export
         pool.close()
+    if healing is not None:  # the dense pass and every map the search solved
+        store.set_info("healing", {**healing.describe(), "seconds": round(healing.seconds, 3),
+                                   "maps_solved": healing.maps_solved})
     store.finish()
     # the search's store (results.jsonl is not read again), its analysis and recommendations, built
     # once: the latency step, the held-out check and the report take them

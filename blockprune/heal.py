@@ -255,6 +255,10 @@ class Healing:
         healing.seconds = time.perf_counter() - start
         return healing
 
+    @property
+    def maps_solved(self) -> int:
+        return len(self._maps)
+
     # ---- maps -----------------------------------------------------------------------------
     def can_heal(self, block: int, n: int) -> bool:
         return n > 0 and block not in self.unfoldable and (block, n) in self.stats.cross
