@@ -127,8 +127,9 @@ def test_loglikelihood_tasks_match_lm_eval(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("yaml_text, needle", [
     ("task: bp_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-     "output_type: generate_until\ndoc_to_text: '{{{{text}}}}'\ndoc_to_target: '{{{{word}}}}'\n",
-     "has output type generate_until"),
+     "output_type: generate_until\ndoc_to_text: '{{{{text}}}}'\ndoc_to_target: '{{{{word}}}}'\n"
+     "generation_kwargs:\n  do_sample: true\n  temperature: 0.7\n",
+     "blockprune decodes greedily only"),
     ("not: [a task", "not a YAML task file"),
     ("dataset_path: json\n", "no `task:` name"),
 ])
