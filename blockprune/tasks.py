@@ -216,7 +216,7 @@ for _scheme in (
     Scheme("jsonl", "jsonl:<path>", load_jsonl, absolute=_absolute_path),
     Scheme("hf", "hf:<dataset>", load_hf, absolute=_absolute_hf),
     Scheme("lm-eval", "lm-eval:<task name | task.yaml>", _load_lmeval, absolute=_absolute_yaml),
-    Scheme("gen", "gen:jsonl:<path> | gen:bigbench:<task>", lambda spec, load: _load_gen(spec, load),
+    Scheme("gen", "gen:<jsonl:path or bigbench:task>", lambda spec, load: _load_gen(spec, load),
            absolute=lambda source: _absolute_kl(source)),
 ):
     register_scheme(_scheme)

@@ -154,9 +154,9 @@ def test_a_spec_is_parsed_once_into_a_value():
 def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
     from blockprune.kinds import TaskError
 
-    with pytest.raises(TaskError, match=r"expected ppl, kl, bigbench, jsonl, hf, lm-eval, last$"):
+    with pytest.raises(TaskError, match=r"expected ppl, kl, bigbench, jsonl, hf, lm-eval, gen, last$"):
         check_spec("nope:x")
-    with pytest.raises(TaskError, match=r", lm-eval:<task name \| task.yaml> or last:<word>$"):
+    with pytest.raises(TaskError, match=r", lm-eval:<task name \| task.yaml>, gen:<jsonl:path or bigbench:task> or last:<word>$"):
         check_spec("nope")
     with pytest.raises(scores.ScoreError, match="unknown task kind 'nope'"):
         get_kind("nope")
