@@ -155,20 +155,9 @@ class BlockModel:
         return eos
 
     # ---- running blocks -------------------------------------------------------------------
-    @torch.inference_mode()
-    def prelude(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> Prelude:
-        """Run the model up to block 0 and record every block's extra arguments.
-
-        Sequences are right-padded; with a causal mask the valid positions never see padding, so
-        by default no padding mask is passed (it also lets SDPA take its causal fast path). Packed
-        rows pass their own position ids and 4D mask (see blockprune.packing).
-        """
-        extra = {}
-        if position_ids is not None:
-            extra["position_ids"] = position_ids
-        if attention_mask is not None:
-            extra["attention_mask"] = attention_mask
+    def record_blocks(self, forward) -> list[tuple[tuple, dict]]:
+        """Every block's (args, kwargs) of one call of `forward()` (the model's own forward), the
+        blocks replaced by recorders that pass their input on; the last one ends the forward."""
         records: list[tuple[tuple, dict]] = []
         last = len(self.blocks) - 1
 
@@ -184,16 +173,35 @@ class BlockModel:
         for i, block in enumerate(self.blocks):
             block.forward = recorder(i)
         try:
-            self.model(input_ids=input_ids.to(self.device), use_cache=False, **extra)
+            forward()
         except Captured:
             pass
+        finally:
+            for block in self.blocks:
+                del block.forward  # back to the class's forward
+        return records
+
+    @torch.inference_mode()
+    def prelude(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> Prelude:
+        """Run the model up to block 0 and record every block's extra arguments.
+
+        Sequences are right-padded; with a causal mask the valid positions never see padding, so
+        by default no padding mask is passed (it also lets SDPA take its causal fast path). Packed
+        rows pass their own position ids and 4D mask (see blockprune.packing).
+        """
+        extra = {}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
+        if attention_mask is not None:
+            extra["attention_mask"] = attention_mask
+        try:
+            records = self.record_blocks(lambda: self.model(input_ids=input_ids.to(self.device), use_cache=False,
+                                                            **extra))
         except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
             text = str(exc).strip()
             raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward fails on text-only input before "
                              f"the last block: {type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
-        finally:
-            for block in self.blocks:
-                del block.forward  # back to the class's forward
         if len(records) != len(self.blocks):
             raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward called {len(records)} of its "
                              f"{len(self.blocks)} blocks; blockprune needs each block called once per forward, in order")

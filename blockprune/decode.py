@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .adapter import BlockModel, Captured, select_rows
+from .adapter import BlockModel, select_rows
 
 
 @dataclass
@@ -90,27 +90,8 @@ def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tens
     """(block 0's input, each block's (args, kwargs)) of one forward of `ids` [R, q] after `past`
     cached tokens, recorded from the model's own forward (the blocks themselves do not run)."""
     cache = _LengthCache(bm.num_blocks, past).cache
-    records: list[tuple[tuple, dict]] = []
-    last = bm.num_blocks - 1
-
-    def recorder(index: int):
-        def fake_forward(*args, **kwargs):
-            records.append((args, kwargs))
-            if index == last:
-                raise Captured
-            return args[0] if args else kwargs["hidden_states"]
-
-        return fake_forward
-
-    for i, block in enumerate(bm.blocks):
-        block.forward = recorder(i)
-    try:
-        bm.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True)
-    except Captured:
-        pass
-    finally:
-        for block in bm.blocks:
-            del block.forward
+    records = bm.record_blocks(lambda: bm.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                                                cache=cache, use_cache=True))
     args0, kwargs0 = records[0]
     hidden = args0[0] if args0 else kwargs0["hidden_states"]
     out = []

@@ -41,15 +41,7 @@ def naive_scores(bm, requests, removed) -> tuple[np.ndarray, np.ndarray]:
 @torch.inference_mode()
 def naive_kl(bm, requests, removed) -> np.ndarray:
     """Per request: the sum over its scored positions of KL(p_dense || p_pruned), float64, full logits."""
-    pm = pruned(bm, removed)
-    out = []
-    for r in requests:
-        ids = torch.tensor([r.tokens])
-        dense = torch.log_softmax(bm.model(ids, use_cache=False).logits[0].double(), -1)
-        cut = torch.log_softmax(pm.model(ids, use_cache=False).logits[0].double(), -1)
-        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-        out.append((dense[pos].exp() * (dense[pos] - cut[pos])).sum().item())
-    return np.array(out)
+    return kl_against(bm, pruned(bm, removed), requests)
 
 
 @torch.inference_mode()
@@ -142,12 +134,13 @@ def folded_kl(bm, healing, requests, removed) -> float:
     folded = copy.deepcopy(bm)
     if healing is not None:
         heal.fold_into(folded, healing.maps_for(removed))
-    kl = _kl_against(bm, pruned(folded, removed), requests)
+    kl = kl_against(bm, pruned(folded, removed), requests)
     return float(kl.sum() / sum(r.num_scored for r in requests))
 
 
 @torch.inference_mode()
-def _kl_against(dense_bm, pruned_bm, requests) -> np.ndarray:
+def kl_against(dense_bm, pruned_bm, requests) -> np.ndarray:
+    """Per request: the sum over its scored positions of KL(p_dense || p_pruned), float64, full logits."""
     out = []
     for r in requests:
         ids = torch.tensor([r.tokens])

@@ -10,7 +10,7 @@ import torch
 from blockprune import heal, models
 from blockprune.engine import Engine
 from conftest import tiny_model
-from reference import naive_kl, naive_scores
+from reference import kl_against, naive_scores, pruned
 from test_engine import masks_for, random_requests
 
 
@@ -117,28 +117,12 @@ def test_healed_candidates_match_the_folded_pruned_model(arch):
         pm = _folded_copy(bm, healing, removed)
         lp, gr = naive_scores(pm, reqs, removed)
         np.testing.assert_allclose(healed.logprob[c], lp, rtol=1e-4, atol=1e-4)
-        klr = naive_kl_against(bm, pm, reqs, removed)
+        klr = kl_against(bm, pruned(pm, removed), reqs)
         np.testing.assert_allclose(healed.kl[c], klr, rtol=1e-4, atol=1e-5)
         differs += not np.allclose(healed.logprob[c], plain.logprob[c], rtol=1e-4, atol=1e-4)
     # every set with a run after a kept block heals (all but (), (0,)): the healed scores are not plain
     assert differs == len(sets) - 2
     np.testing.assert_allclose(healed.logprob[:2], plain.logprob[:2], rtol=1e-5, atol=1e-5)
-
-
-@torch.inference_mode()
-def naive_kl_against(dense_bm, folded_bm, requests, removed):
-    """naive_kl with the folded copy's pruned model as the candidate."""
-    from reference import pruned
-
-    pm = pruned(folded_bm, removed)
-    out = []
-    for r in requests:
-        ids = torch.tensor([r.tokens])
-        dense = torch.log_softmax(dense_bm.model(ids, use_cache=False).logits[0].double(), -1)
-        cut = torch.log_softmax(pm.model(ids, use_cache=False).logits[0].double(), -1)
-        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-        out.append((dense[pos].exp() * (dense[pos] - cut[pos])).sum().item())
-    return np.array(out)
 
 
 def test_gemma_post_feedforward_norm_stays_plain():
