@@ -122,34 +122,3 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not any((d2 <= d and s2 >= s and (d2 < d or s2 > s)) for j, (d2, s2) in enumerate(points) if j != i):
             front.append(i)
     return sorted(front, key=lambda i: points[i][1])
-
-
-def plot_drop_vs_speedup(candidates: list[dict], speedups: dict, path: str | Path) -> bool:
-    """Mean drop vs measured decode speedup of every benched set, Pareto front marked; False if none."""
-    drops = {tuple(c["removed"]): c["mean_drop"] for c in candidates}
-    keys = [k for k in speedups if k in drops]
-    if not keys:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [(0.0, 1.0)] + [(drops[k], speedups[k]["decode"]) for k in keys]
-    labels = ["dense"] + ["[" + ",".join(map(str, k)) + "]" for k in keys]
-    front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([100 * p[0] for p in pts], [p[1] for p in pts], color="tab:blue", label="measured")
-    ax.plot([100 * pts[i][0] for i in front], [pts[i][1] for i in front], "o--", color="tab:red", mfc="none", ms=11,
-            label="Pareto front")
-    for (d, s), lab in zip(pts, labels):
-        ax.annotate(lab, (100 * d, s), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for k in keys:
-        ax.scatter([100 * drops[k]], [speedups[k]["ideal"]], marker="_", s=150, color="grey")
-    ax.set_xlabel("mean drop over tasks (%)")
-    ax.set_ylabel("measured decode speedup vs dense (grey: ideal)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

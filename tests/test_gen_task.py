@@ -91,11 +91,9 @@ def test_stored_generations_are_the_pruned_models(tiny_dir, tmp_path):
             want = text.split(".")[0] if "." in text else text
             assert rec["generated"][s] == want, (removed, s)
             assert rec["per_sample"]["match"][s] == gen_task.exact_match(want, row["answers"])
-    # the default ranking score is the dense continuation's log-prob: dense scores its own continuation best
+    # the default ranking score is the dense continuation's log-prob
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["rank_by"] == {"gen_g": "dense_logprob"}
-    dense = np.sum(stored[()]["per_sample"]["dense_logprob"])
-    assert all(np.sum(stored[k]["per_sample"]["dense_logprob"]) <= dense + 1e-6 for k in stored) or True
 
 
 def test_racing_on_a_generative_task_keeps_generations_and_scores(tiny_dir, tmp_path):
