@@ -153,8 +153,8 @@ def test_dispatch(monkeypatch):
             return kernel(*args, **kwargs)
         return run
 
-    monkeypatch.setattr(kernels, "_triton_gather_norm", lambda: spy(gather_norm_triton))
-    monkeypatch.setattr(kernels, "_triton_residual_add", lambda: spy(residual_add_triton))
+    monkeypatch.setattr(kernels.dispatch, "_triton_gather_norm", lambda: spy(gather_norm_triton))
+    monkeypatch.setattr(kernels.dispatch, "_triton_residual_add", lambda: spy(residual_add_triton))
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     kernels.residual_add(hidden, idx, kernels.gather_norm(hidden, idx, weight))
     assert calls == ["gather_norm_triton", "residual_add_triton"]
@@ -163,7 +163,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "auto")  # Triton for CUDA tensors only
     kernels.residual_add(hidden, idx, kernels.gather_norm(hidden, idx, weight))
     assert len(calls) == (4 if hidden.is_cuda else 2)
-    monkeypatch.setattr(kernels, "_triton_residual_add", lambda: None)
+    monkeypatch.setattr(kernels.dispatch, "_triton_residual_add", lambda: None)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="triton"):
         kernels.residual_add(hidden, idx, hidden[idx])

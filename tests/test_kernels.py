@@ -104,7 +104,7 @@ def test_dispatch(monkeypatch):
         calls.append(1)
         return scoring_head_triton(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "_triton_scoring_head", lambda: spy)
+    monkeypatch.setattr(kernels.dispatch, "_triton_scoring_head", lambda: spy)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     kernels.scoring_head(hidden, weight, targets)
     assert calls == [1]
@@ -113,7 +113,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
     kernels.scoring_head(hidden, weight, targets)
     assert calls == [1] * (2 if hidden.is_cuda else 1)
-    monkeypatch.setattr(kernels, "_triton_scoring_head", lambda: None)
+    monkeypatch.setattr(kernels.dispatch, "_triton_scoring_head", lambda: None)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="triton"):
         kernels.scoring_head(hidden, weight, targets)

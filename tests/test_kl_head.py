@@ -341,7 +341,7 @@ def test_dispatch(monkeypatch):
         calls.append(1)
         return kl_head_triton(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "_triton_kl_head", lambda: spy)
+    monkeypatch.setattr(kernels.dispatch, "_triton_kl_head", lambda: spy)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     kernels.kl_head(hidden, dense, weight, targets)
     assert calls == [1]
@@ -365,7 +365,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")
     kernels.kl_head(hidden, dense, weight, targets)
     assert calls == [1] * (2 if hidden.is_cuda else 1)
-    monkeypatch.setattr(kernels, "_triton_kl_head", lambda: None)
+    monkeypatch.setattr(kernels.dispatch, "_triton_kl_head", lambda: None)
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="triton"):
         kernels.kl_head(hidden, dense, weight, targets)
