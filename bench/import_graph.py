@@ -31,7 +31,7 @@ LAYERS = [
     ("tasks", ["kinds", "loaders", "tasks", "lmeval", "calibration", "gen_task"]),
     ("model", ["adapter", "models", "trie", "fused", "parity", "heal", "decode", "engine"]),
     ("search", ["evaluator", "shard", "cluster", "evolve", "oneshot", "search"]),
-    ("analysis", ["analysis", "advice", "plots", "latency_report", "heal_report", "gen_report", "report", "replaced", "replaced_report", "seed"]),
+    ("analysis", ["analysis", "advice", "plots", "latency_report", "heal_report", "gen_report", "heldout_report", "report", "replaced", "replaced_report", "seed"]),
     ("export", ["export"]),
     ("settings", ["settings"]),
     ("measure", ["generation", "runners", "latency", "heldout", "validate"]),

@@ -5,7 +5,12 @@ lm-eval YAML task over JSONL) is scored by `blockprune search --method given` (d
 sets) and by lm-eval's own HFLM on the dense checkpoint and on blockprune's exported pruned
 checkpoints. Writes bench/results/lmeval_parity.{json,md}.
 
-    .venv/bin/python bench/lmeval_parity.py [--sets "17,18,19;4,13"]
+`--generate`: the same for a generate_until task (BIG-bench arithmetic 1_digit_addition as a local
+YAML task, greedy, stop at a newline, lm-eval's regex filter and exact_match): blockprune decodes
+every set in one batch, lm-eval's HFLM runs `generate()` on each exported checkpoint; per sample,
+the generated text and the metric are compared. Writes bench/results/lmeval_gen_parity.{json,md}.
+
+    .venv/bin/python bench/lmeval_parity.py [--sets "17,18,19;4,13"] [--generate]
 """
 
 from __future__ import annotations
@@ -39,23 +44,109 @@ metric_list:
 """
 
 
-def lm_eval_samples(model_dir: Path, task_dir: Path) -> dict[int, dict]:
+GEN_YAML = """task: bigbench_add_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{q}}}}\\nA:"
+doc_to_target: "{{{{a}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+filter_list:
+  - name: number
+    filter:
+      - function: regex
+        regex_pattern: "([-+]?\\\\d+)"
+        group_select: 0
+        fallback: "[none]"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def lm_eval_samples(model_dir: Path, task_dir: Path, task: str = "bigbench_gk_local", batch_size: int = 16) -> dict[int, dict]:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=str(model_dir), device="cpu", batch_size=16, dtype="float32")
-    out = simple_evaluate(model=lm, tasks=["bigbench_gk_local"], log_samples=True,
+    lm = HFLM(pretrained=str(model_dir), device="cpu", batch_size=batch_size, dtype="float32")
+    out = simple_evaluate(model=lm, tasks=[task], log_samples=True,
                           task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
-    return {s["doc_id"]: s for s in out["samples"]["bigbench_gk_local"]}
+    return {s["doc_id"]: s for s in out["samples"][task]}
+
+
+def checkpoints(root: Path, sets) -> dict:
+    """{set: model directory}: the embedded SmolLM2 for dense, blockprune's exported checkpoints."""
+    out = {(): Path(models.resolve("smollm2-135m"))}
+    for key in sets:
+        api.export("smollm2-135m", key, root / f"exp-{'-'.join(map(str, key))}", device="cpu")
+        out[key] = root / f"exp-{'-'.join(map(str, key))}" / "hf"
+    return out
+
+
+def generate_parity(sets, out: Path, docs_n: int) -> int:
+    root = Path(tempfile.mkdtemp(prefix="bp-lmeval-gen-"))
+    raw = data.bigbench_task("arithmetic", "1_digit_addition")
+    docs = [{"q": ex["input"], "a": ex["target"]} for ex in raw["examples"][:docs_n]]
+    (root / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (root / "task.yaml").write_text(GEN_YAML.format(data=root / "docs.jsonl"))
+    start = time.perf_counter()
+    api.run_search(model="smollm2-135m", tasks=[f"lm-eval:{root / 'task.yaml'}"], out=root / "run", method="given",
+                   sets=sets, samples=None, device="cpu", progress=False, latency=False)
+    ours_s = time.perf_counter() - start
+    recs = {tuple(json.loads(line)["removed"]): json.loads(line) for line in (root / "run" / "results.jsonl").read_text().splitlines()
+            if json.loads(line).get("type") is None}
+    result = {"model": "smollm2-135m", "task": "BIG-bench arithmetic/1_digit_addition as a local lm-eval generate_until "
+              "task (greedy, until newline, max_gen_toks 8, regex filter, exact_match)", "docs": len(docs),
+              "blockprune_seconds_all_sets": round(ours_s, 1), "sets": {}}
+    for key, model_dir in checkpoints(root, sets).items():
+        t = time.perf_counter()
+        theirs = lm_eval_samples(model_dir, root, "bigbench_add_local", batch_size=1)
+        rec = recs[key]
+        ids = sorted(theirs)
+        text_same = sum(rec["generated"][i] == theirs[d]["resps"][0][0] for i, d in enumerate(ids))
+        metric_same = sum(rec["per_sample"]["exact_match"][i] == theirs[d]["exact_match"] for i, d in enumerate(ids))
+        result["sets"][",".join(map(str, key)) or "dense"] = {
+            "text_agree": f"{text_same}/{len(ids)}", "exact_match_agree": f"{metric_same}/{len(ids)}",
+            "exact_match_blockprune": float(np.mean(rec["per_sample"]["exact_match"])),
+            "exact_match_lm_eval": float(np.mean([theirs[d]["exact_match"] for d in ids])),
+            "lm_eval_seconds": round(time.perf_counter() - t, 1),
+            "examples": [{"q": docs[d]["q"], "blockprune": rec["generated"][i], "lm_eval": theirs[d]["resps"][0][0]}
+                         for i, d in enumerate(ids[:3])]}
+        print(key, result["sets"][",".join(map(str, key)) or "dense"], file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lmeval_gen_parity.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# lm-eval generate_until parity: {result['model']}, {result['task']} ({result['docs']} docs)", "",
+             f"blockprune decoded every set in one batch in {result['blockprune_seconds_all_sets']} s (search "
+             "`--method given`, dense included); lm-eval's HFLM ran `generate()` per checkpoint (batch size 1).", "",
+             "| removed | generated text agrees | exact_match agrees | exact_match (blockprune) | exact_match (lm-eval) |"
+             " lm-eval s |", "| --- | --- | --- | --- | --- | --- |"]
+    for k, v in result["sets"].items():
+        lines.append(f"| {k} | {v['text_agree']} | {v['exact_match_agree']} | {v['exact_match_blockprune']:.4f} | "
+                     f"{v['exact_match_lm_eval']:.4f} | {v['lm_eval_seconds']} |")
+    (out / "lmeval_gen_parity.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="17,18,19;4,13")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--generate", action="store_true", help="the generate_until parity instead")
+    ap.add_argument("--docs", type=int, default=40, help="--generate: how many arithmetic questions")
     args = ap.parse_args()
     sets = [tuple(int(b) for b in s.split(",")) for s in args.sets.split(";")]
+    if args.generate:
+        return generate_parity(sets, Path(args.out), args.docs)
     root = Path(tempfile.mkdtemp(prefix="bp-lmeval-"))
     rows = _bigbench_rows(data.bigbench_task("general_knowledge", None), "general_knowledge")
     docs = [{"question": r["context"], "choices": [c.strip() for c in r["choices"]], "answer": r["label"]} for r in rows]

@@ -94,8 +94,26 @@ def recommendations(groups: dict[int, list[dict]], tolerance: float) -> dict:
         out[level] = {"k": len(pick["removed"]), "removed": pick["removed"], "mean_drop": pick["mean_drop"],
                       "std_drop": pick["std_drop"], "ci95": pick["ci95"], "upper95": pick["upper95"],
                       "upper80": pick["upper80"], "drops": pick["drops"], "task_ci95": pick["task_ci95"],
+                      "se": pick.get("se"), "task_se": pick.get("task_se", {}),
                       "metric_drops": pick.get("metric_drops", {}), "rule": rule}
     return out
+
+
+def held_out_verdict(level: str, held: dict, t: float) -> dict:
+    """Does the held-out check confirm a `level` recommendation? `held`: the set's drops on the
+    held-out samples with their own intervals (ci95, upper95, upper80, task_ci95). 'confirmed': the
+    level's rule holds there; 'contradicted': a task's held-out drop, or the mean's, is
+    significantly above the tolerance; 'undecided': neither (too few held-out samples to say)."""
+    if qualifies(held, level, t):
+        return {"verdict": "confirmed"}
+    above = sorted(name for name, (lo, _) in held["task_ci95"].items() if lo > t)
+    if above or held["ci95"][0] > t:
+        return {"verdict": "contradicted", "tasks_above": above, "mean_above": held["ci95"][0] > t}
+    if level == "conservative":
+        open_tasks = sorted(name for name, (_, hi) in held["task_ci95"].items() if hi > t)
+        return {"verdict": "undecided", "tasks_open": open_tasks, "bound": max(held["ci95"][1], *(
+            held["task_ci95"][n][1] for n in open_tasks)) if open_tasks else held["ci95"][1]}
+    return {"verdict": "undecided", "tasks_open": [], "bound": held["upper95" if level == "balanced" else "upper80"]}
 
 
 def task_verdict(lo: float, hi: float, t: float) -> str:

@@ -114,6 +114,7 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
         c["ci95"] = list(stats.interval(reps[i]))
         c["upper95"] = stats.upper(reps[i], 0.95)
         c["upper80"] = stats.upper(reps[i], 0.80)
+        c["se"] = float(np.std(reps[i], ddof=1)) if replicates > 1 else 0.0
         c["task_ci95"] = {t: list(stats.interval(task_reps[t][i])) for t in names}
         c["task_se"] = {t: float(np.std(task_reps[t][i], ddof=1)) for t in names}
     eliminated = _partial(store, tasks, rank_by, replicates)

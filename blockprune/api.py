@@ -12,8 +12,8 @@ from typing import Sequence
 from . import advice, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
-from .store import RUN_FILE, Store, StoreError, refuse_changed_content
-from .tasks import absolute_spec, get_kind, load_task
+from .store import RUN_FILE, Store, StoreError, refuse_changed_content, refuse_other_settings, stored_settings
+from .tasks import absolute_spec, load_task
 
 
 @dataclass
@@ -77,9 +77,6 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         check_tokens(t, bm)
         if hasattr(t, "check_positions"):  # a generative prompt plus its token limit
             t.check_positions(bm.max_positions)
-        if s.clustered and get_kind(t.kind).generates:
-            raise search.SearchError(f"{t.name}: generative tasks are not yet decoded on Ray workers: drop "
-                                     "--workers/--ray-address for this run")
         if s.held_out and t.n >= t.available:  # refused now, not after the whole search
             raise search.SearchError(f"--held-out: {t.name} has {t.available} samples and the search uses all of them, "
                                      "so none is left to hold out; lower --samples (or SPEC#N), or drop --held-out")
@@ -87,6 +84,10 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         ranking = scores.resolve_rank_by(s.rank_by, {t.name: t.kind for t in loaded})
     except scores.ScoreError as exc:
         raise search.SearchError(str(exc)) from None
+    stored = stored_settings(out)
+    if stored is not None:  # another run's directory: said before the healing's dense pass, not after
+        early = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
+        refuse_other_settings(Path(out), stored, early, skip=("heal",))
     healing = fit_healing(s, bm, loaded)  # before anything is written: a bad calibration is one line
     settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
                                      calibration=healing.calibration_windows if healing else None))

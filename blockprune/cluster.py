@@ -4,7 +4,9 @@
 that split the cores between them); `--ray-address ADDR` joins a running cluster (`ray start
 --head` on one machine, `ray start --address=HEAD:6379` on the others) and starts one worker per
 GPU of the cluster, or per machine on CPU clusters. Each worker is a Ray actor that loads the
-model on its own device and runs the same engine as one process does.
+model on its own device and runs the same engine as one process does; a generative task's
+samples are decoded there too (its prompts, stop strings and limits travel as a
+`gen_task.Decoder`; the dense continuation is decoded once, by the driver).
 
 The driver (this process) keeps the search: it cuts each step into work units (blockprune.shard),
 hands a worker one unit at a time (its own samples' units first, then the biggest left over), and
@@ -28,7 +30,7 @@ import numpy as np
 
 from . import shard
 from .engine import Engine, Scores, Work
-from .kinds import needs_dense
+from .kinds import generates, needs_dense
 
 
 class ClusterError(Exception):
@@ -93,9 +95,10 @@ class _Worker:
             torch.set_num_threads(threads)
         self.index = index
         self.tokens = 0
-        self.tasks: dict[str, tuple[list, str]] = {}
+        self.tasks: dict[str, tuple[list, bool, object]] = {}  # name -> (requests, needs KL, Decoder or None)
         bm = models.load(model, device=device, dtype=DTYPES[dtype])
         self.engine = Engine(bm, budget_bytes=budget)
+        self.tokenizer = bm.tokenizer
         self.about = {"worker": index, "host": socket.gethostname(), "pid": os.getpid(), "device": str(bm.device),
                       "threads": torch.get_num_threads(), "num_blocks": bm.num_blocks}
 
@@ -120,16 +123,19 @@ class _Worker:
             self.engine.cache.retain(np.zeros((0, self.engine.model.num_blocks), dtype=np.int16))
         return self.engine.score(probe, keep).logprob[0].tolist()
 
-    def score(self, task: str, req_ids: list[int], masks: np.ndarray) -> dict:
-        requests, dense = self.tasks[task]
+    def score(self, task: str, req_ids: list[int], masks: np.ndarray, samples: list[int] | None = None) -> dict:
+        """Score the requests under every set of `masks`; a generative task's `samples` are also
+        decoded under every set (blockprune.decode), as the driver's LocalRunner does."""
+        requests, dense, decoder = self.tasks[task]
         start = time.perf_counter()
 
         def count(n: int) -> None:
             self.tokens += n
 
         res = self.engine.score([requests[r] for r in req_ids], masks, progress=count, kl=dense)
+        generated = None if decoder is None else (samples, decoder.generate(self.engine, self.tokenizer, masks, samples))
         return {"logprob": res.logprob, "greedy": res.greedy, "kl": res.kl, "work": res.work.__dict__,
-                "seconds": time.perf_counter() - start, "worker": self.index}
+                "seconds": time.perf_counter() - start, "worker": self.index, "generated": generated}
 
     def retain(self, masks: np.ndarray) -> None:
         self.engine.retain(masks)
@@ -233,7 +239,10 @@ class Pool:
             if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
                 raise ClusterError(f"worker {info['worker']} on {info['host']} scores differently from this process "
                                    f"(dense log-prob {got[0]:.4f} vs {want[0]:.4f}): not the same model or weights")
-        payload = ray.put({t.name: (t.requests, needs_dense(t)) for t in tasks})
+        for t in tasks:  # a generative task's dense continuation is decoded here, once, and shipped as requests
+            if generates(t):
+                t.prepare(engine)
+        payload = ray.put({t.name: (t.requests, needs_dense(t), t.decoder() if generates(t) else None) for t in tasks})
         ray.get([a.add_tasks.remote(payload) for a in self.actors])
         if engine.heal is not None:  # the driver's statistics (one dense pass), not one fit per worker
             h = engine.heal
@@ -276,7 +285,11 @@ class Pool:
                     break
                 unit = self._pick(w, pending)
                 task = unit.task
-                ref = self.actors[w].score.remote(task.name, unit.req_ids, shard.masks_of(unit.sets, self.engine.model.num_blocks))
+                samples = None
+                if generates(task):  # the unit's samples decoded under every set, as LocalRunner does
+                    samples = list(range(task.n)) if unit.samples is None else sorted(int(s) for s in unit.samples)
+                ref = self.actors[w].score.remote(task.name, unit.req_ids,
+                                                  shard.masks_of(unit.sets, self.engine.model.num_blocks), samples)
                 inflight[ref] = (unit, w)
                 busy.add(w)
                 if self.kill_hook is not None:
@@ -306,7 +319,7 @@ class Pool:
                 stat["block_tokens"] += work.block_tokens
                 stat["busy_seconds"] += out["seconds"]
                 unit.meta = {"seconds": round(out["seconds"], 3), "worker": w, **({"retried": unit.tries} if unit.tries else {})}
-                yield unit, Scores(out["logprob"], out["greedy"], work, out["kl"])
+                yield unit, Scores(out["logprob"], out["greedy"], work, out["kl"], out.get("generated"))
 
     def _poll(self, progress: Callable[[int], None]) -> None:
         """Add what every worker scored since the last poll to the cluster's bar."""

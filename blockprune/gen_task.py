@@ -2,7 +2,8 @@
 
 `gen:jsonl:PATH` rows are `{"prompt": str, "answers": [str, ...]}` with optional `"max_new_tokens"`
 (default 32) and `"until"` (stop strings; default: EOS only). `gen:bigbench:<task>` takes a
-BIG-bench task's generative examples (`target`). Every candidate decodes every prompt greedily in
+BIG-bench task's generative examples (`target`), stopped at a newline and at its longest answer's
+tokens plus BIGBENCH_SLACK (a short-answer task then decodes a few tokens, not 32). Every candidate decodes every prompt greedily in
 one batch (blockprune.decode); the output is cut at the first stop string (excluded), and scored by
 exact match after normalisation (case, surrounding whitespace and punctuation, English articles:
 SQuAD's rule) and by token F1, each the best over the answers.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +29,7 @@ from .kinds import Task, TaskError, kind_of_task, leading_specials
 from .request import Request
 
 DEFAULT_MAX_NEW = 32
+BIGBENCH_SLACK = 8  # gen:bigbench's token limit: the longest answer's tokens plus this (at most 32)
 MAX_NEW_LIMIT = 1024  # more is refused: one sample would decode for minutes
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -62,6 +65,30 @@ def cut_at_stop(text: str, until: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the first stop string (excluded), and whether one occurred."""
     cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A generative task's prompts, stop strings, token limits and EOS: greedy decoding of its
+    samples under every candidate of `keep` (blockprune.decode), here or on a Ray worker."""
+
+    prompts: list
+    until: list
+    max_new: list
+    eos: list
+
+    def generate(self, engine, tokenizer, keep: np.ndarray, samples) -> list[list[list[int]]]:
+        samples = list(samples)
+        prompts = [self.prompts[s] for s in samples]
+        until = [self.until[s] for s in samples]
+
+        def stop(c, i, toks):
+            if not until[i]:
+                return False
+            tail = tokenizer.decode(toks[-16:], skip_special_tokens=True)
+            return any(u in tail for u in until[i]) or cut_at_stop(tokenizer.decode(toks), until[i])[1]
+
+        return engine.generate(prompts, keep, [self.max_new[s] for s in samples], eos=self.eos, stop=stop).tokens
 
 
 @kind_of_task("generate")
@@ -141,19 +168,13 @@ class GenerationTask(Task):
         out = self.tokenizer.decode(list(tokens), skip_special_tokens=True)
         return cut_at_stop(out, self.until[sample])[0]
 
+    def decoder(self) -> "Decoder":
+        """What decoding needs, without the tokenizer (a Ray worker has its own)."""
+        return Decoder(self.prompts, self.until, self.max_new, self.eos)
+
     def generate(self, engine, keep: np.ndarray, samples) -> list[list[list[int]]]:
         """[candidate][i] -> tokens of samples[i] (stop strings and EOS end a row early)."""
-        samples = list(samples)
-        prompts = [self.prompts[s] for s in samples]
-        until = [self.until[s] for s in samples]
-
-        def stop(c, i, toks):
-            if not until[i]:
-                return False
-            tail = self.tokenizer.decode(toks[-16:], skip_special_tokens=True)
-            return any(u in tail for u in until[i]) or cut_at_stop(self.tokenizer.decode(toks), until[i])[1]
-
-        return engine.generate(prompts, keep, [self.max_new[s] for s in samples], eos=self.eos, stop=stop).tokens
+        return self.decoder().generate(engine, self.tokenizer, keep, samples)
 
     # ---- scores ---------------------------------------------------------------------------
     def per_sample(self, logprob, greedy, kl=None, generated=None):
@@ -213,6 +234,8 @@ def load_gen(spec, load) -> Task:
         for r in rows:
             r["prompt"] = r["prompt"].rstrip()
             r.setdefault("until", ["\n"])
+            longest = max(len(load.tokenizer(str(a), add_special_tokens=False).input_ids) for a in r["answers"])
+            r.setdefault("max_new_tokens", min(DEFAULT_MAX_NEW, longest + BIGBENCH_SLACK))
         where = [f"example {i}" for i in range(len(rows))]
         name = "gen_" + rest.replace("/", "_")
     else:

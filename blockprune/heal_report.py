@@ -146,7 +146,7 @@ def _drop(c: dict | None) -> str:
 
 
 def finding_line(f: dict, T: dict) -> str:
-    words = {"K": f["healed_k"], "J": f["plain_k"], "t": pct(f["tolerance"]),
+    words = {"K": f["healed_k"], "Ks": "" if f["healed_k"] == 1 else "s", "J": f["plain_k"], "t": pct(f["tolerance"]),
              "healed": fmt_set(f["healed"]) if f["healed_k"] else "—", "plain": fmt_set(f["plain"]) if f["plain_k"] else "—"}
     if f["more"]:
         return T["heal_more"].format(**words)

@@ -6,9 +6,11 @@ rewrites the report around this.)
 A recommendation chosen as the best of many sets on one sample subset is optimistic on that
 subset (the winner's curse). This re-scores the run's recommended sets and the dense model on
 samples of each task that the search never used (the run's sample ids are excluded; the rest are
-drawn with their own seeded order), computes their drops with the same ranking scores, and
-writes `validation.json`; the report then shows the held-out drops beside the search's and flags
-a recommendation whose held-out drop leaves the search's 95% interval.
+drawn with their own seeded order), computes their drops with the same ranking scores and their own paired-bootstrap intervals, and
+writes `validation.json`. The report then asks two questions of each recommendation: does its rule
+hold on the held-out samples (confirmed, contradicted, or undecided: advice.held_out_verdict), and
+does a held-out drop differ from the search's by more than the two samples' noise allows (the
+search's samples were lucky or unlucky: stats.shift)?
 
 Perplexity and KL tasks (whose text's perplexity is kept) are also checked outside the engine: the blocks are deleted from a copy of the
 model (`models.remove_blocks`, as the export does) and each held-out window runs through plain
@@ -124,7 +126,11 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
     for i, s in enumerate(keys):
         masks[i, list(s)] = False
     out = {"tolerance": tolerance, "seed": settings["seed"], "tasks": {}, "dense": {}, "sets": {}}
-    per_set = {k: {"removed": list(k), "drops": {}, "metric_drops": {}, "values": {}} for k in sets}
+    per_set = {k: {"removed": list(k), "drops": {}, "metric_drops": {}, "values": {}, "task_ci95": {}, "task_se": {}}
+               for k in sets}
+    rng = np.random.default_rng(settings["seed"])
+    replicates = a.get("replicates", stats.DEFAULT_REPLICATES)
+    task_reps: dict[tuple, list[np.ndarray]] = {k: [] for k in sets}
     for name, info in settings["tasks"].items():
         spec = str(parse_spec(info["spec"]).without_count())  # without its #N (still escaped)
         n = samples or info["n"]
@@ -158,6 +164,14 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
             per_set[k]["drops"][name] = drop[score]
             per_set[k]["metric_drops"][name] = drop[metric]
             per_set[k]["values"][name] = float(values[i])
+        # the held-out drops' own paired bootstrap, as the search's (stats.bootstrap)
+        num, den = arrays[score]
+        reps = stats.drop_replicates(score, (num[0], den[0]), (num[1:], den[1:]),
+                                     stats.resample_counts(task.n, replicates, rng))
+        for i, k in enumerate(sets):
+            per_set[k]["task_ci95"][name] = list(stats.interval(reps[i]))
+            per_set[k]["task_se"][name] = float(np.std(reps[i], ddof=1))
+            task_reps[k].append(reps[i])
         if plain_check and get_kind(task.kind).text_windows:
             windows = [r.tokens for r in task.requests]
             start = task.requests[0].score_from
@@ -170,6 +184,9 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
         out["unseen_text"] = unseen_text(bm, sets, healing, settings, cal)
     for k in sets:
         per_set[k]["mean_drop"] = float(np.mean(list(per_set[k]["drops"].values())))
+        mean_reps = np.mean(task_reps[k], axis=0)
+        per_set[k].update(ci95=list(stats.interval(mean_reps)), se=float(np.std(mean_reps, ddof=1)),
+                          upper95=stats.upper(mean_reps, 0.95), upper80=stats.upper(mean_reps, 0.80))
         out["sets"][_set_key(k)] = per_set[k]
     atomic_write_json(directory / VALIDATION_FILE, out)
     return out

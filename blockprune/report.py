@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import advice, gen_report, heal_report, latency_report, report_text, stats
+from .heldout_report import held_out_flags, held_out_verdicts, validation_lines  # noqa: F401
 from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .outputs import VALIDATION_FILE
@@ -136,58 +137,6 @@ def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
         if items and d["verdict"] == "undecided":
             L += [T["cannot"].format(set=fmt_set(d["removed"]), t=pct(t), items="; ".join(items)), ""]
     return L
-
-
-def validation_lines(recs: dict, validation: dict | None, T: dict, out: Path) -> list[str]:
-    L = [f"### {T['held']}", ""]
-    if not validation:
-        return L + [T["held_none"].format(out=out), ""]
-    where = ", ".join(f"{t}: {v['n']}" for t, v in validation["tasks"].items())
-    L += [T["held_text"].format(where=where), "",
-          f"| {T['lat_level']} | removed | {T['mean']} ({T['held_search']}) | {T['mean']} ({T['held_out']}) | "
-          + " | ".join(validation["tasks"]) + " |", "|" + " --- |" * (4 + len(validation["tasks"]))]
-    for level in advice.LEVELS:
-        r = recs[level]
-        if not r["k"]:
-            continue
-        v = validation["sets"].get(",".join(map(str, r["removed"])))
-        if v is None:
-            L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {pct(r['mean_drop'])} | {T['lat_none']} |"
-                     + " |" * len(validation["tasks"]))
-            continue
-        flag = lambda x, lo, hi: " ⚠" if not lo <= x <= hi else ""  # noqa: E731
-        cells = [f"{pct(r['drops'][t])} → {pct(v['drops'][t])}{flag(v['drops'][t], *r['task_ci95'][t])}"
-                 for t in validation["tasks"]]
-        L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {pct(r['mean_drop'])} ({pct(r['ci95'][0])} – "
-                 f"{pct(r['ci95'][1])}) | {pct(v['mean_drop'])}{flag(v['mean_drop'], *r['ci95'])} | " + " | ".join(cells) + " |")
-    flags = held_out_flags(recs, validation)
-    L += ["", T["held_flag"] + ": " + ", ".join(flags) + "." if flags else T["held_ok"] + ".", ""]
-    if "unseen_text" in validation or any("unhealed_perplexity" in v for v in validation["sets"].values()):
-        return L + heal_report.heldout_lines(validation, T) + [""]  # a healed run's sets, healed and not
-    for key, v in validation["sets"].items():
-        for task, ppl in v.get("plain_perplexity", {}).items():
-            dense = validation["dense"][task]["plain_perplexity"]
-            L.append("- " + T["held_plain"].format(set=fmt_set(v["removed"]), task=task, dense=f"{dense:.2f}",
-                                                   ppl=f"{ppl:.2f}", rise=pct(ppl / dense - 1), n=validation["tasks"][task]["n"]))
-    return L + [""]
-
-
-def held_out_flags(recs: dict, validation: dict | None) -> list[str]:
-    """Recommendations whose held-out mean or task drop leaves the search's 95% interval, as
-    `level (worse)` when a held-out drop is above its interval (the advice was optimistic), else
-    `level (better)`."""
-    out = []
-    for level in advice.LEVELS:
-        r = recs[level]
-        v = (validation or {}).get("sets", {}).get(",".join(map(str, r["removed"]))) if r["k"] else None
-        if v is None:
-            continue
-        pairs = [(v["mean_drop"], r["ci95"])] + [(v["drops"][t], r["task_ci95"][t]) for t in v["drops"] if t in r["task_ci95"]]
-        if any(d > hi for d, (lo, hi) in pairs):
-            out.append(f"{level} (worse)")
-        elif any(d < lo for d, (lo, hi) in pairs):
-            out.append(f"{level} (better)")
-    return out
 
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
@@ -450,7 +399,8 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     best = {k: {"best": cs[0], "top5": cs[:5]} for k, cs in groups.items()}
     rec_json = {"model": a["model"], "tolerance": tolerance, "rank_by": a["rank_by"], "independent_best": best,
                 "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
-                **({"held_out": {"flagged": held_out_flags(recs, validation), "sets": validation["sets"],
+                **({"held_out": {"flagged": held_out_flags(recs, validation),
+                                 "verdicts": held_out_verdicts(recs, validation), "sets": validation["sets"],
                                  "tasks": validation["tasks"]}} if validation else {}),
                 **({"healing": heal} if heal else {})}
     # Everything is written into a temporary folder of ours first (plots and files, in full), then

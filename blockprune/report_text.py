@@ -63,12 +63,23 @@ TEXT = {
         "need_inf": "sits on the tolerance: no sample size decides it",
         "cannot": "The samples cannot decide whether {set} is within {t}: {items}.",
         "held": "Held-out check", "held_text": ("The recommended sets and the dense model re-scored on samples of each task "
-                                                 "that the search did not use ({where}). ⚠ marks a drop outside the "
-                                                 "search's 95% interval."),
+                                                 "that the search did not use ({where}): search → held-out drop, the "
+                                                 "held-out one with its own paired-bootstrap 95% interval. A "
+                                                 "recommendation is confirmed when its rule holds on the held-out "
+                                                 "samples."),
         "held_none": "Not run yet: `blockprune validate {out}` re-scores the recommendations on unused samples.",
         "held_search": "search", "held_out": "held-out",
-        "held_flag": "⚠ a held-out drop leaves the search's interval (worse: above it, the advice was optimistic; better: below it)",
-        "held_ok": "the held-out drops stay inside the search's intervals",
+        "held_v_confirmed": "confirmed", "held_v_contradicted": "contradicted", "held_v_undecided": "undecided",
+        "held_v_unknown": "not checked",
+        "held_confirmed": "its rule ({rule}) holds on the held-out samples.",
+        "held_contradicted": "on the held-out samples, {what}: significantly above the tolerance {t}.",
+        "held_undecided": ("the held-out samples are too few to confirm it ({what}: not yet within {t}); "
+                           "`blockprune validate {out} --samples N` re-checks on more."),
+        "held_unknown": "this validation.json predates the held-out intervals: rerun `blockprune validate {out}`.",
+        "held_above": "above", "held_below": "below",
+        "held_shift": ("⚠ above / below: the held-out drop differs from the search's by more than the noise of both "
+                       "samples allows (more than 1.96 standard errors of the difference of two independent "
+                       "estimates); above: the search's samples were easy for this set, its figures optimistic."),
         "held_plain": ("{set}: {task} perplexity {dense} → {ppl} ({rise}) on {n} held-out windows, measured by plain "
                        "transformers with the blocks deleted"),
         "notes": "Notes", "warning": "Warning",
@@ -98,7 +109,8 @@ TEXT = {
         "heal_tag": "healed",
         "gen_faster": ("Generation falls faster than multiple choice: removing {set} (k = {k}), {task} drops {drop:.1%} "
                        "(95% interval {lo:.1%} – {hi:.1%}) while the worst multiple-choice task, {mc}, drops {mc_drop:.1%} "
-                       "(at most {mc_hi:.1%}); so at k = {ks}. Multiple choice alone would overstate what survives."),
+                       "(at most {mc_hi:.1%}); generation falls significantly faster at k = {ks}. Multiple choice alone would "
+                       "overstate what survives."),
         "gen_not_faster": ("Generation does not fall significantly faster than multiple choice for the best sets of any k "
                            "(the generative drop's interval reaches the multiple-choice one)."),
         "gen_samples": "What the pruned models say",
@@ -128,9 +140,9 @@ TEXT = {
         "heal_plain_samples": "`{out}/plain` is not compared: its tasks score other samples than this run's.",
         "heal_plain_empty": "`{out}/plain` is not compared: no candidate of it is scored on every task yet.",
         "heal_plain_bad": "`{out}/plain` is not compared: {why}",
-        "heal_more": ("Healing removes {K} blocks within the tolerance {t} where plain deletion removes {J} (balanced "
+        "heal_more": ("Healing removes {K} block{Ks} within the tolerance {t} where plain deletion removes {J} (balanced "
                       "advice: healed {healed}, plain {plain})."),
-        "heal_not_more": ("Healing removes {K} blocks within the tolerance {t}, plain deletion {J} (balanced advice: healed "
+        "heal_not_more": ("Healing removes {K} block{Ks} within the tolerance {t}, plain deletion {J} (balanced advice: healed "
                           "{healed}, plain {plain}): healing does not remove more here, because {why}."),
         "heal_bind_guard": ("at k = {k} the best healed set {set} fails the per-task guard: {task}'s drop is {d} (95% lower "
                             "bound {lo}, above {t})"),
@@ -188,11 +200,19 @@ TEXT = {
         "need": "约需 {m} 个样本（现有 {n}{avail}）", "need_avail": "，可用 {a}",
         "need_inf": "恰在容差上：任何样本量都无法判定",
         "cannot": "样本无法判定 {set} 是否在 {t} 之内：{items}。",
-        "held": "留出样本检验", "held_text": "用搜索未使用的各任务样本重新评估推荐组合与完整模型（{where}）。⚠ 表示下降超出搜索的 95% 区间。",
+        "held": "留出样本检验", "held_text": ("用搜索未使用的各任务样本重新评估推荐组合与完整模型（{where}）：搜索 → 留出下降，"
+                                           "留出值附其自身的配对 bootstrap 95% 区间。推荐的规则在留出样本上成立即为确认。"),
         "held_none": "尚未运行：`blockprune validate {out}` 会在未使用的样本上重新评估推荐组合。",
         "held_search": "搜索", "held_out": "留出",
-        "held_flag": "⚠ 留出样本上的下降超出搜索的区间（worse：高于区间，建议偏乐观；better：低于区间）",
-        "held_ok": "留出样本上的下降均在搜索的区间之内",
+        "held_v_confirmed": "确认", "held_v_contradicted": "被否定", "held_v_undecided": "无法判定",
+        "held_v_unknown": "未检验",
+        "held_confirmed": "其规则（{rule}）在留出样本上成立。",
+        "held_contradicted": "在留出样本上，{what}：显著高于容差 {t}。",
+        "held_undecided": "留出样本太少，无法确认（{what}：尚未确定在 {t} 之内）；`blockprune validate {out} --samples N` 可用更多样本复查。",
+        "held_unknown": "该 validation.json 早于留出区间的引入：请重新运行 `blockprune validate {out}`。",
+        "held_above": "偏高", "held_below": "偏低",
+        "held_shift": ("⚠ 偏高 / 偏低：留出下降与搜索下降之差超出两组样本噪声所允许的范围（超过两个独立估计之差的 1.96 "
+                       "个标准误）；偏高表示搜索样本对该组合偏容易，其数字偏乐观。"),
         "held_plain": "{set}：{task} 困惑度 {dense} → {ppl}（{rise}），{n} 个留出窗口，用删除 block 后的普通 transformers 测得",
         "notes": "说明", "warning": "警告",
         "findings": "关键发现", "blocks": "单个 Block 移除",

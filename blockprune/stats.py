@@ -86,6 +86,21 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
     return {"difference": float(np.mean(diff)), "ci95": [lo, hi], "p_value": p, "significant": lo > 0}
 
 
+def shift(search: float, search_se: float, held: float, held_se: float, z: float = Z95) -> str | None:
+    """'above' / 'below' when a held-out estimate differs from the search's by more than z standard
+    errors of the difference of two independent estimates (disjoint samples: the variances add);
+    None when the two agree within their noise."""
+    se = math.sqrt(search_se ** 2 + held_se ** 2)
+    if not np.isfinite(se):
+        return None
+    diff = held - search
+    if diff > z * se:
+        return "above"
+    if diff < -z * se:
+        return "below"
+    return None
+
+
 def samples_needed(n: int, se: float, drop: float, tolerance: float, z: float = Z95) -> int | None:
     """Samples that would put a 95% interval of half-width z*se*sqrt(n/m) clear of the tolerance;
     None when the drop sits on the tolerance (no finite sample size decides it)."""

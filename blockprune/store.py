@@ -70,6 +70,23 @@ def _kill_point(n: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+
+def refuse_other_settings(directory: Path, stored: dict, settings: dict, skip=()) -> None:
+    """One line when the run in `directory` was made with other settings (`skip`: keys not compared)."""
+    diff = sorted(k for k in set(stored) | set(settings) if k not in skip and stored.get(k) != settings.get(k))
+    if diff:
+        raise StoreError(f"{directory} holds a run with different settings ({', '.join(diff)}); "
+                         "rerun with the same settings to resume, or use a new --out directory")
+
+
+def stored_settings(directory: Path) -> dict | None:
+    """The settings of the run in `directory` (None: no readable run.json)."""
+    try:
+        stored = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
 class StoreError(Exception):
     """A run directory that cannot be used (corrupt, or created with other settings)."""
 
@@ -255,12 +272,7 @@ class Store:
                 raise StoreError(f"{run_file} is corrupt; use a new --out directory") from None
             if not isinstance(stored, dict):
                 raise StoreError(f"{run_file} is corrupt; use a new --out directory")
-            diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            if diff:
-                raise StoreError(
-                    f"{self.dir} holds a run with different settings ({', '.join(diff)}); "
-                    "rerun with the same settings to resume, or use a new --out directory"
-                )
+            refuse_other_settings(self.dir, stored, settings)
             if content is not None:
                 info = self.run_info
                 refuse_changed_content(self.dir, info.get("content"), content, "resume")

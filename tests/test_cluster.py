@@ -126,6 +126,26 @@ def test_a_healed_search_on_two_workers_stores_what_one_process_stores(ray_clust
     assert plain.result.steps == one.result.steps
 
 
+def test_a_generative_search_on_two_workers_stores_what_one_process_stores(ray_cluster, tiny_dir, jsonl_tasks, tmp_path):
+    """Generative samples are decoded on the workers: the same records and texts as one process."""
+    rows = [{"prompt": f"Count: {i}, {i + 1},", "answers": [f" {i + 2}"], "max_new_tokens": 3 + i % 4, "until": [","]}
+            for i in range(6)]
+    gen = tmp_path / "g.jsonl"
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(model=str(tiny_dir), tasks=[f"gen:jsonl:{gen}", f"jsonl:{jsonl_tasks / 'mc.jsonl'}"], method="beam",
+              beam_width=2, max_remove=2, samples=None, device="cpu", progress=False, latency=False)
+    one = api.run_search(out=tmp_path / "one", **kw)
+    two = api.run_search(out=tmp_path / "two", workers=2, ray_address=ray_cluster, **kw)
+    assert two.result.steps == one.result.steps
+    a, b = whole(tmp_path / "two"), whole(tmp_path / "one")
+    same_scores(a, b)
+    texts = {key: r["generated"] for key, r in a.items() if key[1] == "gen_g"}
+    assert len(texts) > 3 and all(len(t) == len(rows) for t in texts.values())
+    assert texts == {key: r["generated"] for key, r in b.items() if key[1] == "gen_g"}
+    work = [r for r in lines(tmp_path / "two") if r.get("type") == "work"]
+    assert {r["worker"] for r in work} == {0, 1}
+
+
 def test_a_worker_killed_mid_run_loses_nothing(ray_cluster, single, tiny_dir, jsonl_tasks, tmp_path, monkeypatch):
     one, res_one = single
     handed = []

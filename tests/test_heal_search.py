@@ -111,6 +111,20 @@ def test_validate_refits_the_same_healing(healed_run, tmp_path):
 
 
 # ---- bad input: one line, nothing written -------------------------------------------------------
+def test_another_runs_directory_is_refused_before_the_healing_is_fitted(healed_run, tiny_dir, jsonl_tasks, tmp_path,
+                                                                       capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(healed_run, run)
+    before = snapshot(run)
+    fitted = []
+    monkeypatch.setattr(api, "fit_healing", lambda *a, **k: fitted.append(1))
+    args = healed_args(tiny_dir, jsonl_tasks, run)
+    args[args.index("2;2,3;0,1")] = "2;1,3"  # other sets: another search
+    assert cli.main(args) == 2
+    one_error(capsys, "different settings", "sets")
+    assert fitted == [] and snapshot(run) == before
+
+
 def test_unknown_healing_method_is_one_line(tiny_dir, jsonl_tasks, tmp_path, capsys, no_model_load):
     out = tmp_path / "run"
     args = healed_args(tiny_dir, jsonl_tasks, out)

@@ -154,17 +154,57 @@ def test_one_task_run_says_std_is_undefined(tmp_path):
     assert "Only one task" in (tmp_path / "REPORT.md").read_text()
 
 
-def test_held_out_flags_by_hand():
-    rec = {"k": 1, "removed": [3], "ci95": [0.01, 0.05], "task_ci95": {"a": [0.0, 0.06], "b": [0.02, 0.04]}}
+def test_held_out_verdicts_by_hand():
+    # the search: [3] at 3% [1% - 5%] on the mean, task a 5% [0% - 6%] (se 1.5%), b 3% [2% - 4%]
+    rec = {"k": 1, "removed": [3], "mean_drop": 0.03, "ci95": [0.01, 0.05], "se": 0.01, "drops": {"a": 0.05, "b": 0.03},
+           "task_ci95": {"a": [0.0, 0.06], "b": [0.02, 0.04]}, "task_se": {"a": 0.015, "b": 0.005},
+           "rule": "r"}
     none = {"k": 0, "removed": []}
-    recs = {"conservative": none, "balanced": rec, "aggressive": rec}
-    inside = {"sets": {"3": {"mean_drop": 0.03, "drops": {"a": 0.05, "b": 0.03}}}}
-    assert report.held_out_flags(recs, inside) == []
-    worse_task = {"sets": {"3": {"mean_drop": 0.03, "drops": {"a": 0.07, "b": 0.03}}}}  # a above its 6%
-    assert report.held_out_flags(recs, worse_task) == ["balanced (worse)", "aggressive (worse)"]
-    better = {"sets": {"3": {"mean_drop": 0.005, "drops": {"a": 0.01, "b": 0.03}}}}  # mean below its 1%
-    assert report.held_out_flags(recs, better) == ["balanced (better)", "aggressive (better)"]
+    recs = {"tolerance": 0.10, "conservative": rec, "balanced": rec, "aggressive": rec}
+
+    def held(mean, ci, up95, up80, a, a_ci, b=0.03, b_ci=(0.02, 0.04), se=0.01, a_se=0.015):
+        return {"sets": {"3": {"mean_drop": mean, "ci95": list(ci), "se": se, "upper95": up95, "upper80": up80,
+                               "drops": {"a": a, "b": b}, "task_ci95": {"a": list(a_ci), "b": list(b_ci)},
+                               "task_se": {"a": a_se, "b": 0.005}}}}
+
+    # a at 7%: outside the search's 0% - 6%, which the old rule flagged; but 7% - 5% = 2% is within
+    # 1.96 * sqrt(1.5%^2 + 1.5%^2) = 4.2%, and every rule still holds held-out: confirmed, no shift
+    agree = held(0.05, (0.03, 0.07), 0.068, 0.06, 0.07, (0.04, 0.095))
+    v = report.held_out_verdicts(recs, agree)
+    assert {lv: x["verdict"] for lv, x in v.items()} == {lv: "confirmed" for lv in ("conservative", "balanced", "aggressive")}
+    assert all(x["shifted"] == {} for x in v.values()) and report.held_out_flags(recs, agree) == []
+    # a at 15% [12% - 18%]: significantly above 10% (contradicted), and 10 points above the search's
+    # 5% (> 1.96 * sqrt(1.5%^2 + 1.5%^2)): shifted above; the mean 9% - 3% = 6% > 1.96 * sqrt(2) * 1%
+    worse = held(0.09, (0.07, 0.11), 0.105, 0.10, 0.15, (0.12, 0.18))
+    v = report.held_out_verdicts(recs, worse)
+    assert v["balanced"] == {"verdict": "contradicted", "tasks_above": ["a"], "mean_above": False,
+                             "shifted": {"a": "above", "mean": "above"}}
+    assert report.held_out_flags(recs, worse) == ["conservative (contradicted)", "balanced (contradicted)",
+                                                  "aggressive (contradicted)"]
+    # a at 9% [6% - 12%]: not significantly above 10%, not within it: conservative undecided;
+    # balanced's mean bound 8% <= 10% and aggressive's 7%: both confirmed
+    open_ = held(0.06, (0.04, 0.085), 0.08, 0.07, 0.09, (0.06, 0.12))
+    v = report.held_out_verdicts(recs, open_)
+    assert v["conservative"]["verdict"] == "undecided" and v["conservative"]["tasks_open"] == ["a"]
+    assert v["balanced"]["verdict"] == v["aggressive"]["verdict"] == "confirmed"
+    # the mean's 95% bound 11% > 10%: balanced undecided, aggressive's 80% bound 9.5% confirmed
+    wide = held(0.07, (0.03, 0.12), 0.11, 0.095, 0.05, (0.02, 0.09), se=0.025)  # 4% < 1.96 * 2.7%: no shift
+    v = report.held_out_verdicts(recs, wide)
+    assert v["balanced"] == {"verdict": "undecided", "tasks_open": [], "bound": 0.11, "shifted": {}}
+    assert v["aggressive"]["verdict"] == "confirmed"
+    # an older validation.json without intervals; a level without a set; no validation at all
+    old = {"sets": {"3": {"mean_drop": 0.03, "drops": {"a": 0.05, "b": 0.03}}}}
+    assert report.held_out_flags(recs, old) == ["conservative (unknown)", "balanced (unknown)", "aggressive (unknown)"]
+    assert report.held_out_verdicts({**recs, "conservative": none}, agree).keys() == {"balanced", "aggressive"}
     assert report.held_out_flags(recs, None) == []
+
+
+def test_shift_is_the_difference_of_two_independent_estimates():
+    # se of the difference: sqrt(0.03^2 + 0.04^2) = 0.05; 1.96 * 0.05 = 0.098
+    assert stats.shift(0.10, 0.03, 0.199, 0.04) == "above"
+    assert stats.shift(0.10, 0.03, 0.197, 0.04) is None
+    assert stats.shift(0.10, 0.03, 0.001, 0.04) == "below"
+    assert stats.shift(0.10, 0.03, 0.003, 0.04) is None
 
 
 def test_both_languages_have_every_text():

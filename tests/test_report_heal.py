@@ -83,7 +83,7 @@ def test_the_finding_names_what_stops_the_next_k():
     assert (f["healed_k"], f["plain_k"], f["more"]) == (1, 1, False)
     assert f["binding"] == {"k": 2, "removed": [1, 2], "reason": "guard", "task": "b", "drop": 0.06, "lower": 0.055}
     text = heal_report.finding_line(f, report.TEXT["en"])
-    assert "Healing removes 1 blocks within the tolerance 5.00%, plain deletion 1" in text
+    assert "Healing removes 1 block within the tolerance 5.00%, plain deletion 1" in text
     assert "b's drop is 6.00% (95% lower bound 5.50%, above 5.00%)" in text
     mean_high = cand([1, 2], 0.045, {"a": (0.03, 0.0, 0.06), "b": (0.06, 0.03, 0.09)}, upper95=0.07)
     f = heal_report.finding({"candidates": [one, mean_high]}, _recs([one, mean_high]), {"candidates": plain}, _recs(plain))
@@ -144,7 +144,7 @@ def test_the_healed_report_compares_with_the_plain_search(healed):
     K, J = recs["recommendations"]["balanced"]["k"], plain_recs["balanced"]["k"]
     finding = next(f for f in recs["key_findings"] if f["kind"] == "healing")
     assert (finding["healed_k"], finding["plain_k"]) == (K, J)
-    assert f"Healing removes {K} blocks within the tolerance 90.00%" in text.split("## Key findings")[1]
+    assert f"Healing removes {K} block{'' if K == 1 else 's'} within the tolerance 90.00%" in text.split("## Key findings")[1]
     # healed recommendations are labelled; the held-out flags are the healed recommendations'
     balanced = recs["recommendations"]["balanced"]
     assert K >= 1 and f"- **{fmt_set(balanced['removed'])}** healed (k = {K}):" in text
