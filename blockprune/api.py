@@ -87,6 +87,7 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     stored = stored_settings(out)
     if stored is not None:  # another run's directory: said before the healing's dense pass, not after
         early = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
+        _keep_stored_spelling(Path(out), early)
         refuse_other_settings(Path(out), stored, early, skip=("heal",))
     healing = fit_healing(s, bm, loaded)  # before anything is written: a bad calibration is one line
     settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
