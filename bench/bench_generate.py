@@ -7,7 +7,7 @@ prompt) row in one batch (`Engine.generate`). Outputs are asserted equal token f
 are the wall-clock ratio and the block-row evaluations of each. A stronger baseline beside it: per
 candidate, one left-padded generate() over all prompts (`naive_batched`; its texts are counted).
 
-    .venv/bin/python bench/bench_generate.py [--task gen:bigbench:arithmetic/1_digit_addition#30] \
+    .venv/bin/python bench/bench_generate.py [--task gen:basic_arithmetic/1d1d#30] \
         [--parent 17] [--out bench/results/generate_cpu.json]
 
 The beam step: the children of the parent set (every other block removed beside it), the size of
@@ -82,7 +82,7 @@ def naive_batched(bm, task, removed) -> tuple[list[list[int]], float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="gen:bigbench:arithmetic/1_digit_addition#30")
+    ap.add_argument("--task", default="gen:basic_arithmetic/1d1d#30")
     ap.add_argument("--parent", default="17")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

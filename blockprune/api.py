@@ -13,7 +13,7 @@ from . import advice, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
 from .store import RUN_FILE, Store, StoreError, refuse_changed_content, refuse_other_settings, stored_settings
-from .tasks import absolute_spec, load_task
+from .tasks import absolute_spec, load_task, prefetch as prefetch_tasks
 
 
 @dataclass
@@ -411,11 +411,7 @@ def prepare_demo() -> None:
 
     try:
         data.fetch_all()
-        data.bigbench_prefetch([spec.removeprefix("gen:").split(":", 1)[1].split("#")[0]
-                                for spec in DEMO.tasks if spec.removeprefix("gen:").startswith("bigbench:")])
-        for spec in DEMO.tasks:
-            if spec.startswith(("ppl:shakespeare/", "kl:shakespeare/")):
-                data.shakespeare_text(spec.split("/", 1)[1].split("#")[0])
+        prefetch_tasks(DEMO.tasks)
         models.resolve(DEMO.model)
     except OSError as exc:
         raise data.DataError(f"cannot write the cache {data.cache_dir()}: {exc.strerror or exc} "
@@ -423,5 +419,5 @@ def prepare_demo() -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", **overrides) -> SearchOutput:
-    """The embedded default: SmolLM2-135M on Shakespeare and three BIG-bench tasks."""
+    """The embedded default: SmolLM2-135M on Hamlet (KL), ARC-Easy and one-digit arithmetic (generated)."""
     return run_search(DEMO, out=out, **overrides)

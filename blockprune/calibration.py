@@ -3,8 +3,8 @@
 `--calibration SOURCE[#N]` names a text source as `kl:` and `ppl:` tasks do (`shakespeare/hamlet`,
 `jsonl:PATH` of `{"text"}` rows, `hf:...`), cut into windows of `--ppl-window` tokens at the same
 offsets the tasks cut; N windows are drawn with their own seeded order. Without it, the default mix:
-the first text task's unscored windows and half of every other task's unscored samples (context
-and gold answer; the other half stays for the held-out check). Measured: a map fitted on a text
+the first text task's unscored windows and half of every other task's unscored samples, at most
+MAX_TASK_SAMPLES of each (context and gold answer; the rest stays for the held-out check). Measured: a map fitted on a text
 alone halves the text's KL but costs multiple choice (SmolLM2, [17, 18, 19]: general_knowledge
 p_gold 0.374 plain -> 0.272 healed on Hamlet), one fitted on the tasks' prompts alone keeps
 multiple choice and loses the text; the mix keeps both (KL 0.351 -> 0.206, p_gold 0.352). Windows any search task scores (same source and window) are excluded, and
@@ -25,6 +25,10 @@ from .tasks import load_task, parse_spec, split_count
 
 MIN_TOKENS_PER_DIM = 4  # refused below: healing loses its gain there (bench/results/heal_calibration.md)
 DEFAULT_TOKENS_PER_DIM = 16  # the default count of windows gives about this many tokens
+# the default mix takes at most this many unscored samples of each task: the mix measured took 30 and
+# 100 (bench/results/heal_calibration.md), and a benchmark's half can be thousands (HellaSwag: 5,000),
+# which would make the dense pass the search's longest step and the fit about one task's prompts
+MAX_TASK_SAMPLES = 64
 
 
 class CalibrationError(ValueError):
@@ -98,7 +102,8 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
     """The calibration windows (see the module doc). `tasks` / `task_specs`: the search's loaded
     tasks and their specs, whose scored windows are excluded; `exclude_ids`: more window ids of
     the same source not to use. Without `source_spec`, the default mix: the first text task's
-    unscored windows and half of every other task's unscored samples (context + gold answer)."""
+    unscored windows and half of every other task's unscored samples, at most MAX_TASK_SAMPLES
+    each (context + gold answer)."""
     mixed = source_spec is None
     if mixed:
         source_spec = default_source(task_specs)
@@ -132,7 +137,8 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
                                  exclude=list(task.sample_ids))
             except TaskError:
                 continue  # every sample is scored: none to calibrate on
-            picked = sorted(random.Random(f"{seed}:calibration:{task.name}").sample(range(full.n), full.n // 2))
+            picked = sorted(random.Random(f"{seed}:calibration:{task.name}").sample(
+                range(full.n), min(full.n // 2, MAX_TASK_SAMPLES)))
             if not picked:
                 continue
             task_part[task.name] = {"spec": str(parse_spec(spec).without_count()),

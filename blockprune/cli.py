@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
     s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory, or a hub id")
     s.add_argument("--task", dest="tasks", action="append", required=True, metavar="SPEC",
-                   help="ppl:shakespeare/<play> | kl:<text source> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
+                   help="ppl:shakespeare/<play> | kl:<text source> | mc:<benchmark> | gen:<benchmark> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
                         "hf:<dataset>[@split] (repeat)")
     s.add_argument("--method", default=default("method"), choices=search.METHODS,
                    help="given: score exactly --sets / --sets-file (and dense) on every task")

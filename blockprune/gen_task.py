@@ -1,9 +1,11 @@
 """Generative tasks: what the model says, decoded greedily under every candidate.
 
 `gen:jsonl:PATH` rows are `{"prompt": str, "answers": [str, ...]}` with optional `"max_new_tokens"`
-(default 32) and `"until"` (stop strings; default: EOS only). `gen:bigbench:<task>` takes a
-BIG-bench task's generative examples (`target`), stopped at a newline and at its longest answer's
-tokens plus BIGBENCH_SLACK (a short-answer task then decodes a few tokens, not 32). Every candidate decodes every prompt greedily in
+(default 32) and `"until"` (stop strings; default: EOS only). `gen:<benchmark>` (basic_arithmetic,
+triviaqa, nq_open: blockprune.benchmarks) and `gen:bigbench:<task>` (a BIG-bench task's generative
+examples, `target`, where its archive is cached) are stopped at their stop strings (a newline) and
+at their longest answer's tokens plus ANSWER_SLACK (a short-answer task then decodes a few tokens,
+not 32). Every candidate decodes every prompt greedily in
 one batch (blockprune.decode); the output is cut at the first stop string (excluded), and scored by
 exact match after normalisation (case, surrounding whitespace and punctuation, English articles:
 SQuAD's rule) and by token F1, each the best over the answers.
@@ -29,7 +31,7 @@ from .kinds import Task, TaskError, kind_of_task, leading_specials
 from .request import Request
 
 DEFAULT_MAX_NEW = 32
-BIGBENCH_SLACK = 8  # gen:bigbench's token limit: the longest answer's tokens plus this (at most 32)
+ANSWER_SLACK = 8  # a labelled benchmark's token limit: the longest answer's tokens plus this (at most 32)
 MAX_NEW_LIMIT = 1024  # more is refused: one sample would decode for minutes
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -207,12 +209,27 @@ class GenerationTask(Task):
         return np.asarray(per_sample["match"], dtype=float).mean(axis=-1)
 
 
+def _answer_limit(row: dict, tokenizer) -> None:
+    """A labelled row's token limit, unless it has one: its longest answer's tokens plus ANSWER_SLACK."""
+    longest = max(len(tokenizer(str(a), add_special_tokens=False).input_ids) for a in row["answers"])
+    row.setdefault("max_new_tokens", min(DEFAULT_MAX_NEW, longest + ANSWER_SLACK))
+
+
 def load_gen(spec, load) -> Task:
-    """`gen:jsonl:<path>` or `gen:bigbench:<task>[/<subtask>]`."""
+    """`gen:<benchmark>`, `gen:jsonl:<path>` or `gen:bigbench:<task>[/<subtask>]`."""
     from . import loaders
 
     scheme, _, rest = spec.source.partition(":")
-    if scheme == "jsonl":
+    if not rest:  # a benchmark of blockprune.benchmarks
+        from . import benchmarks
+
+        rows, bench_ids = benchmarks.rows("gen", spec.source)
+        for r, i in zip(rows, bench_ids):
+            r["id"] = i
+            _answer_limit(r, load.tokenizer)
+        where = [f"{spec.source} row {i}" for i in bench_ids]
+        name = "gen_" + spec.source.replace("/", "_")
+    elif scheme == "jsonl":
         path = loaders.path_of(rest)
         rows = loaders.read_jsonl(path)
         where = [f"{path}:{r.pop('_line')}" for r in rows]
@@ -234,12 +251,12 @@ def load_gen(spec, load) -> Task:
         for r in rows:
             r["prompt"] = r["prompt"].rstrip()
             r.setdefault("until", ["\n"])
-            longest = max(len(load.tokenizer(str(a), add_special_tokens=False).input_ids) for a in r["answers"])
-            r.setdefault("max_new_tokens", min(DEFAULT_MAX_NEW, longest + BIGBENCH_SLACK))
+            _answer_limit(r, load.tokenizer)
         where = [f"example {i}" for i in range(len(rows))]
         name = "gen_" + rest.replace("/", "_")
     else:
-        raise TaskError(f"unknown generative source {spec.source!r}: expected gen:jsonl:<path> or gen:bigbench:<task>")
+        raise TaskError(f"unknown generative source {spec.source!r}: expected gen:<benchmark>, gen:jsonl:<path> "
+                        "or gen:bigbench:<task>")
     for r, w in zip(rows, where):
         if "prompt" not in r or "answers" not in r:
             raise TaskError(f"{name}: {w}: a generative row needs \"prompt\" and \"answers\"")

@@ -249,6 +249,16 @@ def load_bigbench(spec, load: Load) -> Task:
                       load.eos_token_id, load.samples, load.seed, load.ppl_window, exclude=load.exclude)
 
 
+def load_mc(spec, load: Load) -> Task:
+    """`mc:<benchmark>` (blockprune.benchmarks: arc_easy, sciq, mmlu/<subject>, ...)."""
+    from . import benchmarks
+
+    rows, ids = benchmarks.rows("mc", spec.source)
+    return _from_rows(spec.source.replace("/", "_"), rows, [f"{spec.source} row {i}" for i in ids], ids,
+                      load.tokenizer, load.eos_token_id, load.samples, load.seed, load.ppl_window,
+                      exclude=load.exclude)
+
+
 def _jsonl(source: str, load: Load, kl: bool) -> Task:
     path = path_of(source)
     rows = read_jsonl(path)

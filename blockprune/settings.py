@@ -238,8 +238,8 @@ DEMO = Settings(
     model="smollm2-135m",
     tasks=(
         "kl:shakespeare/hamlet#48",
-        "bigbench:general_knowledge#30",
-        "gen:bigbench:arithmetic/1_digit_addition#30",
+        "mc:arc_easy#30",
+        "gen:basic_arithmetic/1d1d#30",
     ),
     method="greedy",  # a width-2 beam scores 57 pairs to greedy's 29: 11 min here with the plain twin
     max_remove=2,

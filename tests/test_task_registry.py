@@ -154,9 +154,9 @@ def test_a_spec_is_parsed_once_into_a_value():
 def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
     from blockprune.kinds import TaskError
 
-    with pytest.raises(TaskError, match=r"expected ppl, kl, bigbench, jsonl, hf, lm-eval, gen, last$"):
+    with pytest.raises(TaskError, match=r"expected ppl, kl, mc, bigbench, jsonl, hf, lm-eval, gen, last$"):
         check_spec("nope:x")
-    with pytest.raises(TaskError, match=r", lm-eval:<task name \| task.yaml>, gen:<jsonl:path or bigbench:task> or last:<word>$"):
+    with pytest.raises(TaskError, match=r", lm-eval:<task name \| task.yaml>, gen:<benchmark, jsonl:path or bigbench:task> or last:<word>$"):
         check_spec("nope")
     with pytest.raises(scores.ScoreError, match="unknown task kind 'nope'"):
         get_kind("nope")
@@ -167,11 +167,14 @@ def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
 
 
 def test_prefetch_reads_the_sources_from_the_parsed_specs(monkeypatch):
-    from blockprune import data, tasks
+    from blockprune import benchmarks, data, tasks
 
     calls = []
     monkeypatch.setattr(data, "shakespeare_text", lambda play: calls.append(("play", play)))
     monkeypatch.setattr(data, "bigbench_prefetch", lambda names: calls.append(("bigbench", list(names))))
+    monkeypatch.setattr(benchmarks, "prefetch", lambda kind, names: calls.append((kind, list(names))))
     tasks.prefetch(["kl:shakespeare/hamlet#16", "bigbench:general_knowledge#30", "bigbench:emoji_movie#40",
-                    "ppl:shakespeare/macbeth", "kl:jsonl:x.jsonl#3", "jsonl:y.jsonl"])
-    assert calls == [("play", "hamlet"), ("bigbench", ["general_knowledge", "emoji_movie"]), ("play", "macbeth")]
+                    "mc:arc_easy#30", "gen:basic_arithmetic/1d1d#30", "gen:bigbench:arithmetic#4", "mc:sciq",
+                    "ppl:shakespeare/macbeth", "kl:jsonl:x.jsonl#3", "jsonl:y.jsonl", "gen:jsonl:z.jsonl"])
+    assert calls == [("play", "hamlet"), ("bigbench", ["general_knowledge", "emoji_movie"]), ("mc", ["arc_easy", "sciq"]),
+                     ("bigbench", ["arithmetic"]), ("gen", ["basic_arithmetic/1d1d"]), ("play", "macbeth")]
