@@ -28,7 +28,7 @@ BIG = 500
 LAYERS = [
     ("base", ["blockprune", "request", "scores", "report_text", "outputs", "kernels"]),
     ("files", ["rundir", "store", "data", "sources", "packing", "stats"]),
-    ("tasks", ["kinds", "loaders", "tasks", "lmeval", "calibration", "gen_task"]),
+    ("tasks", ["kinds", "benchmarks", "loaders", "tasks", "lmeval", "calibration", "gen_task"]),
     ("model", ["adapter", "models", "trie", "fused", "parity", "heal", "decode", "engine"]),
     ("search", ["evaluator", "shard", "cluster", "evolve", "oneshot", "search"]),
     ("analysis", ["analysis", "advice", "plots", "latency_report", "heal_report", "gen_report", "heldout_report", "report", "replaced", "replaced_report", "seed"]),

@@ -15,7 +15,7 @@ spec.loader.exec_module(graph_mod)
 MINE = {"blockprune." + m for m in ("adapter", "models", "parity", "outputs", "rundir", "latency", "latency_report",
                                      "generation", "heldout", "replaced", "replaced_report", "report", "report_text",
                                      "plots", "sources", "heal", "calibration", "decode", "gen_task",
-                                     "heal_report", "gen_report", "heldout_report")} | {"blockprune.export", "blockprune.export.discovery"}
+                                     "heal_report", "gen_report", "heldout_report", "benchmarks")} | {"blockprune.export", "blockprune.export.discovery"}
 
 
 @pytest.fixture(scope="module")
