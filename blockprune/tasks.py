@@ -11,7 +11,7 @@ Task specs: `ppl:shakespeare/<play>`, `kl:<text source>` (`kl:shakespeare/<play>
 `bigbench:<task>[/<subtask>]` (where its archive is cached), `jsonl:<path>`,
 `hf:<dataset>[/<config>][@<split>]` (a hub id or a local `datasets` directory),
 `lm-eval:<task name | path/to/task.yaml>` (lm-evaluation-harness's own task: blockprune.lmeval). A `#N` suffix
-overrides the number of samples for that task (`bigbench:emoji_movie#30`): only a trailing `#<digits>`
+overrides the number of samples for that task (`mc:arc_easy#30`): only a trailing `#<digits>`
 counts, a `#` anywhere else is part of the spec (`jsonl:notes#2/rows.jsonl`), and a spec that
 itself ends in `#<digits>` is written with one more `#` before the count or at the end
 (`jsonl:take#2#`: the file `take#2`, every sample; `jsonl:take#2##5`: five of them). `split_count`
