@@ -101,3 +101,25 @@ def test_a_gguf_file_is_a_model(smollm2, jsonl_tasks, tmp_path):
                      "--no-latency"]) == 0
     analysis = json.loads((out / "cross_dataset_analysis.json").read_text())
     assert [c["removed"] for c in analysis["candidates"]] == [[17, 18, 19]]
+
+
+def test_batched_generation_equals_generate_of_pruned_copies_on_the_real_model(smollm2):
+    """The demo's generative task on SmolLM2: every (set, prompt) row decoded in one batch gives the
+    tokens of `generate()` on the physically pruned copy, prompt by prompt (rows stop at EOS or at
+    different limits)."""
+    from test_decode import hf_tokens
+
+    task = load_task("gen:basic_arithmetic/1d1d#4", smollm2.tokenizer, smollm2.eos_token_id, seed=1)
+    sets = [(), (17,), (15, 17), (3, 20, 26)]
+    keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
+    for i, s in enumerate(sets):
+        keep[i, list(s)] = False
+    limits = [12, 5, 9, 12]
+    got = Engine(smollm2).generate(task.prompts, keep, limits, eos=task.eos)
+    lengths = set()
+    for c, removed in enumerate(sets):
+        for p, prompt in enumerate(task.prompts):
+            want = hf_tokens(smollm2, removed, prompt, limits[p], set(task.eos))
+            assert got.tokens[c][p] == want, (removed, p)
+            lengths.add(len(want))
+    assert len(lengths) >= 2 and got.block_rows < got.naive_block_rows  # shared rows ran once
