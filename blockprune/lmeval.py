@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 from .gen_task import GenerationTask
-from .kinds import ExactMatchTask, MultipleChoiceTask, Task, TaskError
+from .kinds import ExactMatchTask, MultipleChoiceTask, Task, TaskError, pair_encoder
 from .loaders import select
 
 FEWSHOT_SEED = 1234  # lm_eval.evaluator.simple_evaluate's default
@@ -124,23 +124,6 @@ def _load(spec: str):
     return leaves[0]
 
 
-def _encoder(tokenizer):
-    """lm-eval's causal-LM pair encoding (HFLM: _encode_pair, empty context -> prefix token)."""
-    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-    def encode(context: str, continuation: str) -> tuple[list[int], list[int]]:
-        if context == "":
-            cont = list(tokenizer(continuation, add_special_tokens=False).input_ids)
-            return ([prefix_id], cont) if cont[:1] != [prefix_id] else (cont[:1], cont[1:])
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = list(tokenizer(context + continuation).input_ids)
-        ctx = list(tokenizer(context).input_ids)
-        return ctx, whole[len(ctx):]
-    return encode
-
-
 def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: int | None, seed: int,
                      exclude=()) -> Task:
     task = _load(spec)
@@ -171,7 +154,7 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
             ids.append(str(doc_id))
         available = len(rows)
         ids, rows = select(ids, rows, samples, seed, name, exclude)
-        out = ExactMatchTask(name, rows, tokenizer, ids, eos_token_id, encode=_encoder(tokenizer), terminate=False)
+        out = ExactMatchTask(name, rows, tokenizer, ids, eos_token_id, encode=pair_encoder(tokenizer), terminate=False)
         out.available = available
         return out
     for doc_id in sorted(by_doc):
@@ -192,7 +175,7 @@ def load_lmeval_task(spec: str, tokenizer, eos_token_id: int | None, samples: in
         ids.append(str(doc_id))
     available = len(rows)
     ids, rows = select(ids, rows, samples, seed, name, exclude)
-    out = MultipleChoiceTask(name, rows, tokenizer, ids, encode=_encoder(tokenizer), norm="chars")
+    out = MultipleChoiceTask(name, rows, tokenizer, ids, encode=pair_encoder(tokenizer), norm="chars")
     out.available = available
     return out
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .kinds import ExactMatchTask, KLTask, MultipleChoiceTask, PerplexityTask, Task, TaskError, leading_specials
+from .kinds import ExactMatchTask, KLTask, MultipleChoiceTask, PerplexityTask, Task, TaskError, leading_specials, pair_encoder
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl=False, exclude=()) -> Task:
+def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl=False, exclude=(),
+               mc_options=None) -> Task:
     layout = _check_rows(name, rows, where)
     if kl and layout != "perplexity":
         raise TaskError(f"{name}: a kl: source needs {{\"text\"}} rows, these are {layout.replace('_', ' ')} rows")
@@ -168,7 +169,7 @@ def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl
     available = len(rows)
     digest = source_hash([[i, r] for i, r in zip(ids, rows)])
     ids, rows = select(ids, rows, samples, seed, name, exclude)
-    task = MultipleChoiceTask(name, rows, tokenizer, ids) if layout == "multiple_choice" else \
+    task = MultipleChoiceTask(name, rows, tokenizer, ids, **(mc_options or {})) if layout == "multiple_choice" else \
         ExactMatchTask(name, rows, tokenizer, ids, eos)
     task.available = available
     task.source_hash = digest
@@ -250,13 +251,16 @@ def load_bigbench(spec, load: Load) -> Task:
 
 
 def load_mc(spec, load: Load) -> Task:
-    """`mc:<benchmark>` (blockprune.benchmarks: arc_easy, sciq, mmlu/<subject>, ...)."""
+    """`mc:<benchmark>` (blockprune.benchmarks: arc_easy, sciq, mmlu/<subject>, ...), encoded and
+    length-normalised (acc_norm: per character) as lm-eval's HF model does it."""
     from . import benchmarks
 
     rows, ids = benchmarks.rows("mc", spec.source)
+    for r in rows:  # lm-eval normalises by the choice's own characters, without the target delimiter
+        r["norm_choices"] = [c[1:] for c in r["choices"]]
     return _from_rows(spec.source.replace("/", "_"), rows, [f"{spec.source} row {i}" for i in ids], ids,
                       load.tokenizer, load.eos_token_id, load.samples, load.seed, load.ppl_window,
-                      exclude=load.exclude)
+                      exclude=load.exclude, mc_options={"encode": pair_encoder(load.tokenizer), "norm": "chars"})
 
 
 def _jsonl(source: str, load: Load, kl: bool) -> Task:
