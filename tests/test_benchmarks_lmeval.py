@@ -52,17 +52,7 @@ def lm_tasks(tmp_path_factory):
                 + "".join(f"{k}: {v}\n" for k, v in others.items()))
             names[(kind, name)] = task
     manager = TaskManager(include_path=str(where), include_defaults=False)
-    loaded = manager.load_task_or_group(list(names.values()))
-    flat = {}
-
-    def walk(d):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v)
-            else:
-                flat[getattr(k, "group_name", k) if not isinstance(k, str) else k] = v
-
-    walk(loaded)
+    flat = manager.load(list(names.values()))["tasks"]
     return {key: flat[task] for key, task in names.items()}
 
 
