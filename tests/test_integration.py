@@ -108,14 +108,12 @@ def test_batched_generation_equals_generate_of_pruned_copies_on_the_real_model(s
     tokens of `generate()` on the physically pruned copy, prompt by prompt (rows stop at EOS or at
     different limits)."""
     from test_decode import hf_tokens
+    from test_engine import masks_for
 
     task = load_task("gen:basic_arithmetic/1d1d#4", smollm2.tokenizer, smollm2.eos_token_id, seed=1)
     sets = [(), (17,), (15, 17), (3, 20, 26)]
-    keep = np.ones((len(sets), smollm2.num_blocks), dtype=bool)
-    for i, s in enumerate(sets):
-        keep[i, list(s)] = False
     limits = [12, 5, 9, 12]
-    got = Engine(smollm2).generate(task.prompts, keep, limits, eos=task.eos)
+    got = Engine(smollm2).generate(task.prompts, masks_for(sets, smollm2.num_blocks), limits, eos=task.eos)
     lengths = set()
     for c, removed in enumerate(sets):
         for p, prompt in enumerate(task.prompts):
