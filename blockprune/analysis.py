@@ -18,7 +18,7 @@ import numpy as np
 
 from . import scores, stats
 from .kinds import get_kind, kind_of_metric
-from .report_text import fmt_set
+from .report_text import cell, fmt_set
 from .store import Store
 
 ANALYSIS_FILE = "cross_dataset_analysis.json"
@@ -264,13 +264,13 @@ def summary_markdown(analysis: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, t in tasks.items():
-        lines.append(f"| {name} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |")
+        lines.append(f"| {cell(name)} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |")
     for note in analysis.get("notes", []):
         lines += ["", f"Note: {note}."]
     for warning in analysis.get("warnings", []):
         lines += ["", f"⚠ Warning: {warning}."]
     lines += ["", "## Best set per number of removed blocks", ""]
-    header = "| k | removed | mean drop ± std | 95% interval | " + " | ".join(tasks) + " |"
+    header = "| k | removed | mean drop ± std | 95% interval | " + " | ".join(map(cell, tasks)) + " |"
     lines += [header, "|" + " --- |" * (4 + len(tasks))]
     by_k: dict[int, dict] = {}
     for c in analysis["candidates"]:

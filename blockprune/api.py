@@ -13,7 +13,7 @@ from . import advice, models, report, rundir, scores, search, sources, versions
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
 from .store import RUN_FILE, Store, StoreError, refuse_changed_content, refuse_other_settings, stored_settings
-from .tasks import absolute_spec, load_task, prefetch as prefetch_tasks
+from .tasks import absolute_spec, load_task, prefetch as prefetch_tasks, split_count
 
 
 @dataclass
@@ -50,7 +50,10 @@ def run_search(settings: Settings | str | None = None, tasks=None, out: str | Pa
     settings = Settings(**options) if settings is None else settings.replace(**options)
     settings = settings.check()  # every option, before the model is loaded or anything is written
     inputs = rundir.search_inputs(settings.model, settings.tasks)
+    shown = out
     out = rundir.claim(out, "run", inputs=inputs)  # resolved; never a user's directory or an input
+    if settings.heal != "none" and settings.plain_baseline:  # OUT/plain: the plain baseline's, or nothing yet
+        rundir.check_plain(out, shown)
     _refuse_old_store(out)
     if settings.export_formats:  # OUT/export: new, or the run's own earlier export (never a user's files in it)
         from .export import MANIFEST
@@ -72,6 +75,11 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
+    for spec, t in zip(s.tasks, loaded):  # a #N above what the task holds is said, never silently capped
+        asked = split_count(spec)[1]
+        if asked and asked > t.n:
+            print(f"blockprune: warning: {spec} asks for {asked} samples, but the task has {t.available} samples: all "
+                  f"{t.n} are scored", file=sys.stderr)
     for t in loaded:
         check_length(t, bm)
         check_tokens(t, bm)
@@ -89,6 +97,7 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         early = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
         _keep_stored_spelling(Path(out), early)
         refuse_other_settings(Path(out), stored, early, skip=("heal",))
+        refuse_other_settings(Path(out), _fit_options(stored), _fit_options(early))  # its windows come with the fit
     healing = fit_healing(s, bm, loaded)  # before anything is written: a bad calibration is one line
     settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
                                      calibration=healing.calibration_windows if healing else None))
@@ -179,7 +188,7 @@ def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranki
     """The same search without healing in OUT/plain (its own resumable store), plus plain scores of
     the healed run's best sets per k: the report's side-by-side columns."""
     plain = s.replace(heal="none", calibration=None)
-    pout = out / "plain"
+    pout = out / rundir.PLAIN_DIR
     settings = plain.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
     store = Store(pout, settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
                                          "prefix_tokens": loaded[0].prefix, "baseline_of": ".."}, content=content)
@@ -248,6 +257,12 @@ def check_tokens(task, bm: models.BlockModel) -> None:
                                      f"vocabulary has {vocab} entries (its tokenizer is larger than its embedding)")
 
 
+def _fit_options(settings: dict) -> dict:
+    """The healing of run settings without its calibration windows (known once they are drawn)."""
+    heal = settings.get("heal")
+    return {"heal": {k: v for k, v in heal.items() if k != "calibration"}} if isinstance(heal, dict) else {}
+
+
 def _keep_stored_spelling(out: Path, settings: dict) -> None:
     """A run written before run.json kept absolute paths resumes where its relative --model or task
     path names the same file from here (its content hashes are recorded on this resume)."""
@@ -279,16 +294,21 @@ def _refuse_changed_model(out: Path, model_hash: str | None) -> None:
 
 
 def check_length(task, bm: models.BlockModel) -> None:
-    """Refuse a request longer than the model's positions (it would run for minutes on garbage)."""
+    """Refuse a request longer than the model's positions (it would run for minutes on garbage),
+    naming the sample where its file says (FILE:LINE) and --ppl-window only for text windows."""
+    from .kinds import get_kind
+
     limit = bm.max_positions
     if not limit or not task.requests:
         return
     longest = max(range(len(task.requests)), key=lambda r: len(task.requests[r].tokens))
     n = len(task.requests[longest].tokens)
     if n > limit:
-        sample = task.sample_ids[task.request_sample[longest]] if hasattr(task, "request_sample") else longest
-        raise search.SearchError(f"{task.name}: sample {sample} is {n} tokens long, more than the model's {limit} "
-                                 "positions; shorten it (or lower --ppl-window)")
+        s = task.request_sample[longest] if hasattr(task, "request_sample") else longest
+        where = task.where[s] if getattr(task, "where", None) else f"sample {task.sample_ids[s]}"
+        hint = " (or lower --ppl-window)" if get_kind(task.kind).text_windows else ""
+        raise search.SearchError(f"{task.name}: {where} is {n} tokens long, more than the model's {limit} positions; "
+                                 f"shorten it{hint}")
 
 
 def _refuse_old_store(out: Path) -> None:
@@ -344,6 +364,7 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
         raise heal_mod.HealError(f"unknown healing method {heal!r}: choose one of {', '.join(heal_mod.METHODS)}")
     if heal == "none" and calibration is not None:
         raise heal_mod.HealError("--calibration is the text --heal linear fits its maps on; give --heal linear too")
+    ridge = heal_mod.check_ridge(ridge, heal if healing is None else "linear")
     removed = sorted({int(b) for b in removed})
     if heal == "linear":
         from . import calibration as cal_mod
@@ -356,8 +377,10 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
                                      "block before it to fold its map into; keep block 0, or export with --heal none")
     if not isinstance(model, models.BlockModel):
         models.check_device(device)
-        if heal == "none":  # a healed request is named once its calibration is known
-            check_out(out, request_of(model, removed, formats, kv_cache), force, inputs_of(model))  # before the model loads
+        # before the model loads; a healed request is named once its calibration is known, so here
+        # any earlier export counts as its own (the same checks as --force) and it is asked again then
+        plain = request_of(model, removed, formats, kv_cache) if heal == "none" else None
+        check_out(out, plain, force or plain is None, inputs_of(model))
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
     if heal == "linear" and healing is None:
         from . import calibration as cal_mod
@@ -365,8 +388,8 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
         hidden = bm.head.weight.shape[1]
         cal = cal_mod.select(calibration, bm.tokenizer, bm.eos_token_id, hidden, seed, window)
         longest = max((len(r["blocks"]) for r in heal_mod.runs_of(removed)), default=1)
-        ridge = heal_mod.DEFAULT_RIDGE if ridge is None else ridge
         healing = heal_mod.Healing.fit(bm, cal.windows, longest, ridge, cal.describe(), skip=cal.skip)
+        healing.calibration_windows = cal
     kwargs = {"healing": healing} if healing is not None else {}
     return export_model(bm, removed, out, formats=formats, kv_cache=kv_cache, force=force, elastic_sets=elastic_sets,
                         **kwargs)

@@ -7,9 +7,15 @@ the first text task's unscored windows and half of every other task's unscored s
 MAX_TASK_SAMPLES of each (context and gold answer; the rest stays for the held-out check). Measured: a map fitted on a text
 alone halves the text's KL but costs multiple choice (SmolLM2, [17, 18, 19]: general_knowledge
 p_gold 0.374 plain -> 0.272 healed on Hamlet), one fitted on the tasks' prompts alone keeps
-multiple choice and loses the text; the mix keeps both (KL 0.351 -> 0.206, p_gold 0.352). Windows any search task scores (same source and window) are excluded, and
-so are windows equal in content to any scored window (the same text named another way); the
-held-out check later excludes the calibration's windows too (run.json records their ids). A
+multiple choice and loses the text; the mix keeps both (KL 0.351 -> 0.206, p_gold 0.352). What "disjoint" covers: the
+scored windows of the calibration's own source are excluded by id; a calibration window
+token-identical to any scored window is refused; and a calibration text sharing more than
+SHARED_WORDS_LIMIT of its 4-word sequences (spelling normalised, so the First Folio's `Speake`
+is `Speak`) with another scored text source is refused as the same text named another way
+(Hamlet's folio edition against Hamlet: 65%; two plays: under 1%). Task samples (questions,
+prompts) are kept apart by id only. The held-out check later excludes the calibration's windows
+too (run.json records their ids), and its text the healing never saw is chosen by the same
+content test. A
 calibration of fewer than MIN_TOKENS_PER_DIM tokens per hidden dimension is refused: the map has
 hidden² parameters and overfits below it (bench/results/heal_calibration.md).
 """
@@ -17,6 +23,7 @@ hidden² parameters and overfits below it (bench/results/heal_calibration.md).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -54,14 +61,72 @@ class Calibration:
                 **({"tasks": {k: {**v, "n": len(v["sample_ids"])} for k, v in self.tasks.items()}} if self.tasks else {})}
 
 
+FORMS = "shakespeare/<play>, jsonl:<path> of {\"text\"} rows or hf:<dataset>[@split], with #N windows"
+
+
 def check_spec(source_spec: str) -> None:
     """The syntax of --calibration, before anything loads (one-line CalibrationError)."""
+    from .tasks import SCHEMES
+
     source, _ = split_count(source_spec)
+    scheme = source.partition(":")[0]
+    if scheme in SCHEMES and scheme not in ("kl", "ppl", "jsonl", "hf"):
+        raise CalibrationError(f"--calibration {source_spec}: a {scheme}: task is no calibration text; --calibration "
+                               f"takes a text source: {FORMS} (without it, a healed search already fits on the "
+                               "text task's and half of the other tasks' unscored samples)")
     source = source.removeprefix("kl:").removeprefix("ppl:")
     try:
         parse_spec(f"kl:{source}")
     except TaskError as exc:
-        raise CalibrationError(f"--calibration {source_spec}: {exc}") from None
+        raise CalibrationError(f"--calibration {source_spec} is not a text source ({str(exc).replace('kl:', '')}); "
+                               f"--calibration takes {FORMS}") from None
+
+
+# ---- the same text named another way: compared by content ---------------------------------------
+SHARED_WORDS_LIMIT = 0.10  # a calibration text sharing more of its word sequences with a scored text is refused
+_GRAM = 4
+
+
+def _words(text: str) -> list[str]:
+    """The words of `text`, lower case, spelled alike across editions (u/v, i/j/y, doubled letters and
+    a final e are the First Folio's: `Speake to me` and `Speak to me` are the same words)."""
+    out = []
+    for word in re.sub(r"[^a-z]+", " ", text.lower()).split():
+        word = re.sub(r"(.)\1+", r"\1", word.replace("v", "u").replace("j", "i").replace("y", "i"))
+        out.append(word[:-1] if len(word) > 3 and word.endswith("e") else word)
+    return out
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    w = _words(text)
+    return {tuple(w[i:i + _GRAM]) for i in range(len(w) - _GRAM + 1)}
+
+
+def shared_words(text: str, other: str) -> float:
+    """The share of `text`'s 4-word sequences (words as `_words` spells them) that `other` holds too:
+    another edition of the same play shares about 65% (Hamlet's folio and modern texts), two plays
+    under 1%."""
+    mine = _grams(text)
+    return len(mine & _grams(other)) / len(mine) if mine else 0.0
+
+
+def source_text(source: str, tokenizer, eos_token_id, window: int) -> str:
+    """The whole text of a text source (every window, decoded)."""
+    task = load_task(f"kl:{source}", tokenizer, eos_token_id, None, 0, window)
+    return "".join(tokenizer.decode(list(r.tokens), skip_special_tokens=True) for r in task.requests)
+
+
+def _refuse_shared_text(source: str, windows, tokenizer, eos_token_id, window: int, task_specs) -> None:
+    """A calibration text that is a scored text named another way (another edition, a copy in a
+    JSONL file) is refused: compared by content, since no window of it is token-identical."""
+    mine = "".join(tokenizer.decode(list(w), skip_special_tokens=True) for w in windows)
+    for other in dict.fromkeys(s for s in map(text_source, task_specs) if s and s != source):
+        share = shared_words(mine, source_text(other, tokenizer, eos_token_id, window))
+        if share > SHARED_WORDS_LIMIT:
+            raise CalibrationError(f"--calibration {source}: {share:.0%} of its 4-word sequences (spelling normalised) "
+                                   f"are in {other}, which the search scores (another edition of the same text?); "
+                                   "the maps would be fitted on what is scored: calibrate on a text the search does not "
+                                   "score")
 
 
 def from_record(record: dict, tokenizer, eos_token_id) -> Calibration:
@@ -127,6 +192,7 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
             raise CalibrationError(f"--calibration {source}: {exc}") from None
         skip = text.requests[0].score_from if text.requests else 1
         ids, windows = list(text.sample_ids), [tuple(r.tokens) for r in text.requests]
+        _refuse_shared_text(source, windows, tokenizer, eos_token_id, window, task_specs)
     task_part: dict[str, dict] = {}
     if mixed:
         for spec, task in zip(task_specs, tasks):

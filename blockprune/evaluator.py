@@ -92,10 +92,9 @@ class Evaluator:
         units = self.runner.units(jobs)
         bar = None
         if self.progress:
-            from tqdm import tqdm
+            from .progress import bar as progress_bar
 
-            bar = tqdm(total=sum(u.cost for u in units), unit="tok", unit_scale=True, desc=label, leave=False,
-                       dynamic_ncols=True)
+            bar = progress_bar(sum(u.cost for u in units), label)
         try:
             for unit, result in self.runner.run(units, bar.update if bar else None):
                 self.store.append(self._unit_records(unit, result))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .report_text import cell
+
 GEN_KIND = "generate"
 MC_KIND = "multiple_choice"
 SHOWN_SAMPLES = 3
@@ -63,7 +65,7 @@ def _clip(text: str | None) -> str:
         return "—"
     text = " ".join(str(text).split())
     text = text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
-    return "`" + text.replace("`", "'") + "`" if text else "*(empty)*"
+    return "`" + cell(text.replace("`", "'")) + "`" if text else "*(empty)*"
 
 
 def sample_lines(a: dict, store, sets: Sequence[Sequence[int]], T: dict) -> list[str]:
@@ -86,10 +88,10 @@ def sample_lines(a: dict, store, sets: Sequence[Sequence[int]], T: dict) -> list
             continue
         shown = [s for s in sets if generated(s) is not None]
         head = ["sample", "dense"] + [fmt_set(list(s)) for s in shown]
-        out += [f"**{task}**", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        out += [f"**{task}**", "", "| " + " | ".join(map(cell, head)) + " |", "|" + " --- |" * len(head)]
         ids = a["tasks"][task].get("sample_ids") or [str(i) for i in range(len(dense))]
         for i in range(min(SHOWN_SAMPLES, len(dense))):
-            cells = [str(ids[i]) if i < len(ids) else str(i), _clip(dense[i])]
+            cells = [cell(ids[i]) if i < len(ids) else str(i), _clip(dense[i])]
             cells += [_clip(generated(s)[i]) for s in shown]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

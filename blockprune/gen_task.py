@@ -95,6 +95,8 @@ class Decoder:
 
 @kind_of_task("generate")
 class GenerationTask(Task):
+    limit_key = '"max_new_tokens"'  # the token limit as its rows name it (in messages)
+
     def __init__(self, name: str, rows: list[dict], tokenizer, ids: list[str], eos_token_id: int | None,
                  where: Sequence[str] | None = None):
         super().__init__(name, ids)
@@ -105,14 +107,14 @@ class GenerationTask(Task):
         self.answers: list[list[str]] = []
         self.max_new: list[int] = []
         self.until: list[list[str]] = []
-        where = list(where or ids)
+        self.where = where = list(where or ids)  # each sample's place in its file (FILE:LINE), for messages
         for s, row in enumerate(rows):
             answers = row.get("answers")
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
                 raise TaskError(f"{name}: {where[s]}: \"answers\" must be a non-empty list of strings")
             limit = row.get("max_new_tokens", DEFAULT_MAX_NEW)
             if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_NEW_LIMIT:
-                raise TaskError(f"{name}: {where[s]}: \"max_new_tokens\" must be an integer from 1 to {MAX_NEW_LIMIT}, "
+                raise TaskError(f"{name}: {where[s]}: {self.limit_key} must be an integer from 1 to {MAX_NEW_LIMIT}, "
                                 f"not {limit!r}")
             until = row.get("until", [])
             if isinstance(until, str):
@@ -145,8 +147,8 @@ class GenerationTask(Task):
             return
         for s, (prompt, n) in enumerate(zip(self.prompts, self.max_new)):
             if len(prompt) + n > limit:
-                raise TaskError(f"{self.name}: sample {self.sample_ids[s]}: its prompt ({len(prompt)} tokens) plus "
-                                f"max_new_tokens {n} exceeds the model's {limit} positions")
+                raise TaskError(f"{self.name}: {self.where[s]}: its prompt ({len(prompt)} tokens) plus "
+                                f"{self.limit_key} {n} exceeds the model's {limit} positions")
 
     @property
     def prepared(self) -> bool:

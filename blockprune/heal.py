@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -45,6 +46,17 @@ PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h", "m
 
 class HealError(ValueError):
     """Healing that cannot be done as asked (one-line message)."""
+
+
+def check_ridge(ridge, heal: str) -> float | None:
+    """--ridge: a finite number >= 0, given only with --heal linear; None -> DEFAULT_RIDGE when healing."""
+    if ridge is None:
+        return DEFAULT_RIDGE if heal != "none" else None
+    if heal == "none":
+        raise HealError("--ridge is the ridge of --heal linear's fit; give --heal linear too")
+    if isinstance(ridge, bool) or not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge >= 0):
+        raise HealError(f"--ridge must be a finite number >= 0, not {ridge}")
+    return float(ridge)
 
 
 def projection(block: nn.Module) -> tuple[str, nn.Module] | None:

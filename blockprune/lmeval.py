@@ -244,6 +244,9 @@ class LmEvalGenerationTask(GenerationTask):
     metrics score (same kind "generate", same decoding path)."""
 
     def __init__(self, name, rows, tokenizer, ids, eos_token_id, where, lm_task, instances):
+        given = dict(lm_task.config.generation_kwargs or {})
+        key = next((k for k in _MAX_ALIASES if k in given), "max_gen_toks")
+        self.limit_key = f"generation_kwargs {key} (the task's YAML)"  # named as the user wrote it
         super().__init__(name, rows, tokenizer, ids, eos_token_id, where)
         from .request import Request
 

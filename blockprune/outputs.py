@@ -144,7 +144,53 @@ def is_empty_dir(path: Path) -> bool:
 
 
 def is_run(directory: Path) -> bool:
-    return any((Path(directory) / m).exists() or (Path(directory) / m).is_symlink() for m in RUN_MARKERS)
+    """A run directory blockprune wrote: its run.json a plain file, or (run.json lost) its
+    results.jsonl a plain file whose first record carries a run fingerprint. A folder holding a
+    results.jsonl of anyone else's, or links named like them, is not one."""
+    directory = Path(directory)
+    run_file, results = directory / RUN_MARKERS[0], directory / RUN_MARKERS[1]
+    if os.path.lexists(run_file):
+        return run_file.is_file() and not run_file.is_symlink()
+    if results.is_symlink() or not results.is_file():
+        return False
+    try:
+        with open(results, "rb") as f:
+            first = json.loads(f.readline(1 << 20) or b"null")
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and isinstance(first.get("run"), str)
+
+
+def _has_run_marker(directory: Path) -> bool:
+    """Something named like a run's files is there (ours or not)."""
+    return any(os.path.lexists(Path(directory) / m) for m in RUN_MARKERS)
+
+
+PLAIN_DIR = "plain"  # a healed run's plain baseline: OUT/plain, a run directory of its own
+
+
+def check_plain(out: Path, shown: str | Path) -> None:
+    """OUT/plain is reserved for a healed run's plain baseline: absent, empty, or the baseline
+    blockprune wrote there (a run whose run.json says `baseline_of: ".."`). A link, a file or a
+    folder of the user's is refused in one line, before anything is loaded or written."""
+    p = Path(out) / PLAIN_DIR
+    if not os.path.lexists(p):
+        return
+    where = Path(str(shown)) / PLAIN_DIR
+    hint = ("; plain/ is reserved for the plain baseline of a healed run: move it away, or pass --no-plain-baseline "
+            "(nothing was written)")
+    if p.is_symlink():
+        raise PathError(f"{where} is a symbolic link (to {os.readlink(p)}), not the plain baseline blockprune "
+                        f"writes{hint}")
+    if not p.is_dir():
+        raise PathError(f"{where} is a file, not the plain baseline's folder{hint}")
+    found = contents(p)
+    if not found:
+        return
+    info = _load_json(p / RUN_MARKERS[0])
+    if is_run(p) and (info is None or (isinstance(info, dict) and info.get("baseline_of") == "..")):
+        return
+    raise PathError(f"{where} holds files blockprune did not write ({_listing([e.name for e in found])}){hint}")
 
 
 def _load_json(path: Path):
@@ -220,6 +266,9 @@ def claim(out: str | Path, kind: str, inputs: Iterable[tuple[str, str | Path]] =
         if target in inp.parents:
             raise PathError(f"{what} {shown} holds {label} ({path}); blockprune never writes over its inputs: "
                             "give a new directory")
+        if inp in target.parents and inp.is_dir():  # a folder inside the model or the cache changes it
+            raise PathError(f"{what} {shown} is inside {label} ({path}); blockprune never writes into its inputs: "
+                            "give a directory outside it")
     if kind == "export":
         cwd = real(os.getcwd())
         if target == cwd or target in cwd.parents:
@@ -230,10 +279,10 @@ def claim(out: str | Path, kind: str, inputs: Iterable[tuple[str, str | Path]] =
     if kind == "run":
         if is_run(target):
             return target
-        stray = [e.name for e in contents(target)]
+        stray = [e.name + (" (a symbolic link)" if e.is_symlink() else "") for e in contents(target)]
         raise PathError(f"{what} {shown} is not empty and is not a blockprune run directory "
                         f"(holds {_listing(stray)}); give a new or empty directory")
-    if is_run(target):
+    if is_run(target) or _has_run_marker(target):
         sub = {"export": "export", "bench": "latency", "replaced-report": "analysis"}[kind]
         raise PathError(f"{what} {shown} is a search run directory; write into a new directory "
                         f"(e.g. {Path(str(shown)) / sub})")

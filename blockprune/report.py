@@ -32,7 +32,7 @@ from . import analysis as analysis_mod
 from .advice import by_k, recommendations, stepwise
 from .outputs import VALIDATION_FILE
 from .plots import PLOTS, plot_all, plot_drop_vs_speedup, speedup_series
-from .report_text import TEXT, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
+from .report_text import TEXT, cell, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
 from .rundir import TempDir, chmod_like_user
 from .store import Store
 
@@ -116,20 +116,20 @@ def guard_failures(c: dict, t: float) -> list[str]:
 
 def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
     L = [f"### {T['decide']}", "", T["decide_text"].format(t=pct(t)), "",
-         "| k | removed | " + " | ".join(decisions[0]["tasks"]) + " |" if decisions else "",
+         "| k | removed | " + " | ".join(map(cell, decisions[0]["tasks"])) + " |" if decisions else "",
          "|" + " --- |" * (2 + len(decisions[0]["tasks"])) if decisions else ""]
     undecided = []
     for d in decisions:
         cells = []
         for name, e in d["tasks"].items():
-            cell = f"{T['v_' + e['verdict']]} ({pct(e['drop'])})"
+            said = f"{T['v_' + e['verdict']]} ({pct(e['drop'])})"
             if e["verdict"] == "undecided":
                 m = e.get("samples_needed")
                 need = T["need_inf"] if m is None else T["need"].format(
                     m=m, n=e["n"], avail=T["need_avail"].format(a=e["available"]) if "available" in e else "")
-                cell += f": {need}"
+                said += f": {need}"
                 undecided.append((d, name, need))
-            cells.append(cell)
+            cells.append(said)
         L.append(f"| {d['k']} | {fmt_set(d['removed'])} | " + " | ".join(cells) + " |")
     L.append("")
     for d in decisions:
@@ -157,7 +157,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
         L += [T["one_task"], ""]
     L += [f"| {T['task']} | {T['metric']} | {T['dense']} | {T['ranked']} | {T['dense']} | {T['n']} |",
           "| --- | --- | --- | --- | --- | --- |"]
-    L += [f"| {n} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |"
+    L += [f"| {cell(n)} | {t['metric']} | {t['baseline']:.4g} | {t['rank_score']} | {t['rank_baseline']:.4g} | {t['n']} |"
           for n, t in tasks.items()]
     if a.get("notes"):
         L += ["", f"**{T['notes']}**:", ""] + [f"- {note}" for note in a["notes"]]
@@ -179,7 +179,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
         if not advice.guard(c, recs["tolerance"]):
             L.append(f"- {T['guard_fail'].format(t=pct(recs['tolerance']), tasks=', '.join(guard_failures(c, recs['tolerance'])))}")
         L.append("")
-        L += [f"**{T['top5']}**:", "", f"| # | removed | {T['mean']} ± std | {T['ci']} | " + " | ".join(tasks) + " |",
+        L += [f"**{T['top5']}**:", "", f"| # | removed | {T['mean']} ± std | {T['ci']} | " + " | ".join(map(cell, tasks)) + " |",
               "|" + " --- |" * (4 + len(tasks))]
         for i, x in enumerate(cs[:5], 1):
             mark = "" if advice.guard(x, recs["tolerance"]) else " ✗"
@@ -222,7 +222,7 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
     for i, line in enumerate(finding_lines(findings, T), 1):
         L.append(f"{i}. {line}")
     if a["per_block"]:
-        L += ["", f"## {T['blocks']}", "", f"| {T['block']} | {T['rank']} | {T['mean']} | {T['ci']} | " + " | ".join(tasks) + " |",
+        L += ["", f"## {T['blocks']}", "", f"| {T['block']} | {T['rank']} | {T['mean']} | {T['ci']} | " + " | ".join(map(cell, tasks)) + " |",
               "|" + " --- |" * (4 + len(tasks))]
         for b in a["per_block"]:
             mark = "†" if "samples" in b else ""

@@ -9,6 +9,12 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def cell(text) -> str:
+    """Text for a Markdown table cell: on one line, its pipes escaped (a bare `|` splits the cell,
+    inside backticks too)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def fmt_set(removed) -> str:
     """A removal set as the reports write it: [17, 18]."""
     return "[" + ", ".join(str(b) for b in removed) + "]"
@@ -132,6 +138,7 @@ TEXT = {
                               "does (no block before it)."),
         "heal_plain_none": "Every block can fold a map: only a run starting at block 0 stays plain (no block before it).",
         "heal_best": "best healed set", "heal_mean": "healed mean drop [95% interval]",
+        "heal_set_plain": "(scored plain: no run took a map)", "heal_set_partly_plain": "(partly plain)",
         "heal_same": "the same set plain", "heal_best_plain": "best plain set", "heal_its": "its mean drop [95% interval]",
         "heal_table_note": ("Plain columns: the plain (unhealed) search in `plain/`, on the same tasks and samples; — where "
                             "it did not score the set."),
@@ -255,6 +262,7 @@ TEXT = {
         "heal_plain_blocks": "保持普通删除（按未修复评估）的连续段：{items}；从 block 0 开始的段也总是如此（前面没有 block）。",
         "heal_plain_none": "每个 block 都能折叠映射：只有从 block 0 开始的段保持普通删除（前面没有 block）。",
         "heal_best": "修复后最佳组合", "heal_mean": "修复后平均下降 [95% 区间]",
+        "heal_set_plain": "（按未修复评估：没有段得到映射）", "heal_set_partly_plain": "（部分未修复）",
         "heal_same": "同一组合未修复", "heal_best_plain": "未修复最佳组合", "heal_its": "其平均下降 [95% 区间]",
         "heal_table_note": "未修复的各列来自 `plain/` 中的普通（未修复）搜索，任务与样本相同；— 表示该搜索未评估此组合。",
         "heal_no_plain": "没有可比较的普通运行（`{out}/plain` 不存在：是否使用了 --no-plain-baseline？）。",

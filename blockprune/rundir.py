@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .outputs import (  # noqa: F401  (the claim API, re-exported: rundir.claim, rundir.PathError, ...)
-    EXPORT_MANIFEST, KIND_FILES, KIND_NAMES, LOCK_FILE, PROBE_PREFIX, RUN_MARKERS, TMP_MARKER, TMP_PREFIX, PathError,
-    cache_root, check_out, claim, contents, export_foreign, is_empty_dir, is_run, os_reason, real, search_inputs,
+    EXPORT_MANIFEST, KIND_FILES, KIND_NAMES, LOCK_FILE, PLAIN_DIR, PROBE_PREFIX, RUN_MARKERS, TMP_MARKER, TMP_PREFIX,
+    PathError, cache_root, check_out, check_plain, claim, contents, export_foreign, is_empty_dir, is_run, os_reason, real, search_inputs,
     spec_paths)
 
 

@@ -101,7 +101,7 @@ class Settings:
     tasks: Sequence[str] = option(run=_tasks)
     heal: str = option("none", run=_heal)  # none | linear (blockprune.heal)
     calibration: str | None = option(None, run=None)  # in "heal" above: SOURCE[#N] (None: the first text task's)
-    ridge: float = option(heal_mod.DEFAULT_RIDGE, run=None)  # in "heal" above
+    ridge: float | None = option(None, run=None)  # in "heal" above (None: heal.DEFAULT_RIDGE when healing)
     # not fingerprinted: where and how fast the scores are made, and what is done after the search
     max_candidates: int = option(5000, run=None)  # exhaustive searches above this are refused
     candidates_per_pass: int = option(256, run=None)
@@ -140,8 +140,10 @@ class Settings:
             raise SearchError(f"unknown healing method {self.heal!r}: choose one of {', '.join(heal_mod.METHODS)}")
         if self.heal == "none" and self.calibration is not None:
             raise SearchError("--calibration is the text --heal linear fits its maps on; give --heal linear too")
-        if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge >= 0):
-            raise SearchError(f"--ridge must be a finite number >= 0, not {self.ridge}")
+        try:
+            ridge = heal_mod.check_ridge(self.ridge, self.heal)
+        except heal_mod.HealError as exc:
+            raise SearchError(str(exc)) from None
         if self.calibration is not None:
             from .calibration import check_spec as check_calibration
 
@@ -175,7 +177,7 @@ class Settings:
             from . import cluster
 
             cluster.check_options(self.workers, self.ray_address)
-        return self.replace(dtype=dtype, sets=sets)
+        return self.replace(dtype=dtype, sets=sets, ridge=ridge)
 
     def check_blocks(self, num_blocks: int) -> None:
         """The checks that need the model's block count (once it is loaded, before any scoring)."""

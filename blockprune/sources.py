@@ -154,8 +154,12 @@ def resolve(spec: str) -> str:
         from . import data
 
         target = data.cache_dir() / "models" / spec
-        if not (target / "config.json").exists():
-            _convert_smollm2(target)
+        killed = target.parent.is_dir() and any(target.parent.glob(".convert-*"))  # a killed conversion's folder
+        if killed or not (target / "config.json").exists():
+            with data.cache_lock("models"):
+                data.reclaim(target.parent, ".convert-*")
+                if not (target / "config.json").exists():
+                    _convert_smollm2(target)
         return str(target)
     where = (f"(--model takes an embedded name: {', '.join(EMBEDDED)}; a local Hugging Face directory; a .gguf file; "
              "or a hub id)")

@@ -72,11 +72,34 @@ def _kill_point(n: int) -> None:
 
 
 def refuse_other_settings(directory: Path, stored: dict, settings: dict, skip=()) -> None:
-    """One line when the run in `directory` was made with other settings (`skip`: keys not compared)."""
+    """One line when the run in `directory` was made with other settings (`skip`: keys not compared),
+    naming what differs: `ridge 0.01 (the run) vs 0.5 (now)`."""
     diff = sorted(k for k in set(stored) | set(settings) if k not in skip and stored.get(k) != settings.get(k))
     if diff:
-        raise StoreError(f"{directory} holds a run with different settings ({', '.join(diff)}); "
+        said = [d for k in diff for d in _differences(k, stored.get(k, _ABSENT), settings.get(k, _ABSENT))]
+        shown = "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
+        raise StoreError(f"{directory} holds a run with different settings ({shown}); "
                          "rerun with the same settings to resume, or use a new --out directory")
+
+
+_ABSENT = object()
+
+
+def _short(value) -> str:
+    if value is _ABSENT or value is None:
+        return "none"
+    if isinstance(value, dict) and "method" in value:  # a setting group named by its method (heal: linear)
+        return str(value["method"])
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _differences(key: str, old, new) -> list[str]:
+    """What differs under `key`, leaf by leaf where both sides are dicts (e.g. `heal.ridge`)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        subs = sorted(k for k in set(old) | set(new) if old.get(k, _ABSENT) != new.get(k, _ABSENT))
+        return [d for k in subs for d in _differences(f"{key}.{k}", old.get(k, _ABSENT), new.get(k, _ABSENT))]
+    return [f"{key} {_short(old)} (the run) vs {_short(new)} (now)"]
 
 
 def stored_settings(directory: Path) -> dict | None:

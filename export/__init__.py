@@ -13,7 +13,8 @@ every parity figure, the onnxruntime providers that actually ran, and versions.
 With `healing` (a fitted `blockprune.heal.Healing`), each removed run's map is folded into the
 block before it in a copy of the model (`hf.healed_copy`; the caller's model is not changed), and
 every format is written and verified from that copy, so the exported model is the one the engine
-scored healed. A run starting at block 0 (no block before it) is refused before anything is
+scored healed; its perplexity on held-out windows is bounded by plain deletion's first
+(`export.quality`: a broken fold is never exported as verified). A run starting at block 0 (no block before it) is refused before anything is
 written; the healing (method, ridge, calibration, a hash of its window ids) is part of the
 request, and the manifest's `healing` says which run was folded into which tensor and which stayed
 plain. `onnx-elastic` stays plain (a healed skip would need one map per block and run length in
@@ -282,10 +283,16 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     inputs = inputs_of(bm.name, bm.meta)
     shown = out
     out = check_out(out, request, force, inputs)
-    plain, healed_runs = None, None
+    plain, healed_runs, quality = None, None, None
     if healing is not None:  # the maps folded into a copy; the blocks are removed from it
+        from . import quality as quality_mod
+
         plain = bm
         bm, healed_runs = hf.healed_copy(bm, healing, removed, maps)
+        try:  # before anything is written: the folded model against plain deletion on held-out windows
+            quality = quality_mod.check(plain, bm, removed, healing)
+        except quality_mod.QualityError as exc:
+            raise ExportFailed(str(exc)) from None
     start = time.perf_counter()
     made: list[Path] = []
     try:
@@ -302,7 +309,7 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
         manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
         if healing is not None:
-            manifest["healing"] = _healing_record(healing, healed_runs, formats)
+            manifest["healing"] = {**_healing_record(healing, healed_runs, formats), "quality": quality}
         needed = [r for f in formats for r in _BY_FORMAT[f].requires(bm) if r not in formats]
         if needed:  # built from the verified checkpoint, which ships beside them
             formats = [*dict.fromkeys(needed), *formats]

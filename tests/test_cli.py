@@ -92,4 +92,4 @@ def test_resume_with_other_settings_is_refused(tiny_dir, jsonl_tasks, tmp_path):
     out = tmp_path / "run"
     assert run_cli(*search_args(tiny_dir, jsonl_tasks, out, "--max-remove", "1")).returncode == 0
     again = run_cli(*search_args(tiny_dir, jsonl_tasks, out, "--max-remove", "2"))
-    assert again.returncode == 2 and "different settings (max_remove)" in again.stderr
+    assert again.returncode == 2 and "different settings (max_remove 1 (the run) vs 2 (now))" in again.stderr
