@@ -192,7 +192,6 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
             raise CalibrationError(f"--calibration {source}: {exc}") from None
         skip = text.requests[0].score_from if text.requests else 1
         ids, windows = list(text.sample_ids), [tuple(r.tokens) for r in text.requests]
-        _refuse_shared_text(source, windows, tokenizer, eos_token_id, window, task_specs)
     task_part: dict[str, dict] = {}
     if mixed:
         for spec, task in zip(task_specs, tasks):
@@ -218,6 +217,8 @@ def select(source_spec: str | None, tokenizer, eos_token_id, hidden: int, seed: 
     if overlap:
         raise CalibrationError(f"--calibration {where}: a calibration window is a window the search scores "
                                "(the same text as a task); calibrate on a text or windows the search does not score")
+    if source is not None:  # the same text named another way, compared by content
+        _refuse_shared_text(source, windows[:len(ids)], tokenizer, eos_token_id, window, task_specs)
     cal = Calibration(source, window, ids, windows, skip, task_part)
     needed = MIN_TOKENS_PER_DIM * hidden
     if cal.tokens < needed:

@@ -266,7 +266,9 @@ def claim(out: str | Path, kind: str, inputs: Iterable[tuple[str, str | Path]] =
         if target in inp.parents:
             raise PathError(f"{what} {shown} holds {label} ({path}); blockprune never writes over its inputs: "
                             "give a new directory")
-        if inp in target.parents and inp.is_dir():  # a folder inside the model or the cache changes it
+        # a folder inside the model or the cache changes it (the replaced system's files are read by
+        # name: its report goes to ROOT/analysis by design)
+        if inp in target.parents and inp.is_dir() and kind != "replaced-report":
             raise PathError(f"{what} {shown} is inside {label} ({path}); blockprune never writes into its inputs: "
                             "give a directory outside it")
     if kind == "export":

@@ -229,5 +229,6 @@ def test_the_section_names_the_runs_that_stay_plain():
     assert ("Runs that stay plain (scored as plain deletion): after block 3: no projection; after block 11: its MLP output "
             "passes through a norm; a run starting at block 0 always does") in text
     assert "Calibration: not recorded in run.json." in text and "ridge 0.01 times" in text
-    assert "| 1 | [4] | 1.00% [0.00% – 2.00%] | — | — | — |" in text and "`OUT/plain` is absent" in text
+    # block 3 cannot fold, so [4] was scored plain, and says so (#29)
+    assert "| 1 | [4] (scored plain: no run took a map) | 1.00% [0.00% – 2.00%] | — | — | — |" in text and "`OUT/plain` is absent" in text
     assert heal_report.section_lines(None, report.TEXT["en"], "OUT") == []
