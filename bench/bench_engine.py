@@ -24,7 +24,7 @@ import torch
 
 from blockprune import api, models
 from blockprune.engine import Engine
-from blockprune.kinds import needs_dense
+from blockprune.tasks.kinds import needs_dense
 from blockprune.tasks import load_task
 
 

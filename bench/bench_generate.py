@@ -1,4 +1,4 @@
-"""Batched masked generation (blockprune.decode) against a naive loop, at a beam step's size.
+"""Batched masked generation (blockprune.engine.decode) against a naive loop, at a beam step's size.
 
 The naive loop is what one writes without blockprune: for each candidate, the model with its
 blocks taken out of the block list and `generate()` (greedy, the model's own KV cache), one prompt

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from blockprune import models, oneshot, search
+from blockprune import models, search
+from blockprune.search import oneshot
 from blockprune.engine import Engine
-from blockprune.store import Store, atomic_write_json, atomic_write_text
+from blockprune.runs.store import Store, atomic_write_json, atomic_write_text
 from blockprune.tasks import load_task
 
 METHODS = [

@@ -16,7 +16,7 @@ import json
 from itertools import combinations
 from pathlib import Path
 
-from blockprune.store import atomic_write_json, atomic_write_text
+from blockprune.runs.store import atomic_write_json, atomic_write_text
 
 
 def pct(x: float) -> str:

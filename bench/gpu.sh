@@ -59,7 +59,9 @@ RUN_DIR="$REPO"
 if [ "${GPU_SHADOW:-0}" = 1 ] || ! (cd "$REPO" && "$PY" -c "import blockprune.kernels, blockprune.engine") 2>/dev/null; then
   RUN_DIR="$(mktemp -d)"
   mkdir -p "$RUN_DIR/blockprune"
-  for f in "$REPO"/blockprune/*.py; do ln -s "$f" "$RUN_DIR/blockprune/"; done
+  for f in "$REPO"/blockprune/*; do  # its modules and packages (a checkout's own links to kernels/, export/ aside)
+    case "${f##*/}" in kernels|export|__pycache__) ;; *) ln -s "$f" "$RUN_DIR/blockprune/";; esac
+  done
   ln -s "$REPO/kernels" "$RUN_DIR/blockprune/kernels"
   ln -s "$REPO/export" "$RUN_DIR/blockprune/export"
   export PYTHONPATH="$RUN_DIR${PYTHONPATH:+:$PYTHONPATH}"

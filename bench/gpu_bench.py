@@ -168,7 +168,7 @@ def build_model(kind: str, dtype: torch.dtype, layers: int | None = None):
 
 
 def requests_for(vocab: int, smoke: bool) -> dict:
-    from blockprune.request import Request
+    from blockprune.tasks.request import Request
 
     rng = np.random.default_rng(0)
     seq, num, questions, ctx = (16, 4, 2, 8) if smoke else (128, 8, 8, 64)
@@ -376,7 +376,7 @@ def bench_rows(rec: Recorder, smoke: bool) -> None:
 # ---- 4: batched masked generation against generate() per candidate --------------------------------
 @torch.inference_mode()
 def bench_generate(rec: "Recorder", smoke: bool, end: float) -> None:
-    """One beam step's candidates decoded by Engine.generate (blockprune.decode) against the naive
+    """One beam step's candidates decoded by Engine.generate (blockprune.engine.decode) against the naive
     loop: per candidate, its pruned copy (models.remove_blocks, not timed) and generate() per
     prompt, greedy. fp32, so the tokens must be equal; the ~1B config, 8 prompts of 64 tokens, 16
     new tokens each (EOS never stops a random model early)."""

@@ -1,7 +1,7 @@
 """Healing (#23): how much calibration the linear repair map needs, which ridge, which text.
 
 For the removal sets SETS on SmolLM2-135M (30 blocks, hidden 576), the ridge least-squares map of
-blockprune.heal is fitted on calibration windows of 64 tokens and the healed sets are scored by
+blockprune.healing.heal is fitted on calibration windows of 64 tokens and the healed sets are scored by
 the engine against the plain (unhealed) sets:
 
 1. calibration size: Hamlet windows disjoint from 24 held-out Hamlet windows, at about 2, 4, 8,
@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blockprune import heal, models
+from blockprune.healing import heal
+from blockprune import models
 from blockprune.engine import Engine
 from blockprune.tasks import load_task
 
@@ -345,7 +346,7 @@ def write(rec, size_cond, ridge_cond, matched_cond, mix_cond, labels, sizes, out
              f"{rec['torch_threads']} threads). Held-out: {HELD_OUT} Hamlet windows of {WINDOW} tokens "
              f"({HELD_OUT * (WINDOW - 1)} scored tokens) never used for calibration, and {HELD_OUT} Macbeth windows. "
              f"Healing: one ridge least-squares map per removed run, folded into the block before it "
-             f"(`blockprune.heal`); calibration windows of {WINDOW} tokens, hidden = {hidden}. "
+             f"(`blockprune.healing.heal`); calibration windows of {WINDOW} tokens, hidden = {hidden}. "
              f"Dense perplexity: Hamlet {rec['dense_ppl']['hamlet_held_out']:.2f}, "
              f"Macbeth {rec['dense_ppl']['macbeth']:.2f}.", ""]
 

@@ -27,10 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blockprune import advice, api, models, report  # noqa: E402
+from blockprune.analysis import advice
+from blockprune import api, models, report  # noqa: E402
 from blockprune.engine import Engine  # noqa: E402
-from blockprune.heldout import healed_copy, plain_perplexity, run_healing  # noqa: E402
-from blockprune.store import Store  # noqa: E402
+from blockprune.measure.heldout import healed_copy, plain_perplexity, run_healing  # noqa: E402
+from blockprune.runs.store import Store  # noqa: E402
 from blockprune.tasks import load_task  # noqa: E402
 
 TASKS = ("kl:shakespeare/hamlet#16", "bigbench:general_knowledge#30")
@@ -93,8 +94,8 @@ def held_out(bm, healing, store: Store, sets_healed: dict, sets_plain: dict) -> 
 
 
 def decode_latency(bm, healing, removed, reps: int = 8) -> dict:
-    from blockprune.generation import TorchGeneration
-    from blockprune.latency import _measure, _prompt
+    from blockprune.measure.generation import TorchGeneration
+    from blockprune.measure.latency import _measure, _prompt
 
     plain = models.remove_blocks(bm, removed).model
     healed = healed_copy(bm, removed, healing).model

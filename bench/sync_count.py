@@ -28,7 +28,7 @@ import transformers  # noqa: E402
 
 from blockprune import models  # noqa: E402
 from blockprune.engine import Engine  # noqa: E402
-from blockprune.request import Request  # noqa: E402
+from blockprune.tasks.request import Request  # noqa: E402
 from fakecuda import fake_cuda  # noqa: E402
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import latency, models
+from blockprune.measure import latency
+from blockprune import models
 from conftest import tiny_model, write_tiny_decoder
 
 PROMPT, GEN = 32, 16

@@ -9,10 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import advice, models, report, rundir, scores, search, sources, versions
+from .analysis import advice
+from . import models, report, search, versions
+from .runs import rundir
+from .tasks import scores
+from .models import sources
 from .engine import Engine
 from .settings import DEMO, DTYPES, Loaded, Settings, resolve_dtype  # noqa: F401  (the API's names)
-from .store import RUN_FILE, Store, StoreError, refuse_changed_content, refuse_other_settings, stored_settings
+from .runs.store import RUN_FILE, Store, StoreError, refuse_changed_content, refuse_other_settings, stored_settings
 from .tasks import absolute_spec, load_task, prefetch as prefetch_tasks, split_count
 
 
@@ -36,7 +40,7 @@ def run_search(settings: Settings | str | None = None, tasks=None, out: str | Pa
     end the report is written; with `held_out` the recommendations are re-scored on samples the
     search did not use (`blockprune validate`) and the report shows both; with `export_formats`
     the balanced recommendation is exported to `out/export`. `rank_by`: see scores.resolve_rank_by.
-    `workers` / `ray_address`: score on Ray workers, one model replica each (blockprune.cluster);
+    `workers` / `ray_address`: score on Ray workers, one model replica each (blockprune.search.cluster);
     the scores and the store are the same as in one process.
     """
     start = time.perf_counter()
@@ -134,7 +138,7 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
         _bench_latency(out, bm, s.tolerance, s.progress, analysis, advised, plain)
     if s.held_out:
-        from . import heldout
+        from .measure import heldout
 
         if s.progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
@@ -161,7 +165,7 @@ def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | N
     maps for runs up to the longest the search can remove (None for a plain search)."""
     if s.heal == "none":
         return None
-    from . import calibration, heal
+    from .healing import calibration, heal
 
     hidden = bm.head.weight.shape[1]
     cal = calibration.select(s.calibration, bm.tokenizer, bm.eos_token_id, hidden, s.seed, s.ppl_window, loaded, s.tasks)
@@ -218,7 +222,7 @@ def _pool(s: Settings):
     if not s.clustered:
         yield None
         return
-    from . import cluster
+    from .search import cluster
 
     if s.progress:
         print(f"blockprune: starting {s.workers or 'one per GPU (or machine) of the cluster:'} Ray worker(s)"
@@ -296,7 +300,7 @@ def _refuse_changed_model(out: Path, model_hash: str | None) -> None:
 def check_length(task, bm: models.BlockModel) -> None:
     """Refuse a request longer than the model's positions (it would run for minutes on garbage),
     naming the sample where its file says (FILE:LINE) and --ppl-window only for text windows."""
-    from .kinds import get_kind
+    from .tasks.kinds import get_kind
 
     limit = bm.max_positions
     if not limit or not task.requests:
@@ -316,7 +320,7 @@ def _refuse_old_store(out: Path) -> None:
     directory of other files is not a run directory (nothing in it may be overwritten)."""
     import json
 
-    from .store import RESULTS_FILE
+    from .runs.store import RESULTS_FILE
 
     if out.is_dir() and not (out / RUN_FILE).exists() and not (out / RESULTS_FILE).exists():
         stray = sorted(p.name for p in out.iterdir() if p.name != rundir.LOCK_FILE)
@@ -337,7 +341,7 @@ def _refuse_old_store(out: Path) -> None:
 def _bench_latency(out: str | Path, bm: models.BlockModel, tolerance: float, progress: bool, analysis: dict,
                    recs: dict, plain: dict | None = None) -> None:
     """Latency is an extra: a failure is reported on one line and the search's report still written."""
-    from . import latency
+    from .measure import latency
 
     try:
         latency.bench_run(out, bm, tolerance, progress=progress, analysis=analysis, recs=recs, plain=plain)
@@ -354,7 +358,7 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
     `out` must be new, empty or an export of the same request unless `force` (never a search run).
     `healing` (a fitted heal.Healing, as a search passes it), or `heal="linear"` with `calibration`
     (SOURCE#N windows of `window` tokens): the removed runs are healed (maps folded in before the cut)."""
-    from . import heal as heal_mod
+    from .healing import heal as heal_mod
     from .export import check_formats, check_out, export_model, inputs_of, request_of
 
     formats = check_formats(formats)
@@ -367,7 +371,7 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
     ridge = heal_mod.check_ridge(ridge, heal if healing is None else "linear")
     removed = sorted({int(b) for b in removed})
     if heal == "linear":
-        from . import calibration as cal_mod
+        from .healing import calibration as cal_mod
 
         if calibration is None:
             raise cal_mod.CalibrationError("export --heal linear needs --calibration SOURCE[#N] (e.g. shakespeare/hamlet)")
@@ -383,7 +387,7 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
         check_out(out, plain, force or plain is None, inputs_of(model))
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
     if heal == "linear" and healing is None:
-        from . import calibration as cal_mod
+        from .healing import calibration as cal_mod
 
         hidden = bm.head.weight.shape[1]
         cal = cal_mod.select(calibration, bm.tokenizer, bm.eos_token_id, hidden, seed, window)
@@ -399,7 +403,7 @@ def validate(directory: str | Path, samples: int | None = None, device: str | No
              tolerance: float | None = None) -> dict:
     """Re-score a run's recommendations on held-out samples (validation.json) and rewrite its report.
     `tolerance` None: the one the run was searched with."""
-    from . import heldout
+    from .measure import heldout
 
     store = Store.open_existing(Path(directory))
     tolerance = report.run_tolerance(directory, store) if tolerance is None else tolerance

@@ -13,19 +13,19 @@ from dataclasses import fields
 from . import api, report, search
 from .settings import Settings, default
 from .analysis import AnalysisError
-from .cluster import ClusterError
+from .search.cluster import ClusterError
 from .report import ReportError
 from .data import DataError
 from .export import ExportFailed
-from .calibration import CalibrationError
-from . import heal
-from .heal import HealError
-from .heldout import HeldOutError
-from .latency import BenchError
+from .healing.calibration import CalibrationError
+from .healing import heal
+from .healing.heal import HealError
+from .measure.heldout import HeldOutError
+from .measure.latency import BenchError
 from .models import ModelError
-from .rundir import PathError
-from .scores import ScoreError
-from .store import StoreError
+from .runs.rundir import PathError
+from .tasks.scores import ScoreError
+from .runs.store import StoreError
 from .tasks import TaskError
 
 USER_ERRORS = (DataError, ModelError, TaskError, StoreError, search.SearchError, AnalysisError, ReportError,
@@ -328,7 +328,8 @@ def _report_name(lang: str) -> str:
 
 
 def _bench(args) -> int:
-    from . import latency, rundir
+    from .measure import latency
+    from .runs import rundir
 
     if args.out:  # before minutes of measuring: the same rules as every output (and again when written)
         inputs = [("the model", p) for p in rundir.spec_paths(args.model)]
@@ -362,7 +363,7 @@ def _report(args) -> int:
     from pathlib import Path
 
     if args.replaced_system:
-        from . import replaced_report
+        from .report import replaced_report
 
         out = Path(args.out) if args.out else Path(args.dir) / "analysis"
         try:

@@ -19,12 +19,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from . import evolve, report, scores, search, sources
-from . import heal as heal_mod
+from .search import evolve
+from . import report, search
+from .tasks import scores
+from .models import sources
+from .healing import heal as heal_mod
 from .search import SearchError
 from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, split_count
 
-from .sources import DTYPES  # noqa: E402  (re-exported: the --dtype names)
+from .models.sources import DTYPES  # noqa: E402  (re-exported: the --dtype names)
 
 SAME = "same"  # `run=SAME`: the option is fingerprinted under its own name, as given
 
@@ -36,7 +39,7 @@ class Loaded:
     num_blocks: int
     rank_by: dict  # {task: score}, resolved from --rank-by and the tasks' kinds
     tasks: Sequence  # the loaded tasks, in the order of Settings.tasks
-    calibration: Any = None  # blockprune.calibration.Calibration of a healed run
+    calibration: Any = None  # blockprune.healing.calibration.Calibration of a healed run
 
 
 def option(default: Any = dataclasses.MISSING, *, run: Any, group: str | None = None):
@@ -99,7 +102,7 @@ class Settings:
         (), run=lambda s, m: {"sets": [list(x) for x in sorted(set(s.sets), key=lambda x: (len(x), x))]}
         if s.method == "given" else {})
     tasks: Sequence[str] = option(run=_tasks)
-    heal: str = option("none", run=_heal)  # none | linear (blockprune.heal)
+    heal: str = option("none", run=_heal)  # none | linear (blockprune.healing.heal)
     calibration: str | None = option(None, run=None)  # in "heal" above: SOURCE[#N] (None: the first text task's)
     ridge: float | None = option(None, run=None)  # in "heal" above (None: heal.DEFAULT_RIDGE when healing)
     # not fingerprinted: where and how fast the scores are made, and what is done after the search
@@ -145,7 +148,7 @@ class Settings:
         except heal_mod.HealError as exc:
             raise SearchError(str(exc)) from None
         if self.calibration is not None:
-            from .calibration import check_spec as check_calibration
+            from .healing.calibration import check_spec as check_calibration
 
             check_calibration(self.calibration)
         if self.method not in search.METHODS:
@@ -174,7 +177,7 @@ class Settings:
             check_formats(self.export_formats)
         sources.check_device(self.device)
         if self.clustered:
-            from . import cluster
+            from .search import cluster
 
             cluster.check_options(self.workers, self.ray_address)
         return self.replace(dtype=dtype, sets=sets, ridge=ridge)
@@ -213,7 +216,7 @@ class Settings:
 
     @property
     def clustered(self) -> bool:
-        """Scored on Ray workers (blockprune.cluster)."""
+        """Scored on Ray workers (blockprune.search.cluster)."""
         return self.workers is not None or bool(self.ray_address)
 
 

@@ -10,7 +10,7 @@ when every file in it is one its manifest lists. A user's files, a search run, t
 or a directory holding them are refused always (`outputs.claim`). `export_manifest.json` lists the files (sha256, size),
 every parity figure, the onnxruntime providers that actually ran, and versions.
 
-With `healing` (a fitted `blockprune.heal.Healing`), each removed run's map is folded into the
+With `healing` (a fitted `blockprune.healing.heal.Healing`), each removed run's map is folded into the
 block before it in a copy of the model (`hf.healed_copy`; the caller's model is not changed), and
 every format is written and verified from that copy, so the exported model is the one the engine
 scored healed; its perplexity on held-out windows is bounded by plain deletion's first
@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from blockprune import outputs, rundir, versions
+from blockprune.runs import outputs, rundir
+from blockprune import versions
 from blockprune.models import BlockModel, remove_blocks
-from blockprune.outputs import PathError
-from blockprune.rundir import chmod_like_user
+from blockprune.runs.outputs import PathError
+from blockprune.runs.rundir import chmod_like_user
 
 from . import hf
 from .onnx import ExportError

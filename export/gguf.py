@@ -43,7 +43,7 @@ def _linear_layout(module) -> bool:
 def folded_tensors(bm, blocks: Sequence[int]) -> dict[str, "np.ndarray"]:
     """{source GGUF tensor name: float32 values} of the folded output projections of `blocks`
     (names before renumbering; arrays [out, in] as the reader's dequantised tensors are shaped)."""
-    from blockprune import heal
+    from blockprune.healing import heal
 
     out = {}
     for b in blocks:
@@ -81,7 +81,7 @@ def stored(values, type_name: str):
 def as_stored(bm, blocks: Sequence[int], replace: dict, rewritten: list[dict]):
     """A copy of `bm` whose folded projections hold what the written file holds (the reference a
     healed GGUF is verified against); every other tensor shared with `bm`."""
-    from blockprune import heal
+    from blockprune.healing import heal
 
     from .hf import copy_sharing
 
@@ -187,7 +187,7 @@ def verify(bm, removed: Sequence[int], path: Path, atol: float = 1e-4, new_token
     """Reload `path` with transformers' GGUF reader; logits and greedy tokens vs the masked model.
     `unrounded` (healed: `bm` is the folded model with the rewritten tensors rounded as the file
     holds them): how far the file is from the folded model before that rounding, stated."""
-    from blockprune.sources import from_gguf
+    from blockprune.models.sources import from_gguf
 
     from .hf import masked_logits
 
@@ -347,7 +347,7 @@ def verify_from_hf(model, tokenizer, path: Path, outtype: str, atol: float = 1e-
     also states how far the rounding moves it from `model` itself."""
     import copy
 
-    from blockprune.sources import from_gguf
+    from blockprune.models.sources import from_gguf
 
     from .genai import PROMPTS
 

@@ -9,7 +9,7 @@ give (1) the logits of the original model with those blocks skipped (the masked 
 by block through the adapter, not through the pruned copy) within `atol`, and (2) the same greedy
 `generate()` tokens with the KV cache as a full recompute without it.
 
-Healing (`healed_copy`): the maps of a `blockprune.heal.Healing` are folded into a copy of the
+Healing (`healed_copy`): the maps of a `blockprune.healing.heal.Healing` are folded into a copy of the
 model (the blocks before the removed runs get new output-projection weights; every other tensor
 and the tokenizer are shared with the caller's model, which is never changed), and that copy is
 what every format is written and verified from.
@@ -62,7 +62,7 @@ def healed_copy(bm: BlockModel, healing, removed: Sequence[int], maps: dict | No
     """`bm` with `healing`'s maps for the runs of `removed` folded into the blocks before them (a
     copy: `copy_sharing`), and the runs (`healing.runs`), each healed one naming the tensor its map
     was folded into (`folded_into`: the module path in the unpruned model, block numbering as before)."""
-    from blockprune import heal
+    from blockprune.healing import heal
 
     maps = healing.maps_for(removed) if maps is None else maps
     projections = {b: heal.projection(bm.blocks[b]) for b in maps}

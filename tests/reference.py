@@ -126,10 +126,10 @@ def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
 @torch.inference_mode()
 def folded_kl(bm, healing, requests, removed) -> float:
     """Mean per-token KL(p_dense || p_pruned) of a copy with `healing`'s maps folded into its weights
-    (blockprune.heal.fold_into, as the export writes them; None: plain) and `removed` deleted."""
+    (blockprune.healing.heal.fold_into, as the export writes them; None: plain) and `removed` deleted."""
     import copy
 
-    from blockprune import heal
+    from blockprune.healing import heal
 
     folded = copy.deepcopy(bm)
     if healing is not None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from blockprune import advice
+from blockprune.analysis import advice
 
 T = 0.05
 

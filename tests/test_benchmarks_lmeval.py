@@ -16,7 +16,8 @@ from pathlib import Path
 import lm_eval  # in make test's extras: a missing lm-eval fails here, never skips
 import pytest
 
-from blockprune import benchmarks, data
+from blockprune.tasks import benchmarks
+from blockprune import data
 
 # benchmark -> (lm-eval's YAML, relative to lm_eval/tasks, the split the benchmark reads)
 MC = {"arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml", "sciq": "sciq/sciq.yaml",

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from blockprune import cli
-from blockprune.store import RESULTS_FILE
+from blockprune.runs.store import RESULTS_FILE
 
 
 def run_cli(*args):
@@ -62,7 +62,7 @@ def test_unloadable_model(tmp_path, jsonl_tasks, capsys):
 def test_resume_after_kill_9_loses_nothing_and_scores_nothing_twice(tiny_dir, jsonl_tasks, tmp_path):
     args = search_args(tiny_dir, jsonl_tasks, tmp_path / "killed", "--method", "exhaustive", "--max-remove", "3",
                        "--candidates-per-pass", "2")
-    # killed at a deterministic point (blockprune.store's test hook: SIGKILL right after the
+    # killed at a deterministic point (blockprune.runs.store's test hook: SIGKILL right after the
     # append that makes 12 records), not when a polling loop happens to see them
     killed = subprocess.run([sys.executable, "-m", "blockprune", *args], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "BLOCKPRUNE_KILL_AFTER_RECORDS": "12"})

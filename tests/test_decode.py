@@ -1,4 +1,4 @@
-"""Batched masked generation (blockprune.decode) against `generate()` of physically pruned copies,
+"""Batched masked generation (blockprune.engine.decode) against `generate()` of physically pruned copies,
 one prompt at a time: the same tokens, per candidate and prompt, on Llama, Qwen3 (sliding window),
 Gemma 3 and GPT-2, with rows that stop at different lengths, and healed candidates against the
 folded copy."""
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import decode, heal
+from blockprune.engine import decode
+from blockprune.healing import heal
 from conftest import tiny_model
 from reference import pruned
 from test_engine import masks_for

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from blockprune import models, packing
+from blockprune import models
+from blockprune.engine import packing
 from blockprune.engine import Engine, Request, trie_block_rows
 from conftest import tiny_model
 from reference import naive_scores

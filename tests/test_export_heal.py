@@ -10,7 +10,8 @@ import pytest
 import torch
 import transformers
 
-from blockprune import data, heal, models
+from blockprune import data, models
+from blockprune.healing import heal
 from blockprune.engine import Engine
 from blockprune.export import MANIFEST, ExportFailed, export_model, request_of
 from blockprune.export import gguf as gguf_export

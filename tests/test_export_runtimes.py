@@ -159,7 +159,7 @@ def test_bench_measures_the_genai_models_like_the_other_backends(tiny_dir, tmp_p
     bm = models.load(str(tiny_dir), device="cpu")
     export_model(bm, [], tmp_path / "dense", formats=["genai"])
     export_model(bm, [1, 3], tmp_path / "pruned", formats=["genai"])
-    from blockprune import latency
+    from blockprune.measure import latency
 
     result = latency.bench(bm, [1, 3], backends=["torch", "genai"], prompt_len=12, gen_len=6, warmup=1, reps=2,
                            onnx_dirs={"dense": str(tmp_path / "dense"), "pruned": [str(tmp_path / "pruned")]})

@@ -16,10 +16,11 @@ import pytest
 import torch
 import transformers
 
-from blockprune import engine as engine_mod
-from blockprune import fused, models
+from blockprune.engine import scoring as engine_mod
+from blockprune.models import fused
+from blockprune import models
 from blockprune.engine import Engine
-from blockprune.request import Request
+from blockprune.tasks.request import Request
 from conftest import CharTokenizer, tiny_model
 from fakecuda import fake_cuda
 

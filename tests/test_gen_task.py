@@ -1,4 +1,4 @@
-"""Generative tasks (blockprune.gen_task): normalisation and F1 by hand, bad rows in one line, and a
+"""Generative tasks (blockprune.tasks.gen_task): normalisation and F1 by hand, bad rows in one line, and a
 search whose stored generations are the pruned model's own `generate()` output."""
 
 import json
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import api, cli, gen_task, models
+from blockprune import api, cli, models
+from blockprune.tasks import gen_task
 from reference import pruned
 from test_hostile import one_error  # noqa: F401
 

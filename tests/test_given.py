@@ -5,7 +5,7 @@ import json
 import pytest
 
 from blockprune import cli, search
-from blockprune.store import RESULTS_FILE
+from blockprune.runs.store import RESULTS_FILE
 
 
 def args(tiny_dir, jsonl_tasks, out, *extra):

@@ -1,4 +1,4 @@
-"""Healing (blockprune.heal): the solve, the statistics, and healed candidates scored by the engine
+"""Healing (blockprune.healing.heal): the solve, the statistics, and healed candidates scored by the engine
 against the independent reference, a copy with the maps folded in and the blocks deleted."""
 
 import copy
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import heal, models
+from blockprune.healing import heal
+from blockprune import models
 from blockprune.engine import Engine
 from conftest import tiny_model
 from reference import kl_against, naive_scores, pruned

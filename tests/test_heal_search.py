@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import api, cli, heal, models
+from blockprune import api, cli, models
+from blockprune.healing import heal
 from blockprune.engine import Engine
 from blockprune.tasks import load_task
 from test_hostile import no_model_load, one_error, snapshot  # noqa: F401
@@ -74,7 +75,7 @@ def _record(run: Path, task: str, removed):
 def test_healed_scores_are_the_folded_models_and_plain_ones_are_not(healed_run, tiny_dir):
     """The stored KL of a healed set is the KL of a copy with the recorded maps folded in and the
     blocks deleted (plain transformers, fp32); the baseline's is the plain copy's."""
-    from blockprune import calibration
+    from blockprune.healing import calibration
 
     run = json.loads((healed_run / "run.json").read_text())
     bm = models.load(str(tiny_dir), device="cpu")
@@ -198,7 +199,7 @@ def test_healed_export_of_a_run_from_block_0_is_refused(tiny_dir, tmp_path, caps
 
 def test_the_default_mix_takes_at_most_max_task_samples_of_a_task(jsonl_tasks, monkeypatch):
     """Half of a task's unscored samples, capped: a benchmark's half can be thousands of prompts."""
-    from blockprune import calibration
+    from blockprune.healing import calibration
     from conftest import CharTokenizer
 
     tok = CharTokenizer()

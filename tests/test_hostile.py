@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from blockprune import cli, models, rundir
+from blockprune import cli, models
+from blockprune.runs import rundir
 from blockprune.export import MANIFEST
-from blockprune.store import RESULTS_FILE, RUN_FILE
+from blockprune.runs.store import RESULTS_FILE, RUN_FILE
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ def read_only(path: Path):
 
 _CHILD = """
 import contextlib, io, json, sys
-from blockprune import cli, latency, models
+from blockprune import cli, models
+from blockprune.measure import latency
 def refuse(what):
     def fail(*a, **k):
         raise AssertionError(what)
@@ -239,7 +241,7 @@ def test_a_record_of_other_settings_is_not_mixed_in(run_copy, tiny_dir, jsonl_ta
 # ---- one writer per run directory ----------------------------------------------------------------
 def test_a_second_writer_is_refused_naming_the_holder(run_copy, tiny_dir, jsonl_tasks, capsys):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from blockprune import rundir\n"
+        "import sys, time; from blockprune.runs import rundir\n"
         f"with rundir.lock({str(run_copy)!r}):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -291,7 +293,7 @@ def test_dense_accuracy_zero_is_said(run_copy, capsys):
 
 
 def test_dense_zero_rules():
-    from blockprune.analysis import _dense_zero
+    from blockprune.analysis.candidates import _dense_zero
 
     tasks = {"a": {"higher_is_better": True, "metric": "acc"}, "b": {"higher_is_better": True, "metric": "acc"},
              "c": {"higher_is_better": False, "metric": "perplexity"}}
@@ -504,7 +506,7 @@ def test_report_cleans_plots_a_killed_report_left(run_copy):
 
 
 def test_bench_hint_never_points_at_a_directory_that_holds_something(tmp_path):
-    from blockprune import latency
+    from blockprune.measure import latency
 
     from conftest import tiny_model
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import adapter, cli, models, sources
-from blockprune.store import RESULTS_FILE, RUN_FILE
+from blockprune.models import adapter, sources
+from blockprune import cli, models
+from blockprune.runs.store import RESULTS_FILE, RUN_FILE
 from test_hostile import no_model_load, one_error, results, search_args, snapshot  # noqa: F401  (fixtures, helpers)
 
 
@@ -92,7 +93,7 @@ def refused(capsys, tmp_path, argv, *needles, out=None):
 @pytest.mark.parametrize("arch", ["mpt", "mamba"])
 def test_final_norm_named_norm_f_is_applied(arch_dirs, arch):
     from blockprune.engine import Engine
-    from blockprune.request import Request
+    from blockprune.tasks.request import Request
 
     bm = models.load(str(arch_dirs[arch]), device="cpu")
     assert bm.final_norm is not None
@@ -171,7 +172,7 @@ def test_run_json_keeps_absolute_paths_and_content_hashes(project):
 
 
 def test_a_run_written_with_relative_paths_still_resumes_from_its_directory(project, monkeypatch, capsys):
-    from blockprune import store
+    from blockprune.runs import store
     from blockprune.engine import Engine
 
     root, argv = project
@@ -243,7 +244,7 @@ def test_validate_after_the_task_file_changed_is_refused(project, capsys):
 
 # ---- 2. other silent acceptances ---------------------------------------------------------------------
 def test_export_with_no_balanced_recommendation_says_so(tiny_dir, jsonl_tasks, tmp_path, capsys, monkeypatch):
-    from blockprune import advice
+    from blockprune.analysis import advice
 
     monkeypatch.setattr(advice, "qualifies", lambda *a: False)  # no set within the tolerance
     out = tmp_path / "run"

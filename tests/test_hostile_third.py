@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blockprune import cli, data, heal, models
+from blockprune import cli, data, models
+from blockprune.healing import heal
 from test_hostile import no_model_load, one_error, snapshot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,7 @@ def test_sets_scored_plain_in_a_healed_run_are_marked_plain(tiny_dir, jsonl_task
 
 
 def test_generated_text_with_a_pipe_keeps_the_table_whole():
-    from blockprune import gen_report, report_text
+    from blockprune.report import generation as gen_report, text as report_text
 
     class Store:
         def get(self, removed, task):
@@ -410,7 +411,7 @@ def test_calibrating_on_another_edition_of_the_scored_text_is_refused(tiny_dir, 
 
 
 def test_a_different_play_calibrates(tiny_dir, jsonl_tasks, tmp_path):
-    from blockprune import calibration
+    from blockprune.healing import calibration
 
     ham, mac = data.shakespeare_text("hamlet"), data.shakespeare_text("macbeth")
     assert calibration.shared_words(data.shakespeare_text("hamlet_f"), ham) > 0.3

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from blockprune import cli, models, rundir
+from blockprune import cli, models
+from blockprune.runs import rundir
 from blockprune.export import MANIFEST
 from test_hostile import no_model_load, one_error, search_args, snapshot  # noqa: F401  (fixtures and helpers)
 
@@ -229,7 +230,7 @@ def test_seed_report_out_is_not_the_seed_root_and_rewrites_its_own(seed_root, ca
 def test_seed_report_takes_the_lock(seed_root, tmp_path, capsys):
     out = tmp_path / "analysis"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from blockprune import rundir\n"
+        "import time; from blockprune.runs import rundir\n"
         f"with rundir.lock({str(out)!r}, marker='x'):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -244,7 +245,7 @@ def test_seed_report_takes_the_lock(seed_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["run", "users"])
 def test_bench_out_is_refused_before_measuring(run_copy, tiny_dir, tmp_path, capsys, monkeypatch, case):
-    from blockprune import latency
+    from blockprune.measure import latency
 
     monkeypatch.setattr(latency, "bench", lambda *a, **k: pytest.fail("measured before checking --out"))
     if case == "run":

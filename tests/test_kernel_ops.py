@@ -8,7 +8,8 @@ import torch
 
 import triton  # noqa: F401 - `make test` installs it; a missing Triton must fail, not skip
 
-from blockprune import fused, kernels
+from blockprune.models import fused
+from blockprune import kernels
 from blockprune.engine import Engine, Request
 from blockprune.kernels.gather_norm_triton import gather_norm_triton
 from blockprune.kernels.residual_add_triton import residual_add_triton

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import api, cli, latency, models, report
+from blockprune import api, cli, models, report
+from blockprune.measure import latency
 from conftest import tiny_model
 from reference import greedy
 from test_report import BASE, acc_record, make_store

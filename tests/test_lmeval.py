@@ -6,7 +6,7 @@ import json
 import pytest
 
 from blockprune import cli
-from blockprune.store import RESULTS_FILE
+from blockprune.runs.store import RESULTS_FILE
 
 import lm_eval  # noqa: E402,F401  (make test installs it: missing is a failure, not a skip)
 

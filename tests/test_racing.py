@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from blockprune import analysis, models, oneshot, search
+from blockprune import analysis, models, search
+from blockprune.search import oneshot
 from blockprune.engine import Engine
-from blockprune.store import RESULTS_FILE, Store
+from blockprune.runs.store import RESULTS_FILE, Store
 from blockprune.tasks import load_task
 
 RACING = search.Racing(first=2, growth=2.0, confidence=0.9, replicates=200)

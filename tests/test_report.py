@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from blockprune import advice, cli, report, stats
+from blockprune.analysis import advice, stats
+from blockprune import cli, report
 from blockprune.analysis import build
-from blockprune.store import Store
+from blockprune.runs.store import Store
 
 SETTINGS = {"model": "toy", "num_blocks": 4, "method": "beam", "beam_width": 2, "max_remove": 2, "seed": 0,
             "samples": None, "ppl_window": 4, "protected": [], "min_depth": 1, "dtype": "float32"}
@@ -208,6 +209,6 @@ def test_shift_is_the_difference_of_two_independent_estimates():
 
 
 def test_both_languages_have_every_text():
-    from blockprune.report_text import TEXT
+    from blockprune.report.text import TEXT
 
     assert set(TEXT) == {"en", "zh"} and set(TEXT["en"]) == set(TEXT["zh"])

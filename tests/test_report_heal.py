@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 
-from blockprune.heal import DEFAULT_RIDGE
+from blockprune.healing.heal import DEFAULT_RIDGE
 
-from blockprune import api, heal_report, plots, report
-from blockprune.advice import by_k, recommendations
-from blockprune.report_text import fmt_set, pct
-from blockprune.store import Store
+from blockprune import api, report
+from blockprune.report import healing as heal_report, latency as latency_report, plots
+from blockprune.analysis.advice import by_k, recommendations
+from blockprune.report.text import fmt_set, pct
+from blockprune.runs.store import Store
 
 T = 0.05
 
@@ -201,7 +202,7 @@ def test_the_healed_plot_has_both_series(healed, tmp_path):
         "settings": {"prompt_len": 64, "gen_len": 16, "reps": 5}, "speedups": rows}))
     report.write_report(copy, tolerance=0.9, replicates=200, plain=plain)
     assert (copy / "plots" / "drop_vs_speedup.png").stat().st_size > 0
-    series = plots.speedup_series(a["candidates"], report.latency_report.load_speedups(copy, a["model"]), 0.9, True, plain)
+    series = plots.speedup_series(a["candidates"], latency_report.load_speedups(copy, a["model"]), 0.9, True, plain)
     assert len(series["healed"]) > 1 and len(series["plain"]) > 1
     for name, analysis in (("healed", a), ("plain", plain)):
         drops = {tuple(c["removed"]): c["mean_drop"] for c in analysis["candidates"]}

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from blockprune import scores, stats
+from blockprune.tasks import scores
+from blockprune.analysis import stats
 
 
 def drop(score, base_ps, cand_ps):

@@ -8,7 +8,7 @@ import pytest
 
 from blockprune import api, models, search
 from blockprune.engine import Engine
-from blockprune.store import RESULTS_FILE, Store, StoreError
+from blockprune.runs.store import RESULTS_FILE, Store, StoreError
 from blockprune.tasks import load_task
 
 

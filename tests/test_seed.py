@@ -1,4 +1,4 @@
-"""blockprune.replaced (and replaced_report): reading the replaced system's result files and reproducing
+"""blockprune.report.replaced (and replaced_report): reading the replaced system's result files and reproducing
 its recommendation rules (`report --replaced-system`; the file keeps its old name, tests import its fixtures).
 
 Every expected number below is written by hand (the arithmetic is in the comments), not computed
@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from blockprune import replaced, replaced_report
-from blockprune.replaced import ReplacedError
+from blockprune.report import replaced, replaced_report
+from blockprune.report.replaced import ReplacedError
 
 FILE = "exp3_accuracy_sensitivity_v2_results.json"
 

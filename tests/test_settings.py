@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from blockprune import api, cli, search, sources
+from blockprune import api, cli, search
+from blockprune.models import sources
 from blockprune.settings import DEMO, Loaded, Settings, default
-from blockprune.store import fingerprint
+from blockprune.runs.store import fingerprint
 from blockprune.tasks import absolute_spec
 
 

@@ -1,8 +1,8 @@
-"""Work units (blockprune.shard): hand-computed cases of the cuts."""
+"""Work units (blockprune.search.shard): hand-computed cases of the cuts."""
 
 import pytest
 
-from blockprune import shard
+from blockprune.search import shard
 from blockprune.engine import trie_block_rows
 
 
@@ -40,7 +40,7 @@ class FakeTask:
     """What the planner reads of a task: name, kind, samples and their requests."""
 
     def __init__(self, name, lengths, kind="mc"):
-        from blockprune.request import Request
+        from blockprune.tasks.request import Request
 
         self.name, self.kind = name, kind
         self.requests = [Request(tuple(range(3, 3 + n)), 1) for n in lengths]
@@ -89,7 +89,7 @@ def test_a_unit_above_a_workers_share_is_cut_by_sets_not_scattered(engine):
 
 
 def test_placement_of_workers_on_gpus_and_cpus():
-    from blockprune.cluster import ClusterError, placement
+    from blockprune.search.cluster import ClusterError, placement
 
     # 8 GPUs on 2 machines: one worker per GPU, Ray gives each its own (CUDA_VISIBLE_DEVICES)
     assert placement({"GPU": 8.0, "CPU": 64.0}, 2, None, None) == (8, True, None)

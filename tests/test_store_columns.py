@@ -6,7 +6,10 @@ import collections
 
 import pytest
 
-from blockprune import advice, analysis, api, store
+from blockprune.analysis import advice
+from blockprune import api
+from blockprune.analysis import candidates as analysis, stats
+from blockprune.runs import store
 
 
 @pytest.fixture
@@ -29,9 +32,9 @@ def counted(monkeypatch):
             return _original(*a, **k)
 
         monkeypatch.setattr(module, name, counting)
-    from blockprune import report
+    from blockprune.report import write
 
-    monkeypatch.setattr(report, "recommendations", advice.recommendations)  # imported by name there
+    monkeypatch.setattr(write, "recommendations", advice.recommendations)  # imported by name there
     return counts
 
 
@@ -83,7 +86,7 @@ def test_resumed_run_has_the_fresh_runs_columns(tiny_dir, tmp_path, monkeypatch)
     seen = []
     build = report.build_analysis
 
-    def capture(directory, replicates=report.stats.DEFAULT_REPLICATES, store=None):
+    def capture(directory, replicates=stats.DEFAULT_REPLICATES, store=None):
         seen.append(store)
         return build(directory, replicates, store)
 

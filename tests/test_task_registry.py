@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blockprune import analysis, models, scores, search, shard
+from blockprune import analysis, models, search
+from blockprune.tasks import scores
+from blockprune.search import shard
 from blockprune.engine import Engine
-from blockprune.kinds import KLTask, Task, kind_of_task
-from blockprune.loaders import select
-from blockprune.request import Request
-from blockprune.scores import KINDS, SCORES, Kind, Score, get_kind, register_kind
-from blockprune.store import Store
-from blockprune.tasks import SCHEMES, Scheme, TaskSpec, absolute_spec, check_spec, load_task, parse_spec, register_scheme
+from blockprune.tasks.kinds import KLTask, Task, kind_of_task
+from blockprune.tasks.loaders import select
+from blockprune.tasks.request import Request
+from blockprune.tasks.scores import KINDS, SCORES, Kind, Score, get_kind, register_kind
+from blockprune.runs.store import Store
+from blockprune.tasks import (SCHEMES, Scheme, TaskSpec, absolute_spec, check_spec, load_task, parse_spec,
+                              register_scheme)
 from reference import naive_scores
 
 
@@ -152,7 +155,7 @@ def test_a_spec_is_parsed_once_into_a_value():
 
 
 def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
-    from blockprune.kinds import TaskError
+    from blockprune.tasks.kinds import TaskError
 
     with pytest.raises(TaskError, match=r"expected ppl, kl, mc, bigbench, jsonl, hf, lm-eval, gen, last$"):
         check_spec("nope:x")
@@ -167,7 +170,8 @@ def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
 
 
 def test_prefetch_reads_the_sources_from_the_parsed_specs(monkeypatch):
-    from blockprune import benchmarks, data, tasks
+    from blockprune.tasks import benchmarks
+    from blockprune import data, tasks
 
     calls = []
     monkeypatch.setattr(data, "shakespeare_text", lambda play: calls.append(("play", play)))

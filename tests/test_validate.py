@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blockprune import api, cli, report
-from blockprune.store import Store
+from blockprune.runs.store import Store
 
 
 def search(tiny_dir, jsonl_tasks, out, *tasks, **kw):
