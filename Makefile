@@ -15,8 +15,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 # The CPU torch build brings no Triton; kernels are tested under TRITON_INTERPRET=1 (3.7.1 matches torch 2.13)
 TRITON ?= triton==3.7.1
-# onnx: CPU onnxruntime; on a GPU machine use EXTRAS=test,gpu,lmeval,ray (onnxruntime-gpu; never both)
-EXTRAS ?= test,onnx,lmeval,ray
+# onnx: CPU onnxruntime; on a GPU machine use EXTRAS=test,gpu,lmeval,ray,vision (onnxruntime-gpu; never both)
+EXTRAS ?= test,onnx,lmeval,ray,vision
 BLOCKPRUNE_CACHE ?= $(HOME)/.cache/blockprune
 export BLOCKPRUNE_CACHE
 DEMO_OUT ?= runs/demo

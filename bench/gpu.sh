@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check in one go: the card's question first, then the kernels at real sizes, then the
-# kernel tests, in under 8 minutes, writing at most 4 files under $OUT (each flushed as it grows,
-# so a killed run still returns what it measured):
+# replaced system's experiment on a ~1B image-text model, then the kernel tests, in under 8
+# minutes, writing at most 5 files under $OUT (each flushed as it grows, so a killed run still
+# returns what it measured):
 #
 #   gpu.log         everything printed, versions and nvidia-smi included
 #   gpu_bench.json  every figure (card, versions, thresholds, rows)
 #   summary.md      the figures as tables (rewritten after every row)
+#   vlm.json        bench/bench_vlm.py: the seed-shaped search on a ~1B VLM vs generate() per pair
 #   tests.xml       the kernel tests' JUnit report
 #
 #   OUT=/some/dir bench/gpu.sh              # a CUDA machine with torch + triton + transformers (+ pytest, scipy)
@@ -87,9 +89,20 @@ ARGS=(--out "$OUT")
 case "$MODE" in
   smoke) ARGS+=(--smoke --budget $(( $(left) - 60 ))) ;;
   quick) ARGS+=(--quick --budget $(( $(left) - 10 ))) ;;
-  full) ARGS+=(--budget $(( $(left) - 130 ))) ;;  # the kernel tests keep about 2 minutes
+  full) ARGS+=(--budget $(( $(left) - 230 ))) ;;  # the VLM run and the kernel tests keep about 4 minutes
 esac
 timeout -k 5 $(( $(left) - 5 )) "$PY" "$REPO/bench/gpu_bench.py" "${ARGS[@]}" || { echo "gpu_bench: exit $?"; status=1; }
+
+if [ "$MODE" != quick ]; then
+  stage "bench_vlm.py: the replaced system's experiment (16 text blocks, 4 image tasks, beam 3, 4 blocks)"
+  if [ "$MODE" = smoke ]; then
+    VLM=(--device cpu --samples 4 --layers 6 --naive-candidates 1 --synthetic)
+  else
+    VLM=(--device cuda --dtype bfloat16 --shape 1b --samples 64 --synthetic --budget 30)
+  fi
+  timeout -k 5 $(( $(left) - 130 )) "$PY" "$REPO/bench/bench_vlm.py" "${VLM[@]}" --out "$OUT/vlm.json" \
+    || { echo "bench_vlm: exit $?"; status=1; }
+fi
 
 if [ "$MODE" != quick ]; then
   stage "kernel tests (compiled kernels on a GPU)"

@@ -18,7 +18,7 @@ def test_gpu_script_smoke(tmp_path):
                           text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["gpu.log", "gpu_bench.json", "summary.md", "tests.xml"], files
+    assert files == ["gpu.log", "gpu_bench.json", "summary.md", "tests.xml", "vlm.json"], files
     data = json.loads((out / "gpu_bench.json").read_text())
     sections = list(data["sections"])
     assert sections[:2] == ["engine", "fp32_exact"], sections  # the card's question first
@@ -28,3 +28,6 @@ def test_gpu_script_smoke(tmp_path):
     assert all(r["nan_outputs"] == 0 for r in data["sections"]["heads"] if "nan_outputs" in r)
     assert "Batched engine vs one pruned forward per candidate" in (out / "summary.md").read_text()
     assert 'failures="0"' in (out / "tests.xml").read_text() and 'errors="0"' in (out / "tests.xml").read_text()
+    vlm = json.loads((out / "vlm.json").read_text())  # the replaced system's experiment, on a tiny VLM here
+    assert vlm["answers_compared"] and vlm["answers_same"] == vlm["answers_compared"]
+    assert vlm["search"]["candidates"] > 1 and vlm["replaced_method"]["pairs_timed"] > 0

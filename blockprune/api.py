@@ -75,7 +75,8 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     bm = models.load(s.model, device=s.device, dtype=DTYPES[s.dtype])
     model_hash = model_hash or sources.content_hash(s.model)  # an embedded model exists once loaded
     s.check_blocks(bm.num_blocks)
-    loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, s.samples, s.seed, s.ppl_window) for spec in s.tasks]
+    loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, s.samples, s.seed, s.ppl_window, processor=bm.processor)
+              for spec in s.tasks]
     names = [t.name for t in loaded]
     if len(set(names)) != len(names):
         raise search.SearchError(f"duplicate task names: {', '.join(names)}")
@@ -359,9 +360,12 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
     `healing` (a fitted heal.Healing, as a search passes it), or `heal="linear"` with `calibration`
     (SOURCE#N windows of `window` tokens): the removed runs are healed (maps folded in before the cut)."""
     from .healing import heal as heal_mod
-    from .export import check_formats, check_out, export_model, inputs_of, request_of
+    from .export import check_formats, check_image_text_formats, check_out, export_model, inputs_of, request_of
+    from .models.vision import declares_image_text
 
     formats = check_formats(formats)
+    if isinstance(model, str) and declares_image_text(model):  # before the model loads
+        check_image_text_formats(formats, model)
     if dtype not in DTYPES:
         raise search.SearchError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if heal not in heal_mod.METHODS:

@@ -104,10 +104,12 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search removal sets, scoring every candidate on every task")
-    s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory, or a hub id")
+    s.add_argument("--model", required=True, help="smollm2-135m (embedded), a local HF directory (a causal LM, or an "
+                                                  "image-text model: its text tower), or a hub id")
     s.add_argument("--task", dest="tasks", action="append", required=True, metavar="SPEC",
                    help="ppl:shakespeare/<play> | kl:<text source> | mc:<benchmark> | gen:<benchmark> | bigbench:<task>[/<subtask>] | jsonl:<path> | "
-                        "hf:<dataset>[@split] (repeat)")
+                        "hf:<dataset>[@split] | vqa:easy-vqa | vqa:jsonl:<path> | docvqa:jsonl:<path> | "
+                        "caption:jsonl:<path> (image tasks: an image-text model) (repeat)")
     s.add_argument("--method", default=default("method"), choices=search.METHODS,
                    help="given: score exactly --sets / --sets-file (and dense) on every task")
     s.add_argument("--sets", default=None, metavar="SETS",

@@ -69,6 +69,18 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
+IMAGE_TEXT_FORMATS = ("hf",)  # what holds an image-text model whole (vision tower, processor, image inputs)
+
+
+def check_image_text_formats(formats: Sequence[str], name: str) -> None:
+    """An image-text model exports as an HF checkpoint only: the other formats would hold its text tower alone."""
+    other = [f for f in formats if f not in IMAGE_TEXT_FORMATS]
+    if other:
+        raise ExportFailed(f"{name} is an image-text model: --format {','.join(other)} would hold its text tower alone "
+                           "(no vision encoder, processor or image inputs); export it with --format hf, which the "
+                           "family's own class loads")
+
+
 def healing_identity(healing) -> dict:
     """What makes two healings the same request: method, ridge, the calibration (spec, window, number
     of windows, tokens) and a short hash of its window ids."""
@@ -278,6 +290,8 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     heal.Healing) is given; returns the manifest."""
     removed = sorted({int(b) for b in removed})
     formats = check_formats(formats)
+    if bm.image_text:
+        check_image_text_formats(formats, bm.name)
     remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     maps = check_healing(bm, removed, healing) if healing is not None else None  # before any write too
     request = request_of(bm.name, removed, formats, kv_cache, healing)

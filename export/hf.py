@@ -33,9 +33,9 @@ class ParityError(Exception):
 
 
 @torch.inference_mode()
-def masked_logits(bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[int]) -> torch.Tensor:
-    """Logits of the original model with `removed` blocks skipped."""
-    prelude = bm.prelude(input_ids)
+def masked_logits(bm: BlockModel, input_ids: torch.Tensor, removed: Sequence[int], media=None) -> torch.Tensor:
+    """Logits of the original model with `removed` blocks skipped (`media`: each row's image)."""
+    prelude = bm.prelude(input_ids, media=media)
     hidden = prelude.hidden
     rows = torch.arange(input_ids.shape[0], device=hidden.device)
     for layer in range(bm.num_blocks):
@@ -87,8 +87,10 @@ def save(bm: BlockModel, removed: Sequence[int], directory: Path) -> BlockModel:
                           "scale depends on the original layer index")
     pruned = remove_blocks(bm, removed)
     pruned.model.save_pretrained(directory, safe_serialization=True)
-    if bm.tokenizer is not None and hasattr(bm.tokenizer, "save_pretrained"):
-        bm.tokenizer.save_pretrained(directory)
+    # an image-text model ships its processor (tokenizer, image processor, chat template); the vision tower is untouched
+    saver = bm.processor if bm.processor is not None else bm.tokenizer
+    if saver is not None and hasattr(saver, "save_pretrained"):
+        saver.save_pretrained(directory)
     _user_modes(Path(directory))
     return pruned
 
@@ -108,11 +110,12 @@ def _user_modes(directory: Path) -> None:
 @torch.inference_mode()
 def verify(bm: BlockModel, removed: Sequence[int], directory: Path, atol: float = 1e-5, new_tokens: int = 8) -> dict:
     """Reload `directory` with plain transformers and check it against the masked model."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     start = time.perf_counter()
     config = AutoConfig.from_pretrained(directory)
-    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=bm.dtype).to(bm.device).eval()
+    auto = AutoModelForImageTextToText if bm.image_text else AutoModelForCausalLM  # the family's own class
+    reloaded = auto.from_pretrained(directory, dtype=bm.dtype).to(bm.device).eval()
     kept = bm.num_blocks - len(set(removed))
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = next((getattr(text_config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(text_config, k)), None)
@@ -136,5 +139,38 @@ def verify(bm: BlockModel, removed: Sequence[int], directory: Path, atol: float 
         seq = torch.cat([seq, nxt], dim=1)
     if not torch.equal(cached, seq):
         raise ParityError("greedy generate() with the KV cache differs from a full recompute")
-    return {"logits_max_abs_diff": diff, "atol": atol, "generate_kv_cache_equals_recompute": True,
-            "generated_tokens": new_tokens, "layers": kept, "seconds": round(time.perf_counter() - start, 2)}
+    out = {"logits_max_abs_diff": diff, "atol": atol, "generate_kv_cache_equals_recompute": True,
+           "generated_tokens": new_tokens, "layers": kept}
+    if bm.image_text:
+        out.update(_verify_image(bm, removed, reloaded, atol, new_tokens))
+    return {**out, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _verify_image(bm: BlockModel, removed: Sequence[int], reloaded, atol: float, new_tokens: int) -> dict:
+    """An image-text export on a prompt with an image: the reloaded model's logits against the
+    masked model's (the image through the same vision tower), and its generate() running."""
+    import numpy as np
+    from PIL import Image
+
+    from blockprune.models.vision import forward_inputs, processor_batch
+    from blockprune.tasks.image_task import prompt_of
+    from blockprune.tasks.request import Media
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    text, prompt = prompt_of(bm.processor, "Describe the image.", image)
+    media = [Media(key="verify", prompt=prompt, text=text, image=image)]
+    ids = torch.tensor([prompt], device=bm.device)
+    expected = masked_logits(bm, ids, removed, media=media)
+    extra = forward_inputs(bm.processor, media, ids.shape[1], "right", bm.device, bm.dtype)
+    got = reloaded(input_ids=ids, use_cache=False, **extra).logits.float()
+    diff = (got - expected).abs().max().item()
+    if not diff <= atol:
+        raise ParityError(f"the reloaded image-text checkpoint differs from the masked model on a prompt with an image: "
+                          f"max abs diff {diff:.3g} > {atol:g}")
+    inputs = {k: (v.to(bm.device) if isinstance(v, torch.Tensor) else v)
+              for k, v in processor_batch(bm.processor, media, "left").items()}
+    eos = getattr(reloaded.generation_config, "eos_token_id", None)
+    generated = reloaded.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=eos if isinstance(eos, int) else bm.eos_token_id)
+    return {"image_logits_max_abs_diff": diff, "image_generate_tokens": int(generated.shape[1] - ids.shape[1])}

@@ -211,12 +211,14 @@ def fake_cuda(free_bytes: int = 8 * 2**30):
     with FakeTensorMode(allow_non_fake_inputs=True), \
             mock.patch("torch.cuda.mem_get_info", lambda *a, **k: (free_bytes, 2 * free_bytes)), \
             mock.patch.object(FakeTensor, "numpy", _fake_numpy, create=True), \
-            mock.patch.object(torch.Tensor, "__getitem__", _fake_getitem), \
-            mock.patch.object(torch.Tensor, "__setitem__", _fake_setitem), \
-            mock.patch.object(torch.Tensor, "copy_", _fake_copy), \
-            mock.patch.object(torch.Tensor, "contiguous", _fake_contiguous), \
-            mock.patch.object(torch.Tensor, "__invert__", _fake_invert):
+            mock.patch.object(FakeTensor, "__getitem__", _fake_getitem, create=True), \
+            mock.patch.object(FakeTensor, "__setitem__", _fake_setitem, create=True), \
+            mock.patch.object(FakeTensor, "copy_", _fake_copy, create=True), \
+            mock.patch.object(FakeTensor, "contiguous", _fake_contiguous, create=True), \
+            mock.patch.object(FakeTensor, "__invert__", _fake_invert, create=True):
+        # patched on FakeTensor, never on torch.Tensor: setting a dunder on torch.Tensor rewrites its type
+        # slots for good (a tensor then passes for a sequence, and torch.tensor([0-d tensors]) fails later)
         with contextlib.ExitStack() as stack:
             for name, dtype in _CASTS.items():
-                stack.enter_context(mock.patch.object(torch.Tensor, name, _cast(name, dtype)))
+                stack.enter_context(mock.patch.object(FakeTensor, name, _cast(name, dtype), create=True))
             yield FakeCuda()

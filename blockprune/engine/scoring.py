@@ -287,9 +287,10 @@ class Engine:
                 work.add(w)
         return Scores(logprob, greedy, work, kl_sum)
 
-    def generate(self, prompts, keep: np.ndarray, max_new_tokens, eos=(), stop=None):
+    def generate(self, prompts, keep: np.ndarray, max_new_tokens, eos=(), stop=None, media=None):
         """Greedy continuations of `prompts` under every keep-mask (healed with this engine's
-        healing): blockprune.engine.decode, rows in chunks that fit half the memory budget."""
+        healing): blockprune.engine.decode, rows in chunks that fit half the memory budget.
+        `media`: per prompt, the image it holds (an image-text model)."""
         from . import decode
 
         codes = self.codes(keep)
@@ -301,7 +302,7 @@ class Engine:
         per_row = int((codes >= 0).sum(axis=1).max(initial=1)) * longest * kv_dim * self.elem
         max_rows = max(len(codes), (self.budget // 2) // max(1, per_row))
         return decode.generate(self.model, prompts, codes, max_new_tokens, eos=eos, stop=stop, heal=self.heal,
-                               max_rows=max_rows)
+                               max_rows=max_rows, media=media)
 
     def _score_rows(self, rows: list[packing.Row], num_requests: int, masks: np.ndarray, progress, kl: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, Work, np.ndarray | None]:
@@ -386,6 +387,8 @@ class Engine:
             eager = getattr(model.model.config, "_attn_implementation", "sdpa") == "eager"
             mask = packing.attention_mask(rows, length, model.dtype if eager else None)
             extra = {"position_ids": views["positions"], "attention_mask": upload(mask, device)}
+        if rows[0].media is not None:  # an image-text model's prompts: its images go through its own forward
+            extra["media"] = [r.media for r in rows]
         prelude = model.prelude(views["ids"], **extra)
         index = ChunkIndex(views=views, req_ids=req_ids, num_positions=len(pos_t_np),
                            num_requests=sum(len(r.scored) for r in rows), request_tokens=request_tokens,

@@ -85,8 +85,10 @@ class StateCache:
 
 
 def row_key(row: packing.Row) -> bytes:
-    """Identity of a row's content (tokens, positions, packing segments)."""
-    return np.asarray([len(row.tokens), *row.tokens, *row.positions, *row.segment], dtype=np.int64).tobytes()
+    """Identity of a row's content (tokens, positions, packing segments, and the image its prompt
+    holds: image tokens are the same ids whatever the picture)."""
+    key = np.asarray([len(row.tokens), *row.tokens, *row.positions, *row.segment], dtype=np.int64).tobytes()
+    return key + (row.media.key.encode() if row.media is not None else b"")
 
 
 

@@ -31,9 +31,10 @@ class TorchGeneration:
 
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, prefill_inputs: dict | None = None):
         from ..export.onnx import cache_kwarg
 
+        self.prefill_inputs = prefill_inputs or {}  # an image-text model's image inputs (its prompt's image)
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.cache_kwarg = cache_kwarg(model)
@@ -48,7 +49,8 @@ class TorchGeneration:
         mask = torch.ones((batch, prompt + gen_len), dtype=torch.long, device=self.device)
         sync(self.device)
         t0 = time.perf_counter()
-        out = self.model(input_ids=ids_t, attention_mask=mask[:, :prompt], use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids_t, attention_mask=mask[:, :prompt], use_cache=True, logits_to_keep=1,
+                         **self.prefill_inputs)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         cache = output_cache(out)
         sync(self.device)

@@ -141,6 +141,7 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
             exclude += cal["sample_ids"]
         exclude += ((cal.get("tasks") or {}).get(name) or {}).get("sample_ids", [])  # nor a sample
         task = load_task(spec, bm.tokenizer, bm.eos_token_id, n, settings["seed"], settings["ppl_window"],
+                         processor=bm.processor,
                          exclude=exclude)
         if task.name != name:
             raise HeldOutError(f"task {spec} now loads as {task.name}, the run calls it {name}")

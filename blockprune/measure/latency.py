@@ -158,6 +158,27 @@ def _prompt(vocab: int, batch: int, prompt_len: int, seed: int = 0) -> np.ndarra
     return gen.integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
 
 
+IMAGE_SIDE = 336  # an image-text model's prompt holds a random image of this size (its processor resizes it)
+
+
+def _image_prompt(bm: models.BlockModel, batch: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(ids [batch, P], the image inputs of its prefill) of an image-text model's prompt: a random
+    IMAGE_SIDE square image and a question, as its processor builds them; the prefill then runs
+    the vision tower too."""
+    from PIL import Image
+
+    from ..models.vision import forward_inputs
+    from ..tasks.image_task import prompt_of
+    from ..tasks.request import Media
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    text, prompt = prompt_of(bm.processor, "What is in the image? Describe it in detail.", image)
+    media = [Media(key="bench", prompt=prompt, text=text, image=image)] * batch
+    return np.asarray([prompt] * batch, dtype=np.int64), forward_inputs(bm.processor, media, len(prompt), "right",
+                                                                         bm.device, bm.dtype)
+
+
 def _measure(generations: dict, ids: np.ndarray, gen_len: int, warmup: int, reps: int, device: torch.device,
              progress=None) -> dict:
     """Interleaved runs of every timed generation: {key: {"runs": [...], "tokens": first tokens, "consistent": bool, ...}}."""
@@ -243,6 +264,8 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     for backend in backends:
         if backend == "torch":
             generations = {k: TorchGeneration(v.model) for k, v in variants.items()}
+            if bm.image_text:  # its prompt holds an image: the prefill runs the vision tower
+                images = {b: _image_prompt(bm, b) for b in batches}
         elif backend == "genai":
             generations = {k: GenaiGeneration(genai_dirs[k]) for k in variants}
             result["genai"] = {"models": {_variant_name(k): str(g) for k, g in genai_dirs.items()}, "precision": "fp32"}
@@ -261,6 +284,13 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
                 log(f"{backend}, batch {batch}: {len(generations)} variants x ({warmup} warm-up + {reps}) runs "
                     f"of {prompt_len} + {gen_len} tokens")
             ids = _prompt(vocab, batch, prompt_len)
+            if backend == "torch" and bm.image_text:
+                ids, image_inputs = images[batch]
+                for g in generations.values():
+                    g.prefill_inputs = image_inputs
+                result["settings"]["prompt"] = (f"a random {IMAGE_SIDE}x{IMAGE_SIDE} image and a question, the "
+                                                f"processor's prompt of {ids.shape[1]} tokens; greedy argmax, no stop "
+                                                "at EOS")
             measured = _measure(generations, ids, gen_len, warmup, reps, device)
             rows = {}
             for k, m in measured.items():

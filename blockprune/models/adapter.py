@@ -121,6 +121,12 @@ class BlockModel:
     post_norm: nn.Module | None = None  # e.g. OPT's project_out, applied after the final norm
     logit_softcap: float | None = None
     meta: dict = field(default_factory=dict)
+    processor: Any = None  # an image-text model's processor (blockprune.models.vision); None for text models
+
+    @property
+    def image_text(self) -> bool:
+        """An image-text model whose prompts can hold images (its text tower's blocks are the units)."""
+        return self.processor is not None
 
     @property
     def num_blocks(self) -> int:
@@ -183,24 +189,31 @@ class BlockModel:
 
     @torch.inference_mode()
     def prelude(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> Prelude:
+                attention_mask: torch.Tensor | None = None, media=None) -> Prelude:
         """Run the model up to block 0 and record every block's extra arguments.
 
         Sequences are right-padded; with a causal mask the valid positions never see padding, so
         by default no padding mask is passed (it also lets SDPA take its causal fast path). Packed
-        rows pass their own position ids and 4D mask (see blockprune.engine.packing).
+        rows pass their own position ids and 4D mask (see blockprune.engine.packing). `media`: per
+        row, the image its prompt holds (an image-text model): the model's own forward then runs
+        its vision tower on them and builds its masks and positions (blockprune.models.vision).
         """
         extra = {}
         if position_ids is not None:
             extra["position_ids"] = position_ids
         if attention_mask is not None:
             extra["attention_mask"] = attention_mask
+        if media is not None:
+            from .vision import forward_inputs
+
+            extra.update(forward_inputs(self.processor, media, input_ids.shape[1], "right", self.device, self.dtype))
         try:
             records = self.record_blocks(lambda: self.model(input_ids=input_ids.to(self.device), use_cache=False,
                                                             **extra))
         except Exception as exc:  # noqa: BLE001 - any model: say which, in one line
             text = str(exc).strip()
-            raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward fails on text-only input before "
+            what = "its prompts with images" if media is not None else "text-only input"
+            raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward fails on {what} before "
                              f"the last block: {type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
         if len(records) != len(self.blocks):
             raise ModelError(f"{self.name} ({arch_of(self.model)}): its forward called {len(records)} of its "
@@ -245,9 +258,14 @@ class BlockModel:
         return hidden
 
 
-def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
-    """Build the adapter for an already-loaded model."""
+def wrap(model: nn.Module, tokenizer: Any, name: str, processor: Any = None) -> BlockModel:
+    """Build the adapter for an already-loaded model (`processor`: an image-text model's)."""
     path, blocks = find_blocks(model)
+    if processor is not None and (path not in BLOCK_PATHS or any(w in path for w in ("vision", "visual"))):
+        # the fallback (the largest list of identical modules) could be the vision tower's layers
+        raise ModelError(f"{name} ({arch_of(model)}): the text tower's blocks were not found (expected one of "
+                         f"{', '.join(p for p in BLOCK_PATHS if 'language' in p or 'text' in p)}); blockprune prunes "
+                         f"an image-text model's text tower only, and {path} may be its vision encoder")
     parent = _get(model, _parent_path(path)) if _parent_path(path) else model
     final_norm = next((getattr(parent, n) for n in FINAL_NORM_NAMES if isinstance(getattr(parent, n, None), nn.Module)), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -267,6 +285,7 @@ def wrap(model: nn.Module, tokenizer: Any, name: str) -> BlockModel:
         head=head,
         post_norm=getattr(parent, "project_out", None),
         logit_softcap=float(softcap) if softcap else None,
+        processor=processor,
     )
 
 
@@ -314,7 +333,8 @@ PER_LAYER_CONFIG_KEYS = ("layer_types", "sliding_window_pattern_list", "layers_b
                          "no_rope_layers", "block_configs", "num_key_value_heads_per_layer", "mlp_layer_types")
 # Config entries listing block indices (Qwen-MoE's dense layers, LFM2's full-attention layers, Llama 4's
 # MoE layers, ...): the kept ones, renumbered.
-LAYER_INDEX_KEYS = ("mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "hybrid_layer_ids")
+LAYER_INDEX_KEYS = ("mlp_only_layers", "full_attn_idxs", "moe_layers", "attn_layer_indices", "hybrid_layer_ids",
+                    "rope_scaling_layers")  # Molmo2: the blocks with scaled rotary embeddings
 
 
 def _per_layer_config(cfg, num_blocks: int, kept: list[int]) -> None:
@@ -370,6 +390,9 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
         for module in block.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_idx
+    for name, value in list(vars(parent).items()):  # per-block lists the text model built (Molmo2's rope_types)
+        if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == bm.num_blocks:
+            setattr(parent, name, type(value)(value[i] for i in kept))
     configs = [model.config]
     if hasattr(model.config, "get_text_config"):
         text = model.config.get_text_config()
@@ -380,6 +403,6 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
             if isinstance(getattr(cfg, key, None), int) and getattr(cfg, key) == bm.num_blocks:
                 setattr(cfg, key, len(kept))
         _per_layer_config(cfg, bm.num_blocks, kept)
-    out = wrap(model, bm.tokenizer, bm.name)
+    out = wrap(model, bm.tokenizer, bm.name, processor=bm.processor)
     out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
     return out

@@ -90,13 +90,17 @@ def _check_loading_info(spec: str, model: torch.nn.Module, info: dict | None, co
 
 
 def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-         parity: bool = True) -> BlockModel:
+         parity: bool = True, processor=None) -> BlockModel:
     """Load a model by embedded name, local directory, GGUF file or hub id, and wrap it.
 
     Refused in one line: a config or checkpoint transformers cannot read, missing or unexpected
     weights, an encoder-decoder, and (`parity`, see check_parity) a model that is not causal or
-    whose dense log-probs the engine does not reproduce."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    whose dense log-probs the engine does not reproduce. An image-text model (its config holds a
+    vision config) is loaded with its processor (`processor`: one built already, else
+    AutoProcessor's); its text tower's blocks are the units (blockprune.models.vision)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    from .vision import is_image_text, load_processor
 
     quiet_transformers()
     device = check_device(device)
@@ -110,18 +114,26 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
             bm.meta["parity"] = check_parity(bm)
         return bm
     config = _read_config(spec, path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - any tokenizer transformers refuses: one line, all of it
-        raise ModelError(f"cannot load the tokenizer of model {spec!r}: {one_line(exc)}") from None
+    image_text = is_image_text(config)
+    if image_text:
+        processor = processor if processor is not None else load_processor(spec, path)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None:
+            raise ModelError(f"cannot load model {spec!r}: its processor ({type(processor).__name__}) has no tokenizer")
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - any tokenizer transformers refuses: one line, all of it
+            raise ModelError(f"cannot load the tokenizer of model {spec!r}: {one_line(exc)}") from None
     try:
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            if image_text:  # a VLM: drive its text tower, its processor's images through its own forward
+                model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            else:
+                model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
         except ValueError as exc:
             if "Unrecognized configuration class" not in str(exc):
                 raise
-            from transformers import AutoModelForImageTextToText  # a VLM: drive its text tower
-
             try:
                 model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True)
             except ValueError as vlm_exc:
@@ -141,7 +153,7 @@ def load(spec: str, device: str | torch.device | None = None, dtype: torch.dtype
         raise ModelError(f"cannot load model {spec!r}: {one_line(exc)}{hint}") from None
     _check_loading_info(spec, model, info, config)
     model.to(device)
-    bm = wrap(model, tokenizer, spec)
+    bm = wrap(model, tokenizer, spec, processor=processor if image_text else None)
     if spec in EMBEDDED:  # converted from a registry GGUF: a GGUF export copies blocks from that file
         from .. import data
 

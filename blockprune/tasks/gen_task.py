@@ -78,6 +78,7 @@ class Decoder:
     until: list
     max_new: list
     eos: list
+    media: list | None = None  # per sample, the image its prompt holds (image tasks)
 
     def generate(self, engine, tokenizer, keep: np.ndarray, samples) -> list[list[list[int]]]:
         samples = list(samples)
@@ -90,7 +91,9 @@ class Decoder:
             tail = tokenizer.decode(toks[-16:], skip_special_tokens=True)
             return any(u in tail for u in until[i]) or cut_at_stop(tokenizer.decode(toks), until[i])[1]
 
-        return engine.generate(prompts, keep, [self.max_new[s] for s in samples], eos=self.eos, stop=stop).tokens
+        media = [self.media[s] for s in samples] if self.media else None
+        return engine.generate(prompts, keep, [self.max_new[s] for s in samples], eos=self.eos, stop=stop,
+                               media=media).tokens
 
 
 @kind_of_task("generate")
@@ -136,6 +139,7 @@ class GenerationTask(Task):
             self.request_sample.append(s)
         self.dense_request: list[int] = []
         self.dense_text: list[str] = []
+        self.media: list = []  # image tasks: the image each prompt holds (blockprune.tasks.image_task)
 
     def gold_tokens(self, sample):
         return tuple(self.requests[sample].tokens)  # the prompt and its first answer
@@ -164,7 +168,8 @@ class GenerationTask(Task):
         for s, toks in enumerate(tokens):
             target = toks or list(self.eos[:1]) or [self.prompts[s][-1]]
             self.dense_request.append(len(self.requests))
-            self.requests.append(Request(tuple(self.prompts[s]) + tuple(target), len(self.prompts[s])))
+            self.requests.append(Request(tuple(self.prompts[s]) + tuple(target), len(self.prompts[s]),
+                                         media=self.media[s] if self.media else None))
             self.request_sample.append(s)
             self.dense_text.append(self.text(toks, s))
 
@@ -174,7 +179,7 @@ class GenerationTask(Task):
 
     def decoder(self) -> "Decoder":
         """What decoding needs, without the tokenizer (a Ray worker has its own)."""
-        return Decoder(self.prompts, self.until, self.max_new, self.eos)
+        return Decoder(self.prompts, self.until, self.max_new, self.eos, self.media or None)
 
     def generate(self, engine, keep: np.ndarray, samples) -> list[list[list[int]]]:
         """[candidate][i] -> tokens of samples[i] (stop strings and EOS end a row early)."""

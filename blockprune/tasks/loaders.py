@@ -39,6 +39,7 @@ class Load:
     seed: int = 0
     ppl_window: int = 256
     exclude: Sequence[str] = ()
+    processor: Any = None  # an image-text model's processor (image tasks build their prompts with it)
 
 
 def select(ids: list[str], rows: list[Any], samples: int | None, seed: int, name: str, exclude=()):
@@ -298,6 +299,15 @@ def load_kl(spec, load: Load) -> Task:
 
 def _hf_task(rest: str, tokenizer, eos, samples, seed, window, kl=False, exclude=()) -> Task:
     """`hf:<dataset>[/<config>][@<split>]`: rows already in one of the JSONL layouts."""
+    rows, name = hf_rows(rest)
+    name = ("kl_" if kl else "") + name
+    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
+    return _from_rows(name, rows, [f"row {i}" for i in range(len(rows))], ids, tokenizer, eos, samples, seed, window, kl,
+                      exclude)
+
+
+def hf_rows(rest: str) -> tuple[list[dict], str]:
+    """(rows, name) of `hf:<dataset>[/<config>][@<split>]`: a hub dataset or a local `save_to_disk` directory."""
     try:
         import datasets
     except ImportError:
@@ -317,7 +327,4 @@ def _hf_task(rest: str, tokenizer, eos, samples, seed, window, kl=False, exclude
     rows = [dict(r) for r in ds]
     if not rows:
         raise TaskError(f"hf:{rest}: empty dataset")
-    name = ("kl_" if kl else "") + (path.name if path.exists() else name_part.replace("/", "_"))
-    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
-    return _from_rows(name, rows, [f"row {i}" for i in range(len(rows))], ids, tokenizer, eos, samples, seed, window, kl,
-                      exclude)
+    return rows, (path.name if path.exists() else name_part.replace("/", "_"))

@@ -147,11 +147,11 @@ def prefetch(specs) -> None:
 
 
 def load_task(spec: str | TaskSpec, tokenizer, eos_token_id: int | None = None, samples: int | None = None,
-              seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW, exclude=()) -> Task:
+              seed: int = 0, ppl_window: int = DEFAULT_PPL_WINDOW, exclude=(), processor=None) -> Task:
     """Build a task from its spec. Raises TaskError (one line) on any problem. `exclude`: sample
-    ids not to use (held-out validation)."""
+    ids not to use (held-out validation); `processor`: an image-text model's (image tasks need it)."""
     parsed = parse_spec(spec)
-    load = Load(tokenizer, eos_token_id, parsed.count or samples, seed, ppl_window, exclude)
+    load = Load(tokenizer, eos_token_id, parsed.count or samples, seed, ppl_window, exclude, processor)
     return SCHEMES[parsed.scheme].load(parsed, load)
 
 
@@ -223,6 +223,25 @@ def _prefetch_gen(sources: list[str]) -> None:
         benchmarks.prefetch("gen", named)
 
 
+def _check_image(spec: TaskSpec, text: str) -> None:
+    source = spec.source
+    if source.startswith(("jsonl:", "hf:")) and len(source) > len("jsonl:"):
+        return
+    if spec.scheme == "vqa" and (source == "easy-vqa" or source in ("easy-vqa/test", "easy-vqa/train")):
+        return
+    forms = (f"{spec.scheme}:easy-vqa, " if spec.scheme == "vqa" else "") + \
+        f"{spec.scheme}:jsonl:<path> or {spec.scheme}:hf:<dataset with an image column>"
+    raise TaskError(f"unknown image source {source!r} in {text!r}: expected {forms} (rows of image, question and "
+                    "answers, or image and captions)")
+
+
+def _prefetch_image(sources: list[str]) -> None:
+    from .. import data
+
+    for split in {s.partition("/")[2] or "test" for s in sources if s.startswith("easy-vqa")}:
+        data.easy_vqa_rows(split)
+
+
 def _load_lmeval(spec: TaskSpec, load: Load) -> Task:
     from .lmeval import load_lmeval_task
 
@@ -239,8 +258,20 @@ for _scheme in (
     Scheme("lm-eval", "lm-eval:<task name | task.yaml>", _load_lmeval, absolute=_absolute_yaml),
     Scheme("gen", "gen:<benchmark, jsonl:path or bigbench:task>", lambda spec, load: _load_gen(spec, load),
            absolute=lambda source: _absolute_kl(source), prefetch=_prefetch_gen),
+    Scheme("vqa", "vqa:<easy-vqa, jsonl:path or hf:dataset>", lambda spec, load: _load_image("vqa", spec, load), _check_image,
+           lambda source: _absolute_kl(source), prefetch=lambda sources: _prefetch_image(sources)),
+    Scheme("docvqa", "docvqa:<jsonl:path or hf:dataset>", lambda spec, load: _load_image("docvqa", spec, load), _check_image,
+           lambda source: _absolute_kl(source)),
+    Scheme("caption", "caption:<jsonl:path or hf:dataset>", lambda spec, load: _load_image("caption", spec, load), _check_image,
+           lambda source: _absolute_kl(source)),
 ):
     register_scheme(_scheme)
+
+
+def _load_image(scheme, spec, load):
+    from .image_task import load_image_task
+
+    return load_image_task(scheme, spec, load)
 
 
 def _load_gen(spec, load):
