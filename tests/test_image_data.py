@@ -294,25 +294,13 @@ def test_a_bad_row_is_one_line_with_file_and_line(tmp_path, monkeypatch, row, ki
 def test_bad_files_and_kinds(tmp_path):
     with pytest.raises(DataError, match=r"^unknown image row layout 'audio'; known: vqa, caption$"):
         read_image_rows(tmp_path / "t.jsonl", "audio")
-    with pytest.raises(DataError, match=r"^image task file not found: .*t\.jsonl$"):
+    with pytest.raises(DataError, match=r"^jsonl task file not found: .*t\.jsonl$"):
         read_image_rows(tmp_path / "t.jsonl", "vqa")
     (tmp_path / "e.jsonl").write_text("\n  \n")
-    with pytest.raises(DataError, match=r"^.*e\.jsonl: no rows$"):
+    with pytest.raises(DataError, match=r"^.*e\.jsonl: empty task file$"):
         read_image_rows(tmp_path / "e.jsonl", "vqa")
     (tmp_path / "b.jsonl").write_bytes(b'{"image": "a.png"}\n{"image": "\xff"}\n')
     with pytest.raises(DataError, match=r"b\.jsonl:2: not UTF-8 text \(byte 0xff at column 12\)$"):
         read_image_rows(tmp_path / "b.jsonl", "caption")
 
 
-def test_the_reader_is_a_parameter(tmp_path):
-    """blockprune.tasks' read_jsonl keeps the reader's contract (dicts with "_line"): it can read the rows."""
-    from blockprune.tasks.kinds import TaskError
-    from blockprune.tasks.loaders import read_jsonl
-
-    _png(tmp_path / "ok.png")
-    path = _jsonl(tmp_path / "t.jsonl", ["", GOOD])
-    assert read_image_rows(path, "vqa", read=read_jsonl) == read_image_rows(path, "vqa")
-    assert read_image_rows(path, "vqa", read=lambda p: [{**GOOD, "_line": 9}])[0]["where"] == f"{path}:9"
-    _jsonl(tmp_path / "t.jsonl", ["{"])
-    with pytest.raises(TaskError, match=r"t\.jsonl:1: malformed JSON"):
-        read_image_rows(path, "vqa", read=read_jsonl)

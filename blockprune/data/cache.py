@@ -274,3 +274,45 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- extracted files, checked on use
+MARKER = ".complete"  # written last by an extraction: each extracted file's size in its archive
+
+
+def extraction_damage(cached: Path, pattern: str, required: Iterable[str] = ()) -> str | None:
+    """None when the files extracted into `cached` are whole (every file its marker lists, at its
+    size; `required` among them; no file matching `pattern` it does not list), else why not."""
+    try:
+        sizes = json.loads((cached / MARKER).read_text(encoding="utf-8"))["sizes"]
+        if not isinstance(sizes, dict) or not sizes or any(r not in sizes for r in required):
+            raise TypeError
+    except FileNotFoundError:
+        return "not extracted"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its marker lists no sizes"
+    for name, size in sizes.items():
+        path = cached / name
+        have = path.stat().st_size if path.is_file() and not path.is_symlink() else None
+        if have != size:
+            return f"{name} is {'missing' if have is None else f'{have:,} bytes, not {size:,}'}"
+    extra = sorted(str(p.relative_to(cached)) for p in cached.glob(pattern) if str(p.relative_to(cached)) not in sizes)
+    return f"{extra[0]} is not in the wheel" if extra else None
+
+
+def extract_once(cached: Path, lock: str, damage: Callable[[Path], str | None], extract: Callable[[], None],
+                 hint: str) -> None:
+    """Extract into `cached` unless it is whole: under `cache_lock(lock)`, checked again there (another
+    process may have done it). A damaged extraction that cannot be redone is one line ending in `hint`."""
+    found = damage(cached)
+    if found is None:
+        return
+    try:
+        with cache_lock(lock):
+            if damage(cached) is not None:
+                extract()
+    except DataError as exc:
+        if found == "not extracted":
+            raise
+        raise DataError(f"the cached split {cached} is damaged ({found}) and could not be extracted again: {exc}; "
+                        f"{hint}") from None

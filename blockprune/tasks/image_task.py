@@ -186,7 +186,7 @@ def _rows(scheme: str, source: str) -> tuple[str, list[dict], list[str]]:
                 [f"easy-vqa {r['id']}" for r in rows]
         if name == "jsonl" and rest:
             path = loaders.path_of(rest)
-            rows = data.read_image_rows(path, layout, read=loaders.read_jsonl)
+            rows = data.read_image_rows(path, layout)
             return f"{scheme}_{path.stem}", rows, [r["where"] for r in rows]
         if name == "hf" and rest:
             rows, stem = loaders.hf_rows(rest)

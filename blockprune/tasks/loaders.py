@@ -122,42 +122,13 @@ def source_hash(rows_or_text) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise TaskError(f"jsonl task file not found: {path}")
-    rows = []
+    """blockprune.data.jsonl.read_jsonl, its refusals as TaskErrors (the same one line)."""
+    from ..data import DataError, jsonl
+
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TaskError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for lineno, data in enumerate(raw.splitlines(), 1):
-        try:
-            line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise TaskError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {exc.start + 1})") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        except RecursionError:
-            raise TaskError(f"{path}:{lineno}: JSON nested too deeply to be a task row") from None
-        except ValueError as exc:  # e.g. an integer of more than 4300 digits
-            raise TaskError(f"{path}:{lineno}: unreadable JSON value ({' '.join(str(exc).split())[:120]})") from None
-        if not isinstance(row, dict):
-            raise TaskError(f"{path}:{lineno}: a row must be a JSON object")
-        try:
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:  # "\ud800": a lone surrogate, which no tokenizer can encode
-            raise TaskError(f"{path}:{lineno}: a string holds a lone UTF-16 surrogate (an escape such as \\ud800 "
-                            "without its pair), which is not text") from None
-        except RecursionError:
-            raise TaskError(f"{path}:{lineno}: JSON nested too deeply to be a task row") from None
-        row["_line"] = lineno
-        rows.append(row)
-    if not rows:
-        raise TaskError(f"{path}: empty task file")
-    return rows
+        return jsonl.read_jsonl(path)
+    except DataError as exc:
+        raise TaskError(str(exc)) from None
 
 
 def _from_rows(name, rows, where, ids, tokenizer, eos, samples, seed, window, kl=False, exclude=(),
