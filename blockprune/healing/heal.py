@@ -40,8 +40,11 @@ log = logging.getLogger("blockprune")
 METHODS = ("none", "linear")
 DEFAULT_RIDGE = 1e-2  # times the mean eigenvalue of MᵀM (bench/results/heal_calibration.md)
 # The output projection of a block's MLP, by the names architectures give it (searched in order).
+# An attention half (blockprune.models.units) folds into its attention's output projection: those
+# names come last, so a whole block still folds into its MLP's (checked numerically either way).
 PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h", "mlp.w2", "mlp.fc_out",
-               "feed_forward.down_proj", "feed_forward.w2", "fc2", "mlp.linear_fc2")
+               "feed_forward.down_proj", "feed_forward.w2", "fc2", "mlp.linear_fc2",
+               "self_attn.o_proj", "attn.c_proj", "self_attn.dense", "self_attn.out_proj")
 
 
 class HealError(ValueError):

@@ -11,6 +11,7 @@ May import: blockprune.data, blockprune.runs, blockprune.tasks, blockprune.kerne
 
 from .loader import (BlockModel, ModelError, Prelude, check_device, check_parity, find_blocks, load,
                      quiet_transformers, remove_blocks, resolve, weights_bytes, without_blocks, wrap)
+from .units import UNITS, unit_model
 
-__all__ = ["BlockModel", "ModelError", "Prelude", "check_device", "check_parity", "find_blocks", "load",
-           "quiet_transformers", "remove_blocks", "resolve", "weights_bytes", "without_blocks", "wrap"]
+__all__ = ["BlockModel", "ModelError", "Prelude", "UNITS", "check_device", "check_parity", "find_blocks", "load",
+           "quiet_transformers", "remove_blocks", "resolve", "unit_model", "weights_bytes", "without_blocks", "wrap"]

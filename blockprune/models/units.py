@@ -1,0 +1,202 @@
+"""Units finer than a block: each decoder block as its attention half and its MLP half (#32).
+
+`unit_model(bm, "sublayers")` is a BlockModel whose "blocks" are the 2L halves, in order: unit 2b
+is block b's attention half (pre-norm, attention, any post-norm, residual add), unit 2b+1 its MLP
+half. Everything built on blocks (the engine's keep-masks and trie, racing, the store, decoding,
+healing) then works on halves unchanged: a row can skip one half and run the other, and the trie
+forks at half-block points. The halves are the model's own modules, called as the block calls them:
+the attention receives exactly the arguments the block's forward passes it (recorded from the
+model's own forward, as for blocks). A family's block is split by the first LAYOUTS entry whose
+modules it has, and the split is checked once numerically against the block itself: a family whose
+block cannot be split that way (a parallel attention/MLP block, an unknown layout) is refused in one
+line. Names: `17a` (block 17's attention), `17m` (its MLP), `17` (a whole block).
+
+`--units attention` / `mlp` search the 2L halves with the other kind protected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .adapter import BlockModel, arch_of
+from .sources import ModelError
+
+UNITS = ("blocks", "attention", "mlp", "sublayers")
+KINDS = ("a", "m")  # a unit's suffix: attention, MLP
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The modules of a block's two halves, by attribute name (None: absent)."""
+
+    attn: str
+    attn_pre: str
+    attn_post: str | None
+    mlp: str
+    mlp_pre: str
+    mlp_post: str | None
+
+
+# the first layout whose modules a block has (the sandwich one first: it names more)
+LAYOUTS = (
+    Layout("self_attn", "input_layernorm", "post_attention_layernorm", "mlp", "pre_feedforward_layernorm",
+           "post_feedforward_layernorm"),  # Gemma 2/3: a norm after each half too
+    Layout("self_attn", "input_layernorm", None, "mlp", "post_attention_layernorm", None),  # Llama, Qwen, Mistral, OLMoE
+    Layout("attn", "ln_1", None, "mlp", "ln_2", None),  # GPT-2
+)
+
+
+def layout_of(block: nn.Module) -> Layout | None:
+    for layout in LAYOUTS:
+        names = [n for n in dataclasses.astuple(layout) if n is not None]
+        if all(isinstance(getattr(block, n, None), nn.Module) for n in names):
+            return layout
+    return None
+
+
+class Half(nn.Module):
+    """One half of a block: `hidden + post(core(pre(hidden)))`, the block's own modules. The attention
+    half gets the arguments the block's forward passes its attention (bound from the block's
+    recorded arguments); the MLP half needs none."""
+
+    def __init__(self, block: nn.Module, layout: Layout, kind: str):
+        super().__init__()
+        self.kind = kind
+        names = (layout.attn_pre, layout.attn, layout.attn_post) if kind == "a" else \
+            (layout.mlp_pre, layout.mlp, layout.mlp_post)
+        # registered under the block's own names, so a projection is found where the block has it
+        # (`self_attn.o_proj`, `mlp.down_proj`) and healing folds into the half's own output
+        for name in names:
+            if name is not None:
+                self.add_module(name, getattr(block, name))
+        self.pre, self.core, self.post = names
+        object.__setattr__(self, "_signature", inspect.signature(type(block).forward))
+
+    def _core_kwargs(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The block's forward arguments (defaults included, **kwargs spread), by name."""
+        bound = self._signature.bind(None, None, *args, **kwargs)
+        bound.apply_defaults()
+        out: dict[str, Any] = {}
+        for p in list(self._signature.parameters.values())[2:]:
+            if p.name not in bound.arguments:
+                continue
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(bound.arguments[p.name])
+            elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+                out[p.name] = bound.arguments[p.name]
+        return out
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        x = getattr(self, self.pre)(hidden)
+        if self.kind == "a":
+            x = getattr(self, self.core)(hidden_states=x, **self._core_kwargs(args, kwargs))
+            x = x[0] if isinstance(x, (tuple, list)) else x
+        else:
+            x = getattr(self, self.core)(x)
+        if self.post is not None:
+            x = getattr(self, self.post)(x)
+        return hidden + x
+
+
+@dataclass
+class UnitModel(BlockModel):
+    """A BlockModel whose blocks are halves (see the module doc); `base` is the model by blocks."""
+
+    base: BlockModel | None = None
+    units: str = "sublayers"
+
+    def record_blocks(self, forward) -> list[tuple[tuple, dict]]:
+        """The real blocks' arguments, each given to both of its halves."""
+        records = self.base.record_blocks(forward)
+        return [records[u // 2] for u in range(len(self.blocks))]
+
+    @property
+    def block_count(self) -> int:
+        return self.base.num_blocks
+
+
+def unit_model(bm: BlockModel, units: str = "sublayers") -> BlockModel:
+    """`bm` by the units a search removes: itself for "blocks", else its 2L halves (checked)."""
+    if units not in UNITS:
+        raise ModelError(f"unknown --units {units!r}: choose one of {', '.join(UNITS)}")
+    if units == "blocks":
+        return bm
+    halves = []
+    for i, block in enumerate(bm.blocks):
+        layout = layout_of(block)
+        if layout is None:
+            raise ModelError(f"{bm.name} ({arch_of(bm.model)}): block {i} ({type(block).__name__}) cannot be split into "
+                             "an attention half and an MLP half (its modules are not a known pre-norm layout); search "
+                             "--units blocks")
+        halves += [Half(block, layout, "a"), Half(block, layout, "m")]
+    fields = {f.name: getattr(bm, f.name) for f in dataclasses.fields(BlockModel)}
+    um = UnitModel(**{**fields, "blocks": nn.ModuleList(halves), "meta": dict(bm.meta)}, base=bm, units=units)
+    problem = check_split(um)
+    if problem:
+        raise ModelError(f"{bm.name} ({arch_of(bm.model)}): its blocks cannot be split into halves exactly: {problem}; "
+                         "search --units blocks")
+    return um
+
+
+@torch.inference_mode()
+def check_split(um: UnitModel, rows: int = 2, length: int = 9) -> str | None:
+    """None when each block equals its attention half then its MLP half on random tokens (recorded
+    arguments), else what differs."""
+    base = um.base
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, base.head.weight.shape[0], (rows, length), generator=gen).to(base.device)
+    prelude = base.prelude(ids)
+    idx = torch.arange(rows, device=base.device)
+    hidden = prelude.hidden
+    tol = 1e-5 if base.dtype == torch.float32 else 2e-2
+    for b in range(base.num_blocks):
+        want = base.run_block(b, hidden, prelude, idx)
+        args, kwargs = prelude.block_args[b]
+        got = um.blocks[2 * b + 1](um.blocks[2 * b](hidden, *args, **kwargs))
+        scale = want.float().abs().max().clamp_min(1.0)
+        diff = float((got.float() - want.float()).abs().max() / scale)
+        if not diff <= tol:
+            return f"block {b}: halves differ from the block by {diff:.2g} (relative)"
+        hidden = want
+    return None
+
+
+# ---- names ---------------------------------------------------------------------------------------
+def unit_name(unit: int, units: str) -> str:
+    """`17` for a block, `17a` / `17m` for block 17's attention / MLP half."""
+    return str(unit) if units == "blocks" else f"{unit // 2}{KINDS[unit % 2]}"
+
+
+def fmt_units(removed: Sequence[int], units: str) -> str:
+    """A removal set as reports write it: [17, 18] or [17a, 22a, 19m]."""
+    return "[" + ", ".join(unit_name(u, units) for u in sorted(removed)) + "]"
+
+
+def parse_unit(text: str, units: str, num_blocks: int) -> int:
+    """`17a` -> 34, `17m` -> 35 (halves); `17` -> 17 (blocks). ValueError (one line) otherwise."""
+    text = text.strip()
+    if units == "blocks":
+        if not text.isdigit():
+            raise ValueError(f"unit {text!r} is not a block id (units are blocks: 0..{num_blocks - 1})")
+        return int(text)
+    if len(text) < 2 or text[-1] not in KINDS or not text[:-1].isdigit():
+        raise ValueError(f"unit {text!r} is not a half (e.g. 17a for block 17's attention, 17m for its MLP)")
+    block = int(text[:-1])
+    if block >= num_blocks:
+        raise ValueError(f"unit {text!r} names block {block}, but the model has blocks 0..{num_blocks - 1}")
+    return 2 * block + KINDS.index(text[-1])
+
+
+def protected_units(units: str, num_blocks: int) -> list[int]:
+    """The halves a search by `units` never removes: the MLP halves for attention, and vice versa."""
+    if units == "attention":
+        return [2 * b + 1 for b in range(num_blocks)]
+    if units == "mlp":
+        return [2 * b for b in range(num_blocks)]
+    return []
