@@ -65,10 +65,10 @@ class Half(nn.Module):
     half gets the arguments the block's forward passes its attention (bound from the block's
     recorded arguments); the MLP half needs none."""
 
-    def __init__(self, block: nn.Module, layout: Layout, kind: str):
+    def __init__(self, block: nn.Module, layout: Layout, attention: bool):
         super().__init__()
-        self.kind = kind
-        names = (layout.attn_pre, layout.attn, layout.attn_post) if kind == "a" else \
+        self.attention = attention
+        names = (layout.attn_pre, layout.attn, layout.attn_post) if attention else \
             (layout.mlp_pre, layout.mlp, layout.mlp_post)
         # registered under the block's own names, so a projection is found where the block has it
         # (`self_attn.o_proj`, `mlp.down_proj`) and healing folds into the half's own output
@@ -94,7 +94,7 @@ class Half(nn.Module):
 
     def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = getattr(self, self.pre)(hidden)
-        if self.kind == "a":
+        if self.attention:
             x = getattr(self, self.core)(hidden_states=x, **self._core_kwargs(args, kwargs))
             x = x[0] if isinstance(x, (tuple, list)) else x
         else:
@@ -134,7 +134,7 @@ def unit_model(bm: BlockModel, units: str = "sublayers") -> BlockModel:
             raise ModelError(f"{bm.name} ({arch_of(bm.model)}): block {i} ({type(block).__name__}) cannot be split into "
                              "an attention half and an MLP half (its modules are not a known pre-norm layout); search "
                              "--units blocks")
-        halves += [Half(block, layout, "a"), Half(block, layout, "m")]
+        halves += [Half(block, layout, attention=True), Half(block, layout, attention=False)]
     fields = {f.name: getattr(bm, f.name) for f in dataclasses.fields(BlockModel)}
     um = UnitModel(**{**fields, "blocks": nn.ModuleList(halves), "meta": dict(bm.meta)}, base=bm, units=units)
     problem = check_split(um)
