@@ -75,6 +75,7 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     bm = models.load(s.model, device=s.device, dtype=DTYPES[s.dtype])
     model_hash = model_hash or sources.content_hash(s.model)  # an embedded model exists once loaded
     s.check_blocks(bm.num_blocks)
+    um = models.unit_model(bm, s.units)  # the candidates' units: bm itself, or its checked halves
     loaded = [load_task(spec, bm.tokenizer, bm.eos_token_id, s.samples, s.seed, s.ppl_window, processor=bm.processor)
               for spec in s.tasks]
     names = [t.name for t in loaded]
@@ -103,14 +104,23 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         _keep_stored_spelling(Path(out), early)
         refuse_other_settings(Path(out), stored, early, skip=("heal",))
         refuse_other_settings(Path(out), _fit_options(stored), _fit_options(early))  # its windows come with the fit
-    healing = fit_healing(s, bm, loaded)  # before anything is written: a bad calibration is one line
+    costs = unit_costs(s, um, Path(out)) if s.measures_costs else None  # each unit's, measured here
+    if costs is not None:
+        check_budgets(s, costs, bm.num_blocks)  # an unreachable budget: one line before the search
+    healing = fit_healing(s, um, loaded)  # before anything is written: a bad calibration is one line
     settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
                                      calibration=healing.calibration_windows if healing else None))
     _keep_stored_spelling(Path(out), settings)
     content = {"model": model_hash, "tasks": {t.name: t.source_hash for t in loaded if getattr(t, "source_hash", None)}}
     store = Store(Path(out), settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
                                               "prefix_tokens": loaded[0].prefix}, content=content)
-    engine = Engine(bm, budget_bytes=s.budget_bytes, heal=healing)
+    if costs is not None:
+        from .measure.costs import COSTS_FILE
+        from .runs.store import atomic_write_json
+
+        atomic_write_json(Path(out) / COSTS_FILE, costs)
+        store.set_info("budgets", list(s.budgets))
+    engine = Engine(um, budget_bytes=s.budget_bytes, heal=healing)
     store.set_info("engine", engine.info())
     if healing is not None:
         store.set_info("healing", {**healing.describe(), "seconds": round(healing.seconds, 3)})  # fused runner or why not, packing limit: how the scores were made
@@ -118,9 +128,9 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         _attach_pool(pool, engine, loaded, store)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
                                  racing=None if s.exact else search.Racing(), rank_by=ranking, runner=pool)
-    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
-                        min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution,
-                        sets=s.sets)
+    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width,
+                        protected=s.all_protected(bm.num_blocks), min_depth=s.min_depth, max_candidates=s.max_candidates,
+                        seed=s.seed, evolution=s.evolution, sets=s.sets)
     if pool is not None:  # the replicas' memory back before latency, held-out and export
         pool.close()
     if healing is not None:  # the dense pass and every map the search solved
@@ -133,17 +143,17 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
     advised = advice.recommendations(advice.by_k(analysis["candidates"]), s.tolerance)
     plain = None  # the plain baseline's analysis, built once for the latency step and the report
     if healing is not None and s.plain_baseline:
-        plain = _plain_baseline(s, Path(out), bm, loaded, ranking, content, analysis)
+        plain = _plain_baseline(s, Path(out), um, loaded, ranking, content, analysis)
     for note in analysis.get("warnings", []):
         print(f"blockprune: warning: {note}", file=sys.stderr)
     if s.latency:  # measured speedups of the report's candidates (DIR/latency.json), before the report reads them
-        _bench_latency(out, bm, s.tolerance, s.progress, analysis, advised, plain)
+        _bench_latency(out, um, s.tolerance, s.progress, analysis, advised, plain)
     if s.held_out:
         from .measure import heldout
 
         if s.progress:
             print("blockprune: re-scoring the recommendations on held-out samples", file=sys.stderr, flush=True)
-        heldout.score_held_out(out, bm, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised,
+        heldout.score_held_out(out, um, s.held_out_samples, s.tolerance, analysis=analysis, store=store, recs=advised,
                                healing=healing)
     recs = report.write_report(out, lang=s.lang, tolerance=s.tolerance, analysis=analysis, store=store, recs=advised,
                                plain=plain)
@@ -156,9 +166,54 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
 
         target = Path(out) / "export"  # the run's own export of an earlier balanced set may be replaced
         levels = [r["removed"] for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
-        export(bm, balanced["removed"], target, formats=s.export_formats, kv_cache=s.kv_cache,
+        export(um, balanced["removed"], target, formats=s.export_formats, kv_cache=s.kv_cache,
                force=(target / MANIFEST).exists(), elastic_sets=levels, healing=healing)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
+
+
+def unit_costs(s: Settings, um: models.BlockModel, out: Path) -> dict:
+    """Each unit's KV bytes, weight bytes and time (blockprune.measure.costs): OUT/costs.json when a
+    resumed run measured them on this device and dtype, else measured now (about a minute here)."""
+    import json
+
+    from .measure import costs as costs_mod
+
+    from .analysis import budgets
+
+    contexts = sorted(set(costs_mod.CONTEXTS) | {b.context for b in map(budgets.parse_budget, s.budgets) if b.context})
+    try:
+        old = json.loads((out / costs_mod.COSTS_FILE).read_text(encoding="utf-8"))
+        measured = set(old.get("time", {}).get("decode", {}))
+        if (old.get("units"), old.get("device"), old.get("dtype")) == (s.units, str(um.device), s.dtype) and \
+                len(old.get("rows", [])) == um.num_blocks and {str(c) for c in contexts} <= measured:
+            return old
+    except (OSError, ValueError, AttributeError):
+        pass
+    log = (lambda msg: print(f"blockprune: costs: {msg}", file=sys.stderr, flush=True)) if s.progress else None
+    if log:
+        log(f"measuring each of the {um.num_blocks} units' KV cache, weights and time (decode and prefill at "
+            f"{', '.join(map(str, contexts))} tokens of context)")
+    return costs_mod.measure(um, contexts=contexts, log=log)
+
+
+def check_budgets(s: Settings, costs: dict, num_blocks: int) -> None:
+    """Refuse a --budget that no set of at most --max-remove removable units can meet (one line,
+    naming the closest reachable value), before the search."""
+    from .analysis import budgets
+
+    allowed = [u for u in range(s.unit_count(num_blocks)) if u not in set(s.all_protected(num_blocks))]
+    most = max((len(x) for x in s.sets), default=0) if s.method == "given" else s.max_remove
+    for text in s.budgets:
+        b = budgets.parse_budget(text)
+        try:
+            ok, best = budgets.reachable(costs, b, allowed, most)
+        except budgets.BudgetError as exc:
+            raise search.SearchError(str(exc)) from None
+        if not ok:
+            limit = "the largest --sets set" if s.method == "given" else f"--max-remove {most}"
+            raise search.SearchError(
+                f"--budget {b} cannot be met: with {limit} of the {len(allowed)} removable units (--units {s.units}) "
+                f"the closest reachable is {b.kind}={best:.3g}; remove more units, or loosen the budget")
 
 
 def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | None":
@@ -180,7 +235,7 @@ def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | N
         print(f"blockprune: fitting the healing maps on {cal.tokens} calibration tokens ({', '.join(parts)})",
               file=sys.stderr, flush=True)
     healing = heal.Healing.fit(bm, cal.windows, longest, s.ridge, cal.describe(), skip=cal.skip)
-    if len(healing.unfoldable) >= bm.num_blocks - 1:
+    if len(healing.unfoldable) >= bm.num_blocks - 1:  # bm: the units searched (blocks or halves)
         why = next(iter(healing.unfoldable.values()), "no block")
         raise heal.HealError(f"--heal linear: {bm.name}: no block's MLP output can take a fold ({why}); nothing "
                              "to heal: search with --heal none")
@@ -194,7 +249,8 @@ def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranki
     the healed run's best sets per k: the report's side-by-side columns."""
     plain = s.replace(heal="none", calibration=None)
     pout = out / rundir.PLAIN_DIR
-    settings = plain.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded))
+    settings = plain.run_settings(Loaded(num_blocks=bm.block_count, rank_by=ranking,
+                                         tasks=loaded))
     store = Store(pout, settings, extra={"versions": versions(), "device": str(bm.device), "tolerance": s.tolerance,
                                          "prefix_tokens": loaded[0].prefix, "baseline_of": ".."}, content=content)
     engine = Engine(bm, budget_bytes=s.budget_bytes)
@@ -203,9 +259,9 @@ def _plain_baseline(s: Settings, out: Path, bm: models.BlockModel, loaded, ranki
               file=sys.stderr, flush=True)
     evaluator = search.Evaluator(engine, loaded, store, batch_candidates=s.candidates_per_pass, progress=s.progress,
                                  racing=None if s.exact else search.Racing(), rank_by=ranking)
-    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width, protected=s.protected,
-                        min_depth=s.min_depth, max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution,
-                        sets=s.sets)
+    result = search.run(s.method, evaluator, max_remove=s.max_remove, beam_width=s.beam_width,
+                        protected=s.all_protected(bm.block_count), min_depth=s.min_depth,
+                        max_candidates=s.max_candidates, seed=s.seed, evolution=s.evolution, sets=s.sets)
     # the plain search's own best per k, before the healed run's sets are scored here too
     store.set_info("searched_best", {str(len(step[0])): list(step[0]) for step in result.steps if step and step[0]})
     best = [tuple(group[0]["removed"]) for k, group in sorted(advice.by_k(healed_analysis["candidates"]).items()) if k]

@@ -11,7 +11,7 @@ import threading
 from dataclasses import fields
 
 from . import api, report, search
-from .settings import Settings, default
+from .settings import Settings, default, unit_ids
 from .analysis import AnalysisError
 from .search.cluster import ClusterError
 from .report import ReportError
@@ -22,7 +22,7 @@ from .healing import heal
 from .healing.heal import HealError
 from .measure.heldout import HeldOutError
 from .measure.latency import BenchError
-from .models import ModelError
+from .models import UNITS, ModelError
 from .runs.rundir import PathError
 from .tasks.scores import ScoreError
 from .runs.store import StoreError
@@ -42,6 +42,11 @@ def _int_list(what: str):
 
 
 _ints = _int_list("block ids")
+
+
+def _names(text: str) -> list[str]:
+    """Units as written (`4,13`, `17a,22a,19m`): parsed once --units is known (Settings.check)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
 _sizes = _int_list("batch sizes")
 
 
@@ -113,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default=default("method"), choices=search.METHODS,
                    help="given: score exactly --sets / --sets-file (and dense) on every task")
     s.add_argument("--sets", default=None, metavar="SETS",
-                   help="with --method given: removal sets, ';'-separated, e.g. '17,18,19;4,13'")
+                   help="with --method given: removal sets, ';'-separated, e.g. '17,18,19;4,13' (or '17a,22a;19m' "
+                        "with --units sublayers)")
     s.add_argument("--sets-file", default=None, metavar="FILE",
                    help="with --method given: one set per line, or another run's pruning_recommendations.json")
     s.add_argument("--beam-width", type=int, default=default("beam_width"))
@@ -121,8 +127,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=default("samples"), help="samples per task (seeded subset); 0 = all")
     s.add_argument("--seed", type=int, default=default("seed"))
     s.add_argument("--ppl-window", type=int, default=default("ppl_window"), help="tokens per perplexity window")
-    s.add_argument("--protect", dest="protected", metavar="PROTECT", type=_ints, default=[],
-                   help="block ids never removed, e.g. 0,29")
+    s.add_argument("--units", default=default("units"), choices=UNITS,
+                   help="what a candidate removes: blocks (default), attention or mlp halves, or sublayers (both kinds: "
+                        "2 units per block, named 17a and 17m)")
+    s.add_argument("--budget", dest="budgets", action="append", default=None, metavar="KIND=VALUE",
+                   help="also recommend the best set within a budget (repeat): kv=0.7 (at most 70%% of the dense KV "
+                        "cache), params=0.8 (of the weights), decode=1.25 or decode=1.25@2048 (at least 1.25x decode "
+                        "speed at that context, predicted from each unit's measured time), prefill=...")
+    s.add_argument("--protect", dest="protected", metavar="PROTECT", type=_names, default=[],
+                   help="units never removed, e.g. 0,29 (blocks) or 0a,0m (halves)")
     s.add_argument("--min-depth", type=int, default=default("min_depth"), help="keep at least this many blocks")
     s.add_argument("--max-candidates", type=int, default=default("max_candidates"),
                    help="refuse exhaustive searches above this")
@@ -167,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the model without some blocks as verified artifacts: HF checkpoint, ONNX, "
                                       "ONNX Runtime GenAI, GGUF")
     e.add_argument("--model", required=True)
-    e.add_argument("--remove", type=_ints, required=True, help="block ids, e.g. 4,13")
+    e.add_argument("--remove", type=_names, required=True,
+                   help="block ids, e.g. 4,13, or halves, e.g. 17a,22a,19m (a block's attention / MLP)")
     e.add_argument("--out", required=True)
     e.add_argument("--format", default="hf",
                    help="comma-separated: hf, onnx (logits graph; --kv-cache adds the decoder with past), genai (ONNX "
@@ -319,9 +333,11 @@ def _settings(args, base: Settings | None = None) -> Settings:
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     if args.command == "search":
         given["samples"] = args.samples or None  # 0: every sample
-        given["sets"] = search.parse_sets(args.sets) if args.sets else []
+        given["protected"] = unit_ids(args.protected, args.units, "--protect")
+        given["budgets"] = tuple(args.budgets or ())
+        given["sets"] = search.parse_sets(args.sets, args.units) if args.sets else []
         if args.sets_file:
-            given["sets"] += search.read_sets_file(args.sets_file)
+            given["sets"] += search.read_sets_file(args.sets_file, args.units)
     return base.replace(**given) if base is not None else Settings(**given)
 
 

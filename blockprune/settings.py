@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .search import evolve
+from .analysis import budgets as budgets_mod
 from . import report, search
 from .tasks import scores
-from .models import sources
+from .models import sources, units as units_mod
 from .healing import heal as heal_mod
 from .search import SearchError
 from .tasks import DEFAULT_PPL_WINDOW, absolute_spec, check_spec, split_count
@@ -89,6 +91,8 @@ class Settings:
     samples: int | None = option(50, run=SAME)  # per task (a seeded subset); None: every sample
     ppl_window: int = option(DEFAULT_PPL_WINDOW, run=SAME)
     method: str = option("beam", run=SAME)
+    # what a candidate removes: blocks, or halves (blockprune.models.units); absent from run.json for blocks
+    units: str = option("blocks", run=lambda s, m: {"units": s.units} if s.units != "blocks" else {})
     beam_width: int = option(3, run=SAME)
     max_remove: int = option(3, run=SAME)
     protected: Sequence[int] = option((), run=lambda s, m: {"protected": sorted(s.protected)})
@@ -121,6 +125,7 @@ class Settings:
     workers: int | None = option(None, run=None)
     ray_address: str | None = option(None, run=None)
     plain_baseline: bool = option(True, run=None)  # a healed run also searches plain (OUT/plain) to compare
+    budgets: Sequence[str] = option((), run=None)  # kv=0.7, params=0.8, decode=1.25[@CONTEXT] (measure.costs)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -153,7 +158,10 @@ class Settings:
             check_calibration(self.calibration)
         if self.method not in search.METHODS:
             raise SearchError(f"unknown method {self.method!r}: choose one of {', '.join(search.METHODS)}")
-        sets = [tuple(sorted(int(b) for b in s)) for s in self.sets]
+        if self.units not in units_mod.UNITS:
+            raise SearchError(f"unknown --units {self.units!r}: choose one of {', '.join(units_mod.UNITS)}")
+        sets = [tuple(sorted(unit_ids(s, self.units, "--sets"))) for s in self.sets]
+        protected = tuple(sorted(unit_ids(self.protected, self.units, "--protect")))
         if self.method == "given" and not sets:
             raise SearchError("--method given needs --sets '17,18,19;4,13' or --sets-file FILE")
         if sets and self.method != "given":
@@ -165,6 +173,11 @@ class Settings:
             if every is not None:
                 raise SearchError(f"--held-out re-scores samples the search did not use, but --samples 0 uses every "
                                   f"sample of {every}; give --samples N (or {every}#N), or drop --held-out")
+        for b in self.budgets:
+            try:
+                budgets_mod.parse_budget(b)
+            except budgets_mod.BudgetError as exc:
+                raise SearchError(str(exc)) from None
         budget_gb = self.budget_gb
         if budget_gb is not None and not (isinstance(budget_gb, (int, float)) and math.isfinite(budget_gb) and budget_gb > 0):
             raise SearchError(f"--budget-gb must be a positive number of GiB, not {budget_gb}")
@@ -180,13 +193,34 @@ class Settings:
             from .search import cluster
 
             cluster.check_options(self.workers, self.ray_address)
-        return self.replace(dtype=dtype, sets=sets, ridge=ridge)
+        return self.replace(dtype=dtype, sets=sets, protected=protected, ridge=ridge)
 
     def check_blocks(self, num_blocks: int) -> None:
         """The checks that need the model's block count (once it is loaded, before any scoring)."""
-        search.check_limits(num_blocks, self.max_remove, self.protected, self.min_depth, self.method, self.beam_width,
-                        self.max_candidates)
-        search.check_sets(self.sets, num_blocks, self.protected, self.min_depth)
+        n = self.unit_count(num_blocks)
+        if self.units != "blocks":  # named as the user wrote them, before the checks by index
+            for s in [*self.sets, self.protected]:
+                bad = [u for u in s if not 0 <= u < n]
+                if bad:
+                    raise SearchError(f"{units_mod.fmt_units(bad, self.units)}: the model has blocks 0..{num_blocks - 1}")
+            other = set(units_mod.protected_units(self.units, num_blocks))
+            for s in self.sets:
+                if set(s) & other:
+                    raise SearchError(f"set {units_mod.fmt_units(s, self.units)} removes "
+                                      f"{units_mod.fmt_units(sorted(set(s) & other), self.units)}, but --units "
+                                      f"{self.units} removes only {'attention (NNa)' if self.units == 'attention' else 'MLP (NNm)'} "
+                                      "halves; search --units sublayers to remove both kinds")
+        search.check_limits(n, self.max_remove, self.all_protected(num_blocks), self.min_depth, self.method,
+                            self.beam_width, self.max_candidates)
+        search.check_sets(self.sets, n, self.all_protected(num_blocks), self.min_depth)
+
+    def unit_count(self, num_blocks: int) -> int:
+        """How many units the search chooses among: the blocks, or their 2L halves."""
+        return num_blocks if self.units == "blocks" else 2 * num_blocks
+
+    def all_protected(self, num_blocks: int) -> list[int]:
+        """--protect plus the halves `units` never removes (the MLPs of an attention search)."""
+        return sorted(set(self.protected) | set(units_mod.protected_units(self.units, num_blocks)))
 
     def run_settings(self, loaded: Loaded) -> dict:
         """run.json's "settings": what the scores depend on (a resumed run must match them)."""
@@ -215,9 +249,30 @@ class Settings:
         return max(1, int(self.budget_gb * 2**30)) if self.budget_gb else None
 
     @property
+    def measures_costs(self) -> bool:
+        """Each unit's costs are measured (OUT/costs.json) for budgets and for a search by halves."""
+        return bool(self.budgets) or self.units != "blocks"
+
+    @property
     def clustered(self) -> bool:
         """Scored on Ray workers (blockprune.search.cluster)."""
         return self.workers is not None or bool(self.ray_address)
+
+
+def unit_ids(values, units: str, flag: str) -> list[int]:
+    """A set's units as indices: ints as they are (the API's), names parsed (`17`, `17a`, `17m`)."""
+    out = []
+    for v in values:
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            out.append(int(v))
+            continue
+        try:
+            out.append(units_mod.parse_unit(str(v), units, None))
+        except ValueError as exc:
+            raise SearchError(f"{flag}: {exc}") from None
+    if len(set(out)) != len(out):
+        raise SearchError(f"{flag}: {units_mod.fmt_units(out, units)} names a unit twice")
+    return out
 
 
 def default(name: str) -> Any:

@@ -131,3 +131,39 @@ def test_a_block_that_cannot_be_split_is_refused_in_one_line():
     bm = tiny_model("neox")  # GPT-NeoX: attention and MLP in parallel, off one residual
     with pytest.raises(models.ModelError, match="cannot be split"):
         models.unit_model(bm, "sublayers")
+
+
+PHYSICAL_SETS = [(0,), (4,), (0, 1), (3, 4, 5), (2, 7, 9)]  # (0, 1): a whole block deleted
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3", "gpt2"])
+def test_removed_halves_physically_deleted_decode_with_a_cache(family):
+    """`remove_units` (held-out checks and latency run it): the removed halves' weights are gone,
+    the KV cache holds one layer per attention kept, and cached greedy decoding gives the tokens of
+    the zero-module reference recomputed without a cache (layer 0's attention removed included:
+    the cache's length must come from the first attention kept)."""
+    bm = FAMILIES[family]()
+    rng = np.random.default_rng(2)
+    prompt = [int(t) for t in rng.integers(3, bm.head.weight.shape[0], size=7)]
+    for s in PHYSICAL_SETS:
+        pruned = units_mod.remove_units(bm, s)
+        attn_kept = bm.num_blocks - sum(1 for u in s if u % 2 == 0)
+        n_params = sum(p.numel() for p in pruned.model.parameters())
+        assert n_params < sum(p.numel() for p in bm.model.parameters())
+        ref = half_removed(bm, s)
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(6):
+                seq.append(int(ref(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1].argmax()))
+            out = pruned.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, use_cache=True,
+                                        return_dict_in_generate=True, pad_token_id=0)
+        assert out.sequences[0, len(prompt):].tolist() == seq[len(prompt):], (family, s)
+        with torch.no_grad():  # a server's step: the cache alone says where the new token is
+            first = pruned.model(input_ids=torch.tensor([prompt]), use_cache=True)
+            step = pruned.model(input_ids=torch.tensor([[seq[len(prompt)]]]), past_key_values=first.past_key_values)
+            whole = ref(input_ids=torch.tensor([seq[:len(prompt) + 1]]), use_cache=False).logits[0, -1]
+        assert torch.allclose(step.logits[0, -1], whole, atol=1e-4), (family, s)
+        cache = out.past_key_values
+        # a removed attention's layer holds one number per token (its length), a kept one whole heads
+        filled = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None and layer.keys.shape[-1] > 1]
+        assert len(filled) == attn_kept, (family, s)

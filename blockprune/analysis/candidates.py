@@ -134,6 +134,7 @@ def build(store: Store, replicates: int = stats.DEFAULT_REPLICATES) -> dict:
     return {
         "model": settings["model"],
         "num_blocks": settings["num_blocks"],
+        "units": settings.get("units", "blocks"),  # what a set removes (blockprune.models.units)
         "method": settings.get("method"),
         "drop_definition": ("per task, the drop of its ranking score: relative quality loss 1 - q/q_dense "
                             "(q = accuracy, p_gold, exact match, or the per-token geometric-mean probability "

@@ -45,8 +45,12 @@ def recommended_sets(directory: str | Path, tolerance: float, analysis: dict | N
                      recs: dict | None = None, store: Store | None = None) -> tuple[dict, list[tuple[int, ...]]]:
     a = analysis if analysis is not None else report.build_analysis(directory, store=store)
     recs = recs if recs is not None else advice.recommendations(advice.by_k(a["candidates"]), tolerance)
-    sets = list(dict.fromkeys(tuple(recs[level]["removed"]) for level in advice.LEVELS if recs[level]["k"]))
-    return a, sets
+    sets = [tuple(recs[level]["removed"]) for level in advice.LEVELS if recs[level]["k"]]
+    from ..report import budgets as budget_report  # the best set per --budget is checked too
+
+    run_info = (store if store is not None else Store.open_existing(Path(directory))).run_info
+    sets += budget_report.budget_sets(budget_report.of_run(Path(directory), run_info, a))
+    return a, list(dict.fromkeys(sets))
 
 
 # a healed run's second text: the first of these its calibration text is not (nor another edition of)
@@ -62,7 +66,7 @@ def healed_copy(bm: models.BlockModel, removed, healing) -> models.BlockModel:
 
     folded = copy.deepcopy(bm)
     heal.fold_into(folded, healing.maps_for(removed))
-    return models.remove_blocks(folded, removed)
+    return models.prune(folded, removed)
 
 
 def run_healing(directory: Path, store: Store, bm: models.BlockModel):
@@ -90,7 +94,7 @@ def plain_perplexity(bm: models.BlockModel, removed, windows: list[tuple[int, ..
     if healing is not None and removed:
         pruned = healed_copy(bm, removed, healing)
     else:
-        pruned = models.remove_blocks(bm, removed) if removed else bm
+        pruned = models.prune(bm, removed) if removed else bm
     nll, count = 0.0, 0
     for w in windows:
         ids = torch.tensor([w], device=bm.device)
@@ -113,9 +117,11 @@ def score_held_out(directory: str | Path, bm: models.BlockModel, samples: int | 
     store = store if store is not None else Store.open_existing(directory)
     info_all = store.run_info
     settings = info_all["settings"]
-    if settings["num_blocks"] != bm.num_blocks:
+    if settings["num_blocks"] != bm.block_count:
         raise HeldOutError(f"{directory} was searched on a model with {settings['num_blocks']} blocks, "
-                                 f"this one has {bm.num_blocks}")
+                                 f"this one has {bm.block_count}")
+    if settings.get("units", "blocks") != getattr(bm, "units", "blocks"):
+        bm = models.unit_model(bm, settings["units"])  # the run's units: its sets index halves
     a, sets = recommended_sets(directory, tolerance, analysis, recs, store)
     if not sets:
         raise HeldOutError(f"{directory}: no recommendation at tolerance {tolerance:.1%}; nothing to validate")

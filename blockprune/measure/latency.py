@@ -101,7 +101,7 @@ def _check_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]]) -> list[tu
         if not key:
             raise BenchError("give at least one block to remove (the dense model is always measured)")
         try:
-            models.remove_blocks(bm, key, check_only=True)
+            models.prune(bm, key, check_only=True)
         except models.ModelError as exc:
             raise BenchError(str(exc)) from None
         if key not in out:
@@ -241,13 +241,13 @@ def bench_sets(bm: models.BlockModel, sets: Sequence[Sequence[int]], backends: S
     graphs = _check_onnx_dirs(onnx_dirs, bm, keys) if "onnxruntime" in backends else {}
     genai_dirs = _check_onnx_dirs(onnx_dirs, bm, keys, "genai") if "genai" in backends else {}
     device = bm.device
-    L = bm.num_blocks
+    L = bm.block_count
     variants = {(): bm}
     for key in keys:
-        variants[key] = models.remove_blocks(bm, key)
-        got = len(models.find_blocks(variants[key].model)[1])
-        if got != L - len(key):  # the copy really lost the blocks
-            raise BenchError(f"pruned copy has {got} blocks, expected {L - len(key)}")
+        variants[key] = models.prune(bm, key)  # blocks, or halves of a UnitModel (their weights gone)
+        got, want = len(models.find_blocks(variants[key].model)[1]), models.blocks_left(bm, key)
+        if got != want:  # the copy really lost the blocks
+            raise BenchError(f"pruned copy has {got} blocks, expected {want}")
     vocab = bm.model.get_input_embeddings().num_embeddings
     result = {
         "schema": 1, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

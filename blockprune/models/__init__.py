@@ -11,7 +11,8 @@ May import: blockprune.data, blockprune.runs, blockprune.tasks, blockprune.kerne
 
 from .loader import (BlockModel, ModelError, Prelude, check_device, check_parity, find_blocks, load,
                      quiet_transformers, remove_blocks, resolve, weights_bytes, without_blocks, wrap)
-from .units import UNITS, unit_model
+from .units import UNITS, blocks_left, prune, remove_units, unit_model
 
-__all__ = ["BlockModel", "ModelError", "Prelude", "UNITS", "check_device", "check_parity", "find_blocks", "load",
-           "quiet_transformers", "remove_blocks", "resolve", "unit_model", "weights_bytes", "without_blocks", "wrap"]
+__all__ = ["BlockModel", "ModelError", "Prelude", "UNITS", "blocks_left", "check_device", "check_parity", "find_blocks",
+           "load", "prune", "quiet_transformers", "remove_blocks", "remove_units", "resolve", "unit_model",
+           "weights_bytes", "without_blocks", "wrap"]

@@ -130,6 +130,12 @@ class BlockModel:
 
     @property
     def num_blocks(self) -> int:
+        """The units a keep-mask has a column for: the blocks (a UnitModel's: its halves)."""
+        return len(self.blocks)
+
+    @property
+    def block_count(self) -> int:
+        """The model's own decoder blocks (a UnitModel's num_blocks counts halves)."""
         return len(self.blocks)
 
     @property

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .adapter import BlockModel, arch_of
+from .adapter import BlockModel, arch_of, find_blocks, remove_blocks, wrap
 from .sources import ModelError
 
 UNITS = ("blocks", "attention", "mlp", "sublayers")
@@ -167,6 +167,83 @@ def check_split(um: UnitModel, rows: int = 2, length: int = 9) -> str | None:
     return None
 
 
+# ---- physical removal -----------------------------------------------------------------------------
+class NoAttention(nn.Module):
+    """A removed attention half in a physically pruned model: adds nothing and holds no weights. Its
+    layer of the KV cache holds one number per token (keys and values of width 1, where a kept layer
+    holds 2 x kv_heads x head_dim), so the cache still counts the sequence's length there:
+    transformers reads the length and the masks' sizes from layer 0 and from the first layer of each
+    attention type, which may be a removed one (an empty layer would read as length 0)."""
+
+    def __init__(self, layer_idx: int | None):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states=None, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("layer_past")))
+        if cache is not None and self.layer_idx is not None:
+            cache = getattr(cache, "self_attention_cache", cache)  # GPT-2's encoder-decoder cache
+            mark = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            cache.update(mark, mark, self.layer_idx)
+        return torch.zeros_like(hidden_states), None
+
+
+class NoMLP(nn.Module):
+    """A removed MLP half: adds nothing, holds no weights."""
+
+    def forward(self, x, *args, **kwargs):
+        return torch.zeros_like(x)
+
+
+def remove_units(bm: BlockModel, removed: Sequence[int], check_only: bool = False) -> BlockModel | None:
+    """A copy of `bm` (by blocks) without the `removed` halves, for plain transformers: a block with
+    both halves removed is deleted (`remove_blocks`), a removed half's modules (norms included) are
+    replaced by NoAttention / NoMLP (no weights; no KV bytes)."""
+    removed = sorted({int(u) for u in removed})
+    bad = [u for u in removed if not 0 <= u < 2 * bm.num_blocks]
+    if bad:
+        raise ModelError(f"units {fmt_units(bad, 'sublayers')} out of range: the model has blocks 0..{bm.num_blocks - 1}")
+    if len(removed) >= 2 * bm.num_blocks:
+        raise ModelError("cannot remove every unit")
+    if check_only:
+        return None
+    whole = [b for b in range(bm.num_blocks) if 2 * b in removed and 2 * b + 1 in removed]
+    pruned = remove_blocks(bm, whole)  # renumbers the kept blocks' layer_idx and per-layer config lists
+    new_of = {old: new for new, old in enumerate(b for b in range(bm.num_blocks) if b not in set(whole))}
+    blocks = find_blocks(pruned.model)[1]
+    for u in removed:
+        if u // 2 in whole:
+            continue
+        block = blocks[new_of[u // 2]]
+        layout = layout_of(block)
+        core, pre, post = (layout.attn, layout.attn_pre, layout.attn_post) if u % 2 == 0 else \
+            (layout.mlp, layout.mlp_pre, layout.mlp_post)
+        old = getattr(block, core)
+        setattr(block, core, NoAttention(getattr(old, "layer_idx", new_of[u // 2])) if u % 2 == 0 else NoMLP())
+        for norm in (pre, post):
+            if norm is not None:
+                setattr(block, norm, nn.Identity())
+    kept_attn = sum(1 for block in blocks if not isinstance(getattr(block, layout_of(block).attn), NoAttention))
+    out = wrap(pruned.model, bm.tokenizer, bm.name, processor=bm.processor)
+    out.meta = {**bm.meta, "removed_units": removed, "attention_kept": kept_attn}
+    return out
+
+
+def prune(bm: BlockModel, removed: Sequence[int], check_only: bool = False) -> BlockModel | None:
+    """The model without `removed`: units of a UnitModel (halves), else blocks (`check_only`: the
+    ids checked, ModelError, nothing copied)."""
+    if isinstance(bm, UnitModel):
+        return remove_units(bm.base, removed, check_only)
+    return remove_blocks(bm, removed, check_only)
+
+
+def blocks_left(bm: BlockModel, removed: Sequence[int]) -> int:
+    """How many decoder blocks the pruned copy keeps (a block goes when both its halves do)."""
+    if isinstance(bm, UnitModel):
+        return bm.block_count - sum(1 for b in range(bm.block_count) if 2 * b in removed and 2 * b + 1 in removed)
+    return bm.num_blocks - len(set(removed))
+
+
 # ---- names ---------------------------------------------------------------------------------------
 def unit_name(unit: int, units: str) -> str:
     """`17` for a block, `17a` / `17m` for block 17's attention / MLP half."""
@@ -178,17 +255,20 @@ def fmt_units(removed: Sequence[int], units: str) -> str:
     return "[" + ", ".join(unit_name(u, units) for u in sorted(removed)) + "]"
 
 
-def parse_unit(text: str, units: str, num_blocks: int) -> int:
-    """`17a` -> 34, `17m` -> 35 (halves); `17` -> 17 (blocks). ValueError (one line) otherwise."""
+def parse_unit(text: str, units: str, num_blocks: int | None) -> int:
+    """`17a` -> 34, `17m` -> 35 (halves); `17` -> 17 (blocks). ValueError (one line) otherwise;
+    `num_blocks` None: the range is checked later (once the model is loaded)."""
     text = text.strip()
     if units == "blocks":
         if not text.isdigit():
-            raise ValueError(f"unit {text!r} is not a block id (units are blocks: 0..{num_blocks - 1})")
+            raise ValueError(f"{text!r} is not a block id (--units blocks; 17a / 17m name halves with --units sublayers)")
+        if num_blocks is not None and int(text) >= num_blocks:
+            raise ValueError(f"block {text} does not exist: the model has blocks 0..{num_blocks - 1}")
         return int(text)
     if len(text) < 2 or text[-1] not in KINDS or not text[:-1].isdigit():
-        raise ValueError(f"unit {text!r} is not a half (e.g. 17a for block 17's attention, 17m for its MLP)")
+        raise ValueError(f"{text!r} is not a half (e.g. 17a for block 17's attention, 17m for its MLP)")
     block = int(text[:-1])
-    if block >= num_blocks:
+    if num_blocks is not None and block >= num_blocks:
         raise ValueError(f"unit {text!r} names block {block}, but the model has blocks 0..{num_blocks - 1}")
     return 2 * block + KINDS.index(text[-1])
 

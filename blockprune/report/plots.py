@@ -15,6 +15,7 @@ import numpy as np
 from ..analysis.advice import by_k, guard
 from .latency import pareto_front
 from .text import fmt_set
+from ..analysis.format import units_named
 
 PLOTS = ("ranking", "single_block_heatmap", "stepwise", "drop_distribution", "drop_vs_speedup")
 COLOURS = {"measured": "tab:blue", "healed": "tab:green", "plain": "tab:orange"}
@@ -136,9 +137,10 @@ def plot_all(a: dict, path: list[dict], directory: Path, tolerance: float | None
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(a["per_block"])), 1 + 0.5 * len(tasks)))
         im = ax.imshow(np.clip(grid, -50, 100), aspect="auto", cmap="magma_r")
         ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
-        ax.set_xticks(range(len(a["per_block"])), [b["block"] for b in a["per_block"]], fontsize=7)
-        ax.set_xlabel("removed block")
-        ax.set_title("single-block drop per task (%, clipped to [-50, 100])")
+        ax.set_xticks(range(len(a["per_block"])), [fmt_set([b["block"]])[1:-1] for b in a["per_block"]], fontsize=7)
+        unit = "block" if units_named() == "blocks" else "unit (a: attention, m: MLP)"
+        ax.set_xlabel(f"removed {unit}")
+        ax.set_title(f"single-{unit.split()[0]} drop per task (%, clipped to [-50, 100])")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         fig.savefig(directory / "single_block_heatmap.png", dpi=110)
@@ -152,7 +154,7 @@ def plot_all(a: dict, path: list[dict], directory: Path, tolerance: float | None
         ax.plot(k, m, "o-", label="mean drop")
         ax.fill_between(k, lo, hi, alpha=0.25, label="95% CI")
         ax.bar(k, [100 * s["incremental_drop"] for s in path], alpha=0.4, color="tab:orange", label="incremental")
-        ax.set_xlabel("blocks removed (stepwise)")
+        ax.set_xlabel(f"{'blocks' if units_named() == 'blocks' else 'units'} removed (stepwise)")
         ax.set_ylabel("drop (%)")
         ax.legend()
         fig.tight_layout()

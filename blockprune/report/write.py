@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import advice, stats
-from . import generation as gen_report, healing as heal_report, latency as latency_report, text as report_text
+from . import budgets as budget_report, generation as gen_report, healing as heal_report, latency as latency_report, text as report_text
 from .heldout import held_out_flags, held_out_verdicts, validation_lines  # noqa: F401
 from ..analysis import candidates as analysis_mod
 from ..analysis.advice import by_k, recommendations, stepwise
+from ..analysis.format import naming, set_names
 from ..runs.outputs import VALIDATION_FILE
 from .plots import PLOTS, plot_all, plot_drop_vs_speedup, speedup_series
 from .text import TEXT, cell, fmt_set, pct  # noqa: F401  (the report's words, en and zh; how it writes numbers)
@@ -142,7 +143,8 @@ def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
 
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
            decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None,
-           plots_dir: Path | None = None, heal: dict | None = None, store: Store | None = None) -> str:
+           plots_dir: Path | None = None, heal: dict | None = None, store: Store | None = None,
+           budget: dict | None = None) -> str:
     """REPORT.md's text; `heal`: the healing bundle of a healed run (`heal_report.bundle`); `store`:
     the run's (generated texts)."""
     T = TEXT[lang]
@@ -214,10 +216,11 @@ def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: st
             L.append(f"- {T['no_rec']}")
         L.append("")
     L += decision_lines(decisions, recs["tolerance"], T)
+    L += budget_report.section_lines(budget, validation)
     L += validation_lines(recs, validation, T, out)
     L += gen_report.sample_lines(a, store, list(dict.fromkeys(tuple(recs[lv]["removed"]) for lv in advice.LEVELS
                                                                if recs[lv]["k"])), T)
-    L += latency_lines(recs, T, out, a)
+    L += latency_lines(recs, T, out, a, budget)
     L += report_text.cluster_lines(cluster, T)
     L += [f"## {T['findings']}", ""]
     for i, line in enumerate(finding_lines(findings, T), 1):
@@ -258,7 +261,7 @@ def latency_sets(directory: str | Path, tolerance: float, analysis: dict | None 
     return sets + [x for x in heal_report.plain_sets(directory, tolerance, plain) if x not in sets]
 
 
-def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
+def latency_lines(recs: dict, T: dict, out: Path, a: dict, budget: dict | None = None) -> list[str]:
     """The recommendations with their measured speedup, when the run has a latency.json (else nothing)."""
     speed = latency_report.load_speedups(out, a["model"])
     if not speed:
@@ -266,7 +269,8 @@ def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
     first = next(iter(speed.values()))
     L = [f"### {T['lat_title']}", "", T["lat_text"].format(backend=first["backend"], batch=first["batch"],
                                                           **latency_report.load_settings(out)), "",
-         f"| {T['lat_level']} | removed | k | {T['mean']} | {T['lat_speedup']} | {T['lat_ideal']} | {T['lat_prefill']} |",
+         f"| {T['lat_level']} | removed | k | {T['mean']} | {T['lat_speedup']} | "
+         f"{T['lat_ideal'] if a.get('units', 'blocks') == 'blocks' else 'predicted from unit times'} | {T['lat_prefill']} |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for level in advice.LEVELS:
         r = recs[level]
@@ -274,7 +278,8 @@ def latency_lines(recs: dict, T: dict, out: Path, a: dict) -> list[str]:
             L.append(f"| {T[level]} | — | 0 | — | — | — | — |")
             continue
         m = speed.get(tuple(r["removed"]))
-        ideal = a["num_blocks"] / (a["num_blocks"] - r["k"])
+        guess = budget_report.predicted(budget, r["removed"]) if a.get("units", "blocks") != "blocks" else None
+        ideal = guess[0] if guess else a["num_blocks"] / (a["num_blocks"] - r["k"])  # halves: from measured unit times
         measured = f"{m['decode']:.2f}x ({m['decode_paired']['min']:.2f}–{m['decode_paired']['max']:.2f})" if m else T["lat_none"]
         prefill = f"{m['prefill']:.2f}x" if m else "—"
         L.append(f"| {T[level]} | {fmt_set(r['removed'])} | {r['k']} | {pct(r['mean_drop'])} | {measured} | {ideal:.2f}x | {prefill} |")
@@ -362,7 +367,9 @@ def build_analysis(directory: str | Path, replicates: int = stats.DEFAULT_REPLIC
                    store: Store | None = None) -> dict:
     """The run's analysis, refused when no candidate is complete (`store`: the run's, when the
     caller has it open: the search's, or the entry point's)."""
-    a = analysis_mod.build(store if store is not None else Store.open_existing(Path(directory)), replicates)
+    store = store if store is not None else Store.open_existing(Path(directory))
+    with naming(store.run_info.get("settings", {}).get("units")):
+        a = analysis_mod.build(store, replicates)
     a["replicates"] = replicates
     if not a["candidates"]:
         raise ReportError(f"{directory}: no candidate is scored on every task yet; rerun the search to resume it")
@@ -379,6 +386,15 @@ def load_validation(directory: Path) -> dict | None:
 def write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None,
                  replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None,
                  store: Store | None = None, recs: dict | None = None, plain: dict | None = None) -> dict:
+    """The report of a run, its sets written by the units it searched (`17a`, `19m` for halves)."""
+    store = store if store is not None else Store.open_existing(Path(directory))
+    with naming(store.run_info.get("settings", {}).get("units")):
+        return _write_report(directory, lang, tolerance, replicates, analysis, store, recs, plain)
+
+
+def _write_report(directory: str | Path, lang: str = "en", tolerance: float | None = None,
+                  replicates: int = stats.DEFAULT_REPLICATES, analysis: dict | None = None,
+                  store: Store | None = None, recs: dict | None = None, plain: dict | None = None) -> dict:
     """(Re)generate every report file of a run directory from its store; `tolerance` None: the one
     the run was searched with. `store`, `analysis`, `recs` (the recommendations at `tolerance`):
     the run's, when the caller has them (the search passes its own: nothing is read or computed twice);
@@ -396,14 +412,20 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     findings = key_findings(a, groups, path)
     validation = load_validation(directory)
     heal, plain = heal_report.of_run(directory, store.run_info, a, recs, plain, a.get("replicates", replicates))
+    budget = budget_report.of_run(directory, store.run_info, a)  # costs.json and the --budget choices
     findings += [heal["finding"]] if heal and heal["finding"] else []
     best = {k: {"best": cs[0], "top5": cs[:5]} for k, cs in groups.items()}
-    rec_json = {"model": a["model"], "tolerance": tolerance, "rank_by": a["rank_by"], "independent_best": best,
+    units = a.get("units", "blocks")
+    if units != "blocks":  # each recommended set also by name (its "removed" holds unit indices: 2b, 2b+1)
+        recs = {level: {**r, "names": set_names(r["removed"])} if isinstance(r, dict) and "removed" in r else r
+                for level, r in recs.items()}
+    rec_json = {"model": a["model"], **({"units": units} if units != "blocks" else {}),
+                "tolerance": tolerance, "rank_by": a["rank_by"], "independent_best": best,
                 "stepwise": path, "recommendations": recs, "decisions": decisions, "key_findings": findings,
                 **({"held_out": {"flagged": held_out_flags(recs, validation),
                                  "verdicts": held_out_verdicts(recs, validation), "sets": validation["sets"],
                                  "tasks": validation["tasks"]}} if validation else {}),
-                **({"healing": heal} if heal else {})}
+                **({"healing": heal} if heal else {}), **budget_report.json_of(budget)}
     # Everything is written into a temporary folder of ours first (plots and files, in full), then
     # moved into place: a full disk or an error leaves the old report as it was. The caller holds
     # the run's lock, so a `.plots-*` folder here is what a killed report of an older blockprune
@@ -416,6 +438,7 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
     with TempDir(directory) as tmp:
         chmod_like_user(tmp.new, directory=True)
         plot_all(a, path, tmp.new, tolerance)
+        budget_report.plot(budget, a, plain, tmp.new)
         speed = latency_report.load_speedups(directory, a["model"])
         if speed:
             plain_speed = plain and latency_report.load_speedups(directory / heal_report.PLAIN_DIR, a["model"])
@@ -427,7 +450,7 @@ def write_report(directory: str | Path, lang: str = "en", tolerance: float | Non
             analysis_mod.SUMMARY_FILE: analysis_mod.summary_markdown(a),
             ("REPORT.zh.md" if lang == "zh" else "REPORT.md"): render(
                 a, recs, path, findings, lang, directory, command, decisions, validation,
-                store.run_info.get("cluster"), plots_dir=tmp.new, heal=heal, store=store),
+                store.run_info.get("cluster"), plots_dir=tmp.new, heal=heal, store=store, budget=budget),
         }
         for name, text in texts.items():
             chmod_like_user(tmp.write_text(name, text))

@@ -36,6 +36,7 @@ PROBE_PREFIX = ".blockprune-probe-"
 RUN_MARKERS = ("run.json", "results.jsonl")
 # a run directory's held-out check: written by blockprune.measure.heldout, read by the report
 VALIDATION_FILE = "validation.json"
+COSTS_FILE = "costs.json"  # each unit's measured costs (blockprune.measure.costs)
 EXPORT_MANIFEST = "export_manifest.json"
 # what each kind of output directory holds (its own files); the first one identifies it
 KIND_FILES = {

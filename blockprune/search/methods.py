@@ -45,21 +45,25 @@ class SearchResult:
     evaluated: list[tuple[int, ...]] = field(default_factory=list)
 
 
-def parse_sets(text: str) -> list[tuple[int, ...]]:
-    """'17,18,19;4,13' (or one set per line) -> [(17, 18, 19), (4, 13)]; syntax only."""
+def parse_sets(text: str, units: str = "blocks") -> list[tuple[int, ...]]:
+    """'17,18,19;4,13' (or one set per line) -> [(17, 18, 19), (4, 13)]; with halves as units
+    '17a,22a;19m' -> [(34, 44), (39,)] (blockprune.models.units); syntax only."""
+    from ..models.units import parse_unit
+
     sets = []
     for part in text.replace("\n", ";").split(";"):
         part = part.split("#", 1)[0].strip()
         if not part:
             continue
         try:
-            ids = [int(x) for x in part.replace(" ", ",").split(",") if x.strip()]
-        except ValueError:
-            raise SearchError(f"--sets: {part!r} is not a comma-separated list of block ids") from None
+            ids = [parse_unit(x, units, None) for x in part.replace(" ", ",").split(",") if x.strip()]
+        except ValueError as exc:
+            what = "block ids" if units == "blocks" else "halves (17a, 17m)"
+            raise SearchError(f"--sets: {part!r} is not a comma-separated list of {what}: {exc}") from None
         if not ids:
             continue
         if len(set(ids)) != len(ids):
-            raise SearchError(f"--sets: {part!r} names a block twice")
+            raise SearchError(f"--sets: {part!r} names a {'block' if units == 'blocks' else 'unit'} twice")
         sets.append(key_of(ids))
     if not sets:
         raise SearchError("--sets: no set given (e.g. --sets '17,18,19;4,13')")
@@ -69,7 +73,7 @@ def parse_sets(text: str) -> list[tuple[int, ...]]:
 SETS_FILE_LIMIT = 16 * 2**20  # bytes: far more than any list of sets or recommendations file
 
 
-def read_sets_file(path: str) -> list[tuple[int, ...]]:
+def read_sets_file(path: str, units: str = "blocks") -> list[tuple[int, ...]]:
     """A text file (one set per line, `#` comments) or another run's pruning_recommendations.json
     (its recommendations and the best set per k). At most SETS_FILE_LIMIT bytes are read
     (`/dev/zero` or a model file given by mistake is refused, not read whole)."""
@@ -89,12 +93,17 @@ def read_sets_file(path: str) -> list[tuple[int, ...]]:
     if text.lstrip().startswith("{"):
         try:
             recs = json.loads(text)
+            theirs = recs.get("units", "blocks")
             sets = [tuple(r["removed"]) for r in recs["recommendations"].values() if isinstance(r, dict) and r.get("removed")]
             sets += [tuple(v["best"]["removed"]) for v in recs.get("independent_best", {}).values()]
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise SearchError(f"--sets-file {path}: JSON, but not a blockprune pruning_recommendations.json") from None
-        return parse_sets(";".join(",".join(map(str, s)) for s in sets))
-    return parse_sets(text)
+        if theirs != units:
+            raise SearchError(f"--sets-file {path}: its sets are of --units {theirs}, this search's of --units {units}")
+        from ..models.units import unit_name
+
+        return parse_sets(";".join(",".join(unit_name(u, units) for u in s) for s in sets), units)
+    return parse_sets(text, units)
 
 
 def check_rank_by_entries(spec: str | None) -> None:

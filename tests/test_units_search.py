@@ -1,0 +1,109 @@
+"""--units through the CLI (#32): every method searches halves, sets are written by name in the
+report, the JSON and the plots, --budget picks the best set within a measured cost, and bad input
+(an unknown --units, a unit that does not exist, a malformed or unreachable budget) is one line,
+exit 2, nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from blockprune import cli, models, search
+from blockprune.analysis import budgets
+from blockprune.runs.store import RESULTS_FILE
+
+
+def args(tiny_dir, jsonl_tasks, out, *extra):
+    return ["search", "--model", str(tiny_dir), "--task", f"jsonl:{jsonl_tasks / 'mc.jsonl'}",
+            "--task", f"jsonl:{jsonl_tasks / 'ppl.jsonl'}", "--ppl-window", "16", "--out", str(out), "--no-progress",
+            "--device", "cpu", "--no-latency", *extra]
+
+
+def test_parse_sets_by_name():
+    assert search.parse_sets("17a,22a;19m", "sublayers") == [(34, 44), (39,)]
+    for bad, needle in [("17x", "not a half"), ("17", "not a half"), ("3a,3a", "twice")]:
+        with pytest.raises(search.SearchError, match=needle):
+            search.parse_sets(bad, "sublayers")
+    with pytest.raises(search.SearchError, match="not a block id"):
+        search.parse_sets("17a", "blocks")
+
+
+def test_given_halves_are_scored_and_named(tiny_dir, jsonl_tasks, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(args(tiny_dir, jsonl_tasks, out, "--units", "sublayers", "--method", "given",
+                         "--sets", "1a,4a;2m;0a,0m")) == 0
+    rows = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    scored = {tuple(r["removed"]) for r in rows if "removed" in r}
+    assert {(2, 8), (5,), (0, 1)} <= scored
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["units"] == "sublayers" and run["settings"]["num_blocks"] == 6
+    report = (out / "REPORT.md").read_text()
+    assert "[1a, 4a]" in report and "[2m]" in report and "[0a, 0m]" in report
+    recs = json.loads((out / "pruning_recommendations.json").read_text())
+    assert recs["units"] == "sublayers"
+    costs = json.loads((out / "costs.json").read_text())
+    assert [r["name"] for r in costs["rows"][:4]] == ["0a", "0m", "1a", "1m"]
+    assert costs["rows"][1]["kv_bytes_per_token"] == 0 and costs["rows"][0]["kv_bytes_per_token"] > 0
+
+
+def test_greedy_by_attention_removes_only_attention(tiny_dir, jsonl_tasks, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(args(tiny_dir, jsonl_tasks, out, "--units", "attention", "--method", "greedy",
+                         "--max-remove", "2", "--budget", "kv=0.9", "--samples", "3", "--held-out")) == 0
+    rows = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    removed = {u for r in rows if "removed" in r for u in r["removed"]}
+    assert removed and all(u % 2 == 0 for u in removed)
+    recs = json.loads((out / "pruning_recommendations.json").read_text())
+    choice = recs["budgets"]["kv=0.9"]
+    assert choice["met"] and choice["costs"]["kv"] <= 0.9
+    assert all(name.endswith("a") for name in choice["names"])
+    assert "Best set per budget" in (out / "REPORT.md").read_text()
+    assert (out / "plots" / "drop_vs_kv.png").exists()
+    held = json.loads((out / "validation.json").read_text())  # the budget's set checked on unseen samples
+    assert ",".join(map(str, choice["removed"])) in held["sets"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--units", "heads"], "invalid choice"),
+    (["--units", "sublayers", "--method", "given", "--sets", "31a"], "blocks 0..5"),
+    (["--units", "sublayers", "--method", "given", "--sets", "17x"], "not a half"),
+    (["--units", "attention", "--method", "given", "--sets", "1a,1m"], "removes only attention"),
+    (["--units", "sublayers", "--protect", "2q"], "not a half"),
+    (["--budget", "kv=1.5"], "in (0, 1)"),
+    (["--budget", "speed=2"], "KIND=VALUE"),
+    (["--units", "attention", "--max-remove", "1", "--budget", "kv=0.5"], "closest reachable is kv=0.833"),
+])
+def test_bad_units_and_budgets_are_one_line_and_write_nothing(tiny_dir, jsonl_tasks, tmp_path, capsys, extra, needle):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) if extra[:2] == ["--units", "heads"] else _no_raise():
+        code = cli.main(args(tiny_dir, jsonl_tasks, out, *extra))
+        assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert not out.exists() or not any(p.name != ".lock" for p in out.iterdir())
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_budget_choice_by_hand():
+    """Three units: kv bytes 10, 0, 10 of 20; a unit's decode time 1, 2, 3 of 10 ms."""
+    costs = {"rows": [{"kv_bytes_per_token": 10, "weight_bytes": 5}, {"kv_bytes_per_token": 0, "weight_bytes": 20},
+                      {"kv_bytes_per_token": 10, "weight_bytes": 5}],
+             "dense": {"kv_bytes_per_token": 20, "weight_bytes": 100},
+             "time": {"decode": {"64": {"total_s": 10.0, "units_s": [1.0, 2.0, 3.0]}}}}
+    cands = [{"removed": [1], "mean_drop": 0.01, "ci95": [0, 0.02]}, {"removed": [0], "mean_drop": 0.05, "ci95": [0, 0.1]},
+             {"removed": [2], "mean_drop": 0.03, "ci95": [0, 0.06]}, {"removed": [0, 2], "mean_drop": 0.2, "ci95": [0.1, 0.3]}]
+    sc = budgets.set_costs(costs, [0, 2])
+    assert sc["kv"] == 0.0 and sc["params"] == pytest.approx(0.9) and sc["decode"]["64"] == pytest.approx(10 / 6)
+    got = budgets.choose(cands, costs, [budgets.parse_budget(b) for b in ("kv=0.5", "decode=1.5", "params=0.5")])
+    assert got["kv=0.5"]["removed"] == [2]  # [0] and [2] keep half the cache: [2] drops less
+    assert got["decode=1.5"]["removed"] == [0, 2]  # [2] alone: 10 / 7 = 1.43x; both: 10 / 6 = 1.67x
+    assert not got["params=0.5"]["met"] and got["params=0.5"]["closest"] == [1]  # 0.8 at best
+    assert budgets.reachable(costs, budgets.parse_budget("kv=0.4"), [0, 1, 2], 1) == (False, 0.5)
