@@ -42,6 +42,12 @@ def test_given_halves_are_scored_and_named(tiny_dir, jsonl_tasks, tmp_path, caps
     assert "[1a, 4a]" in report and "[2m]" in report and "[0a, 0m]" in report
     recs = json.loads((out / "pruning_recommendations.json").read_text())
     assert recs["units"] == "sublayers"
+    assert cli.main(["report", str(out)]) == 0  # the store read back: unit ids past the block count are valid
+    capsys.readouterr()
+    assert "[1a, 4a]" in (out / "REPORT.md").read_text()
+    assert cli.main(args(tiny_dir, jsonl_tasks, out, "--units", "sublayers", "--method", "given",
+                         "--sets", "1a,4a;2m;0a,0m")) == 0  # resumed: nothing rescored, nothing dropped
+    assert "skipp" not in capsys.readouterr().err
     costs = json.loads((out / "costs.json").read_text())
     assert [r["name"] for r in costs["rows"][:4]] == ["0a", "0m", "1a", "1m"]
     assert costs["rows"][1]["kv_bytes_per_token"] == 0 and costs["rows"][0]["kv_bytes_per_token"] > 0

@@ -21,6 +21,7 @@ from ..analysis import advice, stats
 from ..analysis import candidates as analysis_mod
 from ..analysis.advice import by_k
 from ..runs.outputs import PLAIN_DIR
+from ..analysis.format import set_names, units_named
 from .text import fmt_set, pct
 from ..runs.store import Store, StoreError
 
@@ -198,6 +199,12 @@ def _plain_mark(removed, plain_blocks: dict, T: dict) -> str:
     return " " + (T["heal_set_plain"] if len(plain) == len(starts) else T["heal_set_partly_plain"])
 
 
+def unit_label(unit: int) -> str:
+    """`block 5`, or a half by name (`2m`) in a search by halves."""
+    name = set_names([unit])[0]
+    return f"block {name}" if units_named() == "blocks" else name
+
+
 def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
     """The report's "Healing" section (nothing for a plain run)."""
     if not h:
@@ -219,7 +226,7 @@ def section_lines(h: dict | None, T: dict, out: Path) -> list[str]:
         L.append("- " + T["heal_cal_none"])
     plain_blocks = fit.get("plain_blocks") or {}
     if plain_blocks:
-        items = "; ".join(T["heal_plain_item"].format(b=b, why=why) for b, why in
+        items = "; ".join(T["heal_plain_item"].format(b=unit_label(b), why=why) for b, why in
                           sorted(plain_blocks.items(), key=lambda x: int(x[0])))
         L.append("- " + T["heal_plain_blocks"].format(items=items))
     else:

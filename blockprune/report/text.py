@@ -120,7 +120,7 @@ TEXT = {
                          "check's (a text alone costs multiple choice: docs/heal.md)."),
         "heal_cal_task": "{n} unscored samples of {task}",
         "heal_cal_none": "Calibration: not recorded in run.json.",
-        "heal_plain_item": "after block {b}: {why}",
+        "heal_plain_item": "after {b}: {why}",
         "heal_plain_blocks": ("Runs that stay plain (scored as plain deletion): {items}; a run starting at block 0 always "
                               "does (no block before it)."),
         "heal_plain_none": "Every block can fold a map: only a run starting at block 0 stays plain (no block before it).",
@@ -245,7 +245,7 @@ TEXT = {
                          "与搜索评估的样本和留出检验的样本都不重叠（只用文本会损害多项选择：见 docs/heal.md）。"),
         "heal_cal_task": "{task} 的 {n} 个未评估样本",
         "heal_cal_none": "校准数据：run.json 中没有记录。",
-        "heal_plain_item": "block {b} 之后：{why}",
+        "heal_plain_item": "{b} 之后：{why}",
         "heal_plain_blocks": "保持普通删除（按未修复评估）的连续段：{items}；从 block 0 开始的段也总是如此（前面没有 block）。",
         "heal_plain_none": "每个 block 都能折叠映射：只有从 block 0 开始的段保持普通删除（前面没有 block）。",
         "heal_best": "修复后最佳组合", "heal_mean": "修复后平均下降 [95% 区间]",

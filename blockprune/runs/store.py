@@ -284,6 +284,8 @@ class Store:
                 f.truncate(good_end)
         tasks = self.settings.get("tasks") if isinstance(self.settings.get("tasks"), dict) else None
         num_blocks = self.settings.get("num_blocks")
+        if isinstance(num_blocks, int) and self.settings.get("units", "blocks") != "blocks":
+            num_blocks *= 2  # a search by halves: unit ids 0..2L-1 (blockprune.models.units)
         for lineno, line in enumerate(raw[:good_end].splitlines(), 1):
             if not line.strip():
                 continue
