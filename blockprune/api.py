@@ -429,7 +429,20 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
     if heal == "none" and calibration is not None:
         raise heal_mod.HealError("--calibration is the text --heal linear fits its maps on; give --heal linear too")
     ridge = heal_mod.check_ridge(ridge, heal if healing is None else "linear")
-    removed = sorted({int(b) for b in removed})
+    if isinstance(model, models.BlockModel):  # the search's model: its units (blocks, or a UnitModel's halves)
+        units, removed = getattr(model, "units", "blocks"), sorted({int(b) for b in removed})
+    else:
+        from .models.units import parse_removal
+
+        try:
+            units, removed = parse_removal(removed)
+        except ValueError as exc:
+            raise search.SearchError(f"--remove: {exc}") from None
+    if units != "blocks":
+        from .export import check_halves_formats, whole_blocks
+
+        if not whole_blocks(removed):  # whole blocks by halves: today's plain formats
+            check_halves_formats(formats, removed)
     if heal == "linear":
         from .healing import calibration as cal_mod
 
@@ -443,9 +456,11 @@ def export(model: str | models.BlockModel, removed: Sequence[int], out: str | Pa
         models.check_device(device)
         # before the model loads; a healed request is named once its calibration is known, so here
         # any earlier export counts as its own (the same checks as --force) and it is asked again then
-        plain = request_of(model, removed, formats, kv_cache) if heal == "none" else None
+        plain = request_of(model, removed, formats, kv_cache, units=units) if heal == "none" else None
         check_out(out, plain, force or plain is None, inputs_of(model))
     bm = model if isinstance(model, models.BlockModel) else models.load(model, device=device, dtype=DTYPES[dtype])
+    if units != "blocks" and not isinstance(model, models.BlockModel):
+        bm = models.unit_model(bm, "sublayers")  # the halves `removed` names (checked against the blocks)
     if heal == "linear" and healing is None:
         from .healing import calibration as cal_mod
 

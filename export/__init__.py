@@ -39,7 +39,10 @@ from typing import Callable, Sequence
 
 from blockprune.runs import outputs, rundir
 from blockprune import versions
-from blockprune.models import BlockModel, remove_blocks
+import torch
+
+from blockprune.models import BlockModel, blocks_left, remove_blocks, remove_units
+from blockprune.models.units import UnitModel, fmt_units
 from blockprune.runs.outputs import PathError
 from blockprune.runs.rundir import chmod_like_user
 
@@ -92,9 +95,12 @@ def healing_identity(healing) -> dict:
             "sample_ids_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest()[:16] if cal else None}
 
 
-def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_cache: bool, healing=None) -> dict:
+def request_of(model: str, removed: Sequence[int], formats: Sequence[str], kv_cache: bool, healing=None,
+               units: str = "blocks") -> dict:
     request = {"model": model, "removed": sorted({int(b) for b in removed}), "formats": sorted(set(formats)),
                "kv_cache": bool(kv_cache and "onnx" in formats)}
+    if units != "blocks":  # halves: `removed` holds unit ids (2b attention, 2b+1 MLP)
+        request["units"] = units
     if healing is not None:  # a plain request has no key (so exports written before healing stay the same request)
         request["healing"] = healing_identity(healing)
     return request
@@ -115,6 +121,23 @@ def check_healing(bm: BlockModel, removed: Sequence[int], healing) -> dict:
         return healing.maps_for(removed)
     except ValueError as exc:  # heal.HealError: a run longer than the statistics were gathered for
         raise ExportFailed(f"cannot heal the export: {str(exc).splitlines()[0]}") from None
+
+
+HALVES_FORMATS = ("hf", "gguf")  # what holds layers without attention or without an MLP
+
+
+def whole_blocks(removed: Sequence[int]) -> bool:
+    """Every removed half's partner is removed too: the set removes whole blocks."""
+    return all((u ^ 1) in set(removed) for u in removed)
+
+
+def check_halves_formats(formats: Sequence[str], removed: Sequence[int]) -> None:
+    """A model with halves removed is written as DeciLM (hf) and llama.cpp's deci (gguf) only."""
+    other = [f for f in formats if f not in HALVES_FORMATS]
+    if other:
+        raise ExportFailed(f"--format {','.join(other)} cannot hold a model with attention or MLP halves removed "
+                           f"({fmt_units(removed, 'sublayers')}): its layers are no longer alike; export it with "
+                           "--format hf (a DeciLM / Nemotron-NAS checkpoint) or gguf (llama.cpp's deci layout)")
 
 
 def _fmt(blocks) -> str:
@@ -170,6 +193,14 @@ def _seconds(t: float) -> float:
 def _write_hf(job: _Job) -> None:
     t = time.perf_counter()
     (job.tmp / "hf").mkdir()
+    if isinstance(job.bm, UnitModel):  # halves removed: the heterogeneous DeciLM / Nemotron-NAS checkpoint
+        from . import decilm
+
+        info = decilm.write(job.bm.base, job.removed, job.tmp / "hf")
+        atol = 1e-4 if job.bm.dtype == torch.float32 else 2e-2
+        job.manifest["parity"]["hf"] = {**info, **decilm.verify(job.bm.base, job.removed, job.tmp / "hf", atol=atol),
+                                        "export_seconds": _seconds(t)}
+        return
     job.pruned = hf.save(job.bm, job.removed, job.tmp / "hf")
     job.manifest["parity"]["hf"] = {**hf.verify(job.bm, job.removed, job.tmp / "hf"), "export_seconds": _seconds(t)}
 
@@ -232,6 +263,14 @@ def _write_gguf(job: _Job) -> None:
     from . import gguf
 
     (job.tmp / "gguf").mkdir()
+    if isinstance(job.bm, UnitModel):  # halves removed: llama.cpp's `deci` layout, run by llama.cpp itself
+        from . import gguf_deci
+
+        target = job.tmp / "gguf" / f"model-{len(job.removed)}units-f32.gguf"
+        info = gguf_deci.write(job.bm.base, job.removed, target)
+        info.update(gguf_deci.verify(job.bm.base, job.removed, target))
+        job.manifest["parity"]["gguf"] = info
+        return
     if job.bm.meta.get("gguf"):  # the source GGUF's kept blocks, as they are
         source = Path(job.bm.meta["gguf"])
         target = job.tmp / "gguf" / (source.stem.replace(".", "-") + f"-pruned{len(job.removed)}.gguf")
@@ -292,9 +331,14 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     formats = check_formats(formats)
     if bm.image_text:
         check_image_text_formats(formats, bm.name)
-    remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
+    if isinstance(bm, UnitModel):  # `removed` names halves
+        remove_units(bm.base, removed, check_only=True)
+        if not whole_blocks(removed):  # whole blocks by halves are exported as blocks (below)
+            check_halves_formats(formats, removed)
+    else:
+        remove_blocks(bm, removed, check_only=True)  # bad ids or removing everything: ModelError, before any write
     maps = check_healing(bm, removed, healing) if healing is not None else None  # before any write too
-    request = request_of(bm.name, removed, formats, kv_cache, healing)
+    request = request_of(bm.name, removed, formats, kv_cache, healing, getattr(bm, "units", "blocks"))
     inputs = inputs_of(bm.name, bm.meta)
     shown = out
     out = check_out(out, request, force, inputs)
@@ -308,6 +352,10 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
             quality = quality_mod.check(plain, bm, removed, healing)
         except quality_mod.QualityError as exc:
             raise ExportFailed(str(exc)) from None
+    if isinstance(bm, UnitModel) and whole_blocks(removed):  # whole blocks (both halves): today's plain checkpoint
+        plain = plain.base if plain is not None else None
+        bm, removed = bm.base, sorted({u // 2 for u in removed})
+        maps = {u // 2: t for u, t in (maps or {}).items()} if maps else maps  # a half's fold is its block's
     start = time.perf_counter()
     made: list[Path] = []
     try:
@@ -321,7 +369,9 @@ def export_model(bm: BlockModel, removed: Sequence[int], out: str | Path, format
     committed = False
     step = ""  # the part being written, named when the file system refuses it
     try:
-        manifest = {"model": bm.name, "removed": removed, "kept_blocks": bm.num_blocks - len(removed),
+        manifest = {"model": bm.name, "removed": removed, "kept_blocks": blocks_left(bm, removed),
+                    **({"units": bm.units, "removed_names": fmt_units(removed, bm.units)} if isinstance(bm, UnitModel)
+                       else {}),
                     "formats": list(formats), "request": request, "parity": {}, "files": [], "versions": versions()}
         if healing is not None:
             manifest["healing"] = {**_healing_record(healing, healed_runs, formats), "quality": quality}

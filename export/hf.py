@@ -72,7 +72,8 @@ def healed_copy(bm: BlockModel, healing, removed: Sequence[int], maps: dict | No
     for run in healing.runs(removed):
         run = dict(run)
         if run["after"] in projections:
-            run["folded_into"] = f"{bm.block_path}.{run['after']}.{projections[run['after']][0]}"
+            block = run["after"] // 2 if bm.block_count != bm.num_blocks else run["after"]  # a half's block
+            run["folded_into"] = f"{bm.block_path}.{block}.{projections[run['after']][0]}"
         runs.append(run)
     return folded, runs
 
@@ -91,11 +92,11 @@ def save(bm: BlockModel, removed: Sequence[int], directory: Path) -> BlockModel:
     saver = bm.processor if bm.processor is not None else bm.tokenizer
     if saver is not None and hasattr(saver, "save_pretrained"):
         saver.save_pretrained(directory)
-    _user_modes(Path(directory))
+    user_modes(Path(directory))
     return pruned
 
 
-def _user_modes(directory: Path) -> None:
+def user_modes(directory: Path) -> None:
     """transformers writes model.safetensors 0600: give the saved files the mode open() gives
     under the user's umask (0644 under 022), as every other file blockprune writes."""
     import os

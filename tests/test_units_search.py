@@ -113,3 +113,50 @@ def test_budget_choice_by_hand():
     assert got["decode=1.5"]["removed"] == [0, 2]  # [2] alone: 10 / 7 = 1.43x; both: 10 / 6 = 1.67x
     assert not got["params=0.5"]["met"] and got["params=0.5"]["closest"] == [1]  # 0.8 at best
     assert budgets.reachable(costs, budgets.parse_budget("kv=0.4"), [0, 1, 2], 1) == (False, 0.5)
+
+
+@pytest.fixture(scope="module")
+def deci_dir(tmp_path_factory):
+    """A small random Llama whose MLP width DeciLM's ffn_mult can say (256), with SmolLM2's tokenizer."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(models.resolve("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("deci-src")
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_export_remove_halves_writes_a_verified_decilm_checkpoint(deci_dir, tmp_path, capsys):
+    import transformers
+
+    from export.hf import masked_logits
+
+    out = tmp_path / "exp"
+    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a,2a,3m", "--out", str(out)]) == 0
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    assert manifest["units"] == "sublayers" and manifest["removed_names"] == "[1a, 2a, 3m]"
+    cfg = json.loads((out / "hf" / "config.json").read_text())
+    assert [(b["attention"]["no_op"], b["ffn"]["no_op"]) for b in cfg["block_configs"]] == \
+        [(False, False), (True, False), (True, False), (False, True)]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf", trust_remote_code=True)
+    src = models.load(str(deci_dir), device="cpu")
+    ids = torch.tensor([[5, 9, 200, 17, 3000, 42, 7]])
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    want = masked_logits(models.unit_model(src, "sublayers"), ids, [2, 4, 7])  # 1a, 2a, 3m
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_export_of_halves_to_a_format_that_cannot_hold_them_is_refused(deci_dir, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a", "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot hold a model with attention or MLP halves removed" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1q", "--out", str(out)]) == 2
+    assert "is not a block id" in capsys.readouterr().err and not out.exists()

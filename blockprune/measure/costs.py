@@ -7,7 +7,8 @@ the time it takes at decode and at prefill, at short and long context (#32).
   holds none; a block, its attention's.
 * **weight bytes**: the unit's own parameters (norms included), at the model's dtype.
 * **time**: forward hooks time each unit's modules inside the model's own forward (one decode
-  step of one token after a cache of `context` tokens; one prefill of `context` tokens), `reps`
+  step of one token after a cache of `context` tokens and one untimed step; one prefill of
+  `context` tokens), `reps`
   times, the median per unit; on CUDA with events (no synchronisation between units). A set's
   speedup is predicted as T / (T - the sum of its units' times), T the whole step under the same
   hooks (blockprune.analysis.budgets); the report measures the recommended sets' real speed
@@ -92,7 +93,11 @@ def _time_units(bm, context: int, phase: str, reps: int) -> tuple[float, list[fl
             if phase == "decode":
                 for h in handles:  # the prefill that builds the cache is not timed
                     h.remove()
-                cache = output_cache(base.model(input_ids=ids, use_cache=True))
+                cache = output_cache(base.model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1))
+                # the first step after a prefill pays one-off costs (allocations, kernels for new shapes):
+                # a server's steady state is the steps after it, so one untimed step first
+                cache = output_cache(base.model(input_ids=ids[:, -2:-1], use_cache=True, logits_to_keep=1,
+                                                **{cache_kwarg(base.model): cache}))
                 handles = _hook(groups, spans, mark)
                 ids = ids[:, -1:]
             for s in spans:

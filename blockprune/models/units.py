@@ -273,6 +273,25 @@ def parse_unit(text: str, units: str, num_blocks: int | None) -> int:
     return 2 * block + KINDS.index(text[-1])
 
 
+def parse_removal(tokens: Sequence) -> tuple[str, list[int]]:
+    """What `export --remove` names: block ids (`4,13`: ("blocks", [4, 13])), or halves as soon as one
+    token names a half (`17a,22a,19`: ("sublayers", [34, 38, 39, 44]): a bare block id then means both
+    of its halves). ValueError (one line) for anything else."""
+    texts = [str(t).strip() for t in tokens if str(t).strip()]
+    if not any(t[-1:] in KINDS for t in texts):
+        bad = [t for t in texts if not t.isdigit()]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a block id (e.g. 4,13) or a half (e.g. 17a,22m)")
+        return "blocks", sorted({int(t) for t in texts})
+    out: set[int] = set()
+    for t in texts:
+        if t.isdigit():
+            out |= {2 * int(t), 2 * int(t) + 1}
+        else:
+            out.add(parse_unit(t, "sublayers", None))
+    return "sublayers", sorted(out)
+
+
 def protected_units(units: str, num_blocks: int) -> list[int]:
     """The halves a search by `units` never removes: the MLP halves for attention, and vice versa."""
     if units == "attention":
