@@ -54,3 +54,12 @@ bench: data
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
+
+# llama-cpp-python, to verify deci GGUF exports with llama.cpp itself (not in `make test`): its sdist from
+# the registry is compiled once (CPU, 10-20 minutes) into $(BLOCKPRUNE_CACHE)/wheels, then installed
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+.PHONY: llama-cpp
+llama-cpp: $(VENV)/.installed
+	ls $(BLOCKPRUNE_CACHE)/wheels/llama_cpp_python-$(lastword $(subst ==, ,$(LLAMA_CPP)))-*.whl >/dev/null 2>&1 || \
+		$(BIN)/pip wheel --no-deps --no-binary llama-cpp-python "$(LLAMA_CPP)" -w $(BLOCKPRUNE_CACHE)/wheels
+	$(BIN)/pip install -q --only-binary llama-cpp-python --find-links $(BLOCKPRUNE_CACHE)/wheels "$(LLAMA_CPP)"

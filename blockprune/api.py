@@ -104,9 +104,12 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         _keep_stored_spelling(Path(out), early)
         refuse_other_settings(Path(out), stored, early, skip=("heal",))
         refuse_other_settings(Path(out), _fit_options(stored), _fit_options(early))  # its windows come with the fit
-    costs = unit_costs(s, um, Path(out)) if s.measures_costs else None  # each unit's, measured here
-    if costs is not None:
-        check_budgets(s, costs, bm.num_blocks)  # an unreachable budget: one line before the search
+    costs = None
+    if s.measures_costs:  # each unit's costs, measured here; an unreachable budget: one line before the search
+        from .measure.costs import check_budgets, for_search
+
+        costs = for_search(s, um, Path(out))
+        check_budgets(s, costs, bm.num_blocks)
     healing = fit_healing(s, um, loaded)  # before anything is written: a bad calibration is one line
     settings = s.run_settings(Loaded(num_blocks=bm.num_blocks, rank_by=ranking, tasks=loaded,
                                      calibration=healing.calibration_windows if healing else None))
@@ -169,51 +172,6 @@ def _search_locked(s: Settings, out: Path, start: float, pool=None) -> SearchOut
         export(um, balanced["removed"], target, formats=s.export_formats, kv_cache=s.kv_cache,
                force=(target / MANIFEST).exists(), elastic_sets=levels, healing=healing)
     return SearchOutput(Path(out), recs, result, time.perf_counter() - start)
-
-
-def unit_costs(s: Settings, um: models.BlockModel, out: Path) -> dict:
-    """Each unit's KV bytes, weight bytes and time (blockprune.measure.costs): OUT/costs.json when a
-    resumed run measured them on this device and dtype, else measured now (about a minute here)."""
-    import json
-
-    from .measure import costs as costs_mod
-
-    from .analysis import budgets
-
-    contexts = sorted(set(costs_mod.CONTEXTS) | {b.context for b in map(budgets.parse_budget, s.budgets) if b.context})
-    try:
-        old = json.loads((out / costs_mod.COSTS_FILE).read_text(encoding="utf-8"))
-        measured = set(old.get("time", {}).get("decode", {}))
-        if (old.get("units"), old.get("device"), old.get("dtype")) == (s.units, str(um.device), s.dtype) and \
-                len(old.get("rows", [])) == um.num_blocks and {str(c) for c in contexts} <= measured:
-            return old
-    except (OSError, ValueError, AttributeError):
-        pass
-    log = (lambda msg: print(f"blockprune: costs: {msg}", file=sys.stderr, flush=True)) if s.progress else None
-    if log:
-        log(f"measuring each of the {um.num_blocks} units' KV cache, weights and time (decode and prefill at "
-            f"{', '.join(map(str, contexts))} tokens of context)")
-    return costs_mod.measure(um, contexts=contexts, log=log)
-
-
-def check_budgets(s: Settings, costs: dict, num_blocks: int) -> None:
-    """Refuse a --budget that no set of at most --max-remove removable units can meet (one line,
-    naming the closest reachable value), before the search."""
-    from .analysis import budgets
-
-    allowed = [u for u in range(s.unit_count(num_blocks)) if u not in set(s.all_protected(num_blocks))]
-    most = max((len(x) for x in s.sets), default=0) if s.method == "given" else s.max_remove
-    for text in s.budgets:
-        b = budgets.parse_budget(text)
-        try:
-            ok, best = budgets.reachable(costs, b, allowed, most)
-        except budgets.BudgetError as exc:
-            raise search.SearchError(str(exc)) from None
-        if not ok:
-            limit = "the largest --sets set" if s.method == "given" else f"--max-remove {most}"
-            raise search.SearchError(
-                f"--budget {b} cannot be met: with {limit} of the {len(allowed)} removable units (--units {s.units}) "
-                f"the closest reachable is {b.kind}={best:.3g}; remove more units, or loosen the budget")
 
 
 def fit_healing(s: Settings, bm: models.BlockModel, loaded) -> "heal.Healing | None":

@@ -167,6 +167,13 @@ def parser() -> argparse.ArgumentParser:
                                     f"({api.DEMO.heal}) beside plain deletion")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=api.DEMO.seed, help="seed of the tasks' sample subsets (default 0)")
+    d.add_argument("--units", default=api.DEMO.units, choices=UNITS,
+                   help="what a candidate removes (default blocks); attention: the demo by attention halves "
+                        "(docs/units.md)")
+    d.add_argument("--max-remove", type=int, default=api.DEMO.max_remove,
+                   help=f"K: most units removed (default {api.DEMO.max_remove})")
+    d.add_argument("--budget", dest="budgets", action="append", default=None, metavar="KIND=VALUE",
+                   help="also recommend the best set within a budget: kv=0.8, params=0.9, decode=1.1@2048 (repeat)")
     d.add_argument("--no-export", dest="export_formats", action="store_const", const=(), default=api.DEMO.export_formats,
                    help="skip exporting the balanced recommendation")
     d.add_argument("--no-latency", dest="latency", action="store_false",
@@ -331,10 +338,11 @@ def _main(args, signals: _Signals) -> int:
 def _settings(args, base: Settings | None = None) -> Settings:
     """The search's Settings from its flags (each flag's dest is a Settings field), over `base`."""
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    if hasattr(args, "budgets"):
+        given["budgets"] = tuple(args.budgets or ())
     if args.command == "search":
         given["samples"] = args.samples or None  # 0: every sample
         given["protected"] = unit_ids(args.protected, args.units, "--protect")
-        given["budgets"] = tuple(args.budgets or ())
         given["sets"] = search.parse_sets(args.sets, args.units) if args.sets else []
         if args.sets_file:
             given["sets"] += search.read_sets_file(args.sets_file, args.units)

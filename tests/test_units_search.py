@@ -160,3 +160,18 @@ def test_export_of_halves_to_a_format_that_cannot_hold_them_is_refused(deci_dir,
     assert not out.exists()
     assert cli.main(["export", "--model", str(deci_dir), "--remove", "1q", "--out", str(out)]) == 2
     assert "is not a block id" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_smollm2_export_of_two_attention_halves_runs_in_transformers_and_llama_cpp(tmp_path, capsys):
+    """The issue's own request: `export --remove 17a,22a` writes an HF checkpoint transformers loads
+    with remote code and a GGUF llama.cpp runs, both with the engine's logits (needs `make llama-cpp`)."""
+    out = tmp_path / "exp"
+    assert cli.main(["export", "--model", "smollm2-135m", "--remove", "17a,22a", "--format", "hf,gguf",
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+    m = json.loads((out / "export_manifest.json").read_text())
+    assert m["removed_names"] == "[17a, 22a]"
+    hf, gg = m["parity"]["hf"], m["parity"]["gguf"]
+    assert hf["logits_max_abs_diff"] <= 1e-4 and hf["token_agreement"] == 1.0 and hf["kv_cache_layers"] == 28
+    assert gg["logits_max_abs_diff"] <= gg["atol"]
+    assert hf["kv_cache_bytes_per_token"]["exported"] < hf["kv_cache_bytes_per_token"]["dense"]

@@ -8,7 +8,7 @@ A run searched by halves (`--units sublayers`, blockprune.models.units) writes i
 import contextvars
 from contextlib import contextmanager
 
-from ..models.units import unit_name
+from ..runs.names import unit_name
 
 _UNITS = contextvars.ContextVar("blockprune_units", default="blocks")
 

@@ -13,19 +13,28 @@ the time it takes at decode and at prefill, at short and long context (#32).
   speedup is predicted as T / (T - the sum of its units' times), T the whole step under the same
   hooks (blockprune.analysis.budgets); the report measures the recommended sets' real speed
   separately (latency.json), and says both.
+
+A search (`for_search`) keeps them in OUT/costs.json, reused on resume, and `check_budgets` refuses
+a --budget no set of at most --max-remove removable units could meet, before the search.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..analysis import budgets
 from ..export.onnx import cache_kwarg, output_cache
+from ..search import SearchError
+from ..settings import Settings
 from ..models.units import UnitModel, unit_name
-from ..runs.outputs import COSTS_FILE  # noqa: F401  (where a run keeps them)
+from ..runs.outputs import COSTS_FILE
 
 CONTEXTS = (64, 512, 2048)
 
@@ -165,3 +174,39 @@ def measure(bm, contexts: Sequence[int] = CONTEXTS, reps: int = 3, phases: Seque
     return out
 
 
+# ---- a search's costs -----------------------------------------------------------------------------
+def for_search(s: Settings, um, out: Path) -> dict:
+    """Each unit's KV bytes, weight bytes and time (blockprune.measure.costs): OUT/costs.json when a
+    resumed run measured them on this device and dtype, else measured now (about a minute here)."""
+    contexts = sorted(set(CONTEXTS) | {b.context for b in map(budgets.parse_budget, s.budgets) if b.context})
+    try:
+        old = json.loads((out / COSTS_FILE).read_text(encoding="utf-8"))
+        measured = set(old.get("time", {}).get("decode", {}))
+        if (old.get("units"), old.get("device"), old.get("dtype")) == (s.units, str(um.device), s.dtype) and \
+                len(old.get("rows", [])) == um.num_blocks and {str(c) for c in contexts} <= measured:
+            return old
+    except (OSError, ValueError, AttributeError):
+        pass
+    log = (lambda msg: print(f"blockprune: costs: {msg}", file=sys.stderr, flush=True)) if s.progress else None
+    if log:
+        log(f"measuring each of the {um.num_blocks} units' KV cache, weights and time (decode and prefill at "
+            f"{', '.join(map(str, contexts))} tokens of context)")
+    return measure(um, contexts=contexts, log=log)
+
+
+def check_budgets(s: Settings, costs: dict, num_blocks: int) -> None:
+    """Refuse a --budget that no set of at most --max-remove removable units can meet (one line,
+    naming the closest reachable value), before the search."""
+    allowed = [u for u in range(s.unit_count(num_blocks)) if u not in set(s.all_protected(num_blocks))]
+    most = max((len(x) for x in s.sets), default=0) if s.method == "given" else s.max_remove
+    for text in s.budgets:
+        b = budgets.parse_budget(text)
+        try:
+            ok, best = budgets.reachable(costs, b, allowed, most)
+        except budgets.BudgetError as exc:
+            raise SearchError(str(exc)) from None
+        if not ok:
+            limit = "the largest --sets set" if s.method == "given" else f"--max-remove {most}"
+            raise SearchError(
+                f"--budget {b} cannot be met: with {limit} of the {len(allowed)} removable units (--units {s.units}) "
+                f"the closest reachable is {b.kind}={best:.3g}; remove more units, or loosen the budget")

@@ -2,7 +2,7 @@
 
 Owns: `write` (the report, SUMMARY.md, the JSON files: `write_report`, re-exported here), `text`
 (the report's words in English and Chinese), `plots`, one module per section (`healing`,
-`generation`, `heldout`, `latency`), and the replaced system's view (`replaced`: its result files
+`generation`, `heldout`, `latency`, `budgets`), and the replaced system's view (`replaced`: its result files
 read; `replaced_report`: `report --replaced-system`).
 May import: the packages below it (blockprune.analysis, blockprune.healing, blockprune.runs,
 blockprune.tasks ...): a report reads a store, it never runs a model; never blockprune.measure

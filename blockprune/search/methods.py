@@ -48,7 +48,7 @@ class SearchResult:
 def parse_sets(text: str, units: str = "blocks") -> list[tuple[int, ...]]:
     """'17,18,19;4,13' (or one set per line) -> [(17, 18, 19), (4, 13)]; with halves as units
     '17a,22a;19m' -> [(34, 44), (39,)] (blockprune.models.units); syntax only."""
-    from ..models.units import parse_unit
+    from ..runs.names import parse_unit
 
     sets = []
     for part in text.replace("\n", ";").split(";"):
@@ -100,7 +100,7 @@ def read_sets_file(path: str, units: str = "blocks") -> list[tuple[int, ...]]:
             raise SearchError(f"--sets-file {path}: JSON, but not a blockprune pruning_recommendations.json") from None
         if theirs != units:
             raise SearchError(f"--sets-file {path}: its sets are of --units {theirs}, this search's of --units {units}")
-        from ..models.units import unit_name
+        from ..runs.names import unit_name
 
         return parse_sets(";".join(",".join(unit_name(u, units) for u in s) for s in sets), units)
     return parse_sets(text, units)
