@@ -6,6 +6,10 @@ compared with the artifact reloaded by its own runtime (plain transformers, onnx
 onnxruntime-genai), never with the figures the exporter wrote into its manifest.
 
     from reference import naive_scores, pruned, greedy, reload_hf_matches   # tests/ and bench/
+
+Halves (#32): `half_removed(bm, units)` is the HF model whose removed halves' modules output zeros
+(unit 2b: block b's attention, 2b+1: its MLP), run by its own forward: a block then adds nothing
+for them, which is what removing them means, written without blockprune's unit code.
 """
 
 from __future__ import annotations
@@ -149,3 +153,32 @@ def kl_against(dense_bm, pruned_bm, requests) -> np.ndarray:
         pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
         out.append((dense[pos].exp() * (dense[pos] - cut[pos])).sum().item())
     return np.array(out)
+
+
+class _ZeroAttention(torch.nn.Module):
+    def forward(self, hidden_states=None, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class _ZeroMLP(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+def half_removed(bm, removed_units):
+    """A deep copy of the HF model with the removed halves' modules replaced by zeros."""
+    import copy
+
+    from blockprune import models
+    from blockprune.models import units as units_mod
+
+    model = copy.deepcopy(bm.model)
+    blocks = models.find_blocks(model)[1]
+    for u in removed_units:
+        block = blocks[u // 2]
+        layout = units_mod.layout_of(block)
+        if u % 2 == 0:
+            setattr(block, layout.attn, _ZeroAttention())
+        else:
+            setattr(block, layout.mlp, _ZeroMLP())
+    return model

@@ -17,7 +17,7 @@ from blockprune.export import decilm
 from blockprune.export.hf import ParityError
 from blockprune.export.onnx import ExportError
 from conftest import CharTokenizer
-from test_units import half_removed
+from reference import half_removed
 
 # 2b: block b's attention, 2b+1: its MLP (6 blocks: units 0..11)
 SETS = [(0,), (4, 5), (1, 4, 7), (0, 1, 2, 9), (3, 6, 8, 10, 11), ()]

@@ -8,14 +8,12 @@ through its own forward) and against masked_logits (verify); what llama.cpp does
 combinations the writer pads (confirmed: a layer with n_ff 0 loses its attention; an attention-free
 layer 0 does not load); planted faults in a written file; SmolLM2-135M without [17a, 22a]."""
 
-import copy
 import sys
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from torch import nn
 
 from blockprune import models
 from blockprune.export import gguf_deci
@@ -158,23 +156,7 @@ def test_verify_without_llama_cpp_names_the_make_target(tied, tmp_path, monkeypa
 
 
 # ---- slow: llama.cpp itself ------------------------------------------------------------------------
-class _ZeroAttention(nn.Module):
-    def forward(self, hidden_states=None, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class _ZeroMLP(nn.Module):
-    def forward(self, x):
-        return torch.zeros_like(x)
-
-
-def half_removed(bm, removed):
-    """The HF model with the removed halves' modules replaced by zeros (its own forward does the rest)."""
-    model = copy.deepcopy(bm.model)
-    blocks = models.find_blocks(model)[1]
-    for u in removed:
-        setattr(blocks[u // 2], "self_attn" if u % 2 == 0 else "mlp", _ZeroAttention() if u % 2 == 0 else _ZeroMLP())
-    return model
+from reference import half_removed  # noqa: E402
 
 
 def llama_cpp_logits(path, rows):

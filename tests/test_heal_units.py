@@ -19,7 +19,7 @@ from blockprune.engine import Engine
 from blockprune.healing import heal
 from conftest import tiny_model
 from test_engine import masks_for, random_requests
-from test_units import half_removed
+from reference import half_removed
 
 LAYERS = 6  # 12 units: 2b = block b's attention half, 2b + 1 its MLP half
 MAX_RUN = 3

@@ -4,42 +4,17 @@ modules that output zeros (so the block adds nothing for them), run through the 
 without a cache. Families: Llama, Qwen3 (sliding windows), Gemma 3 (a norm after each half),
 GPT-2, Mistral, OLMoE (mixture-of-experts MLP)."""
 
-import copy
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from blockprune import models
 from blockprune.engine import Engine
 from blockprune.models import units as units_mod
 from blockprune.tasks.request import Request
 from conftest import tiny_model
-
-
-class _ZeroAttention(nn.Module):
-    def forward(self, hidden_states=None, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class _ZeroMLP(nn.Module):
-    def forward(self, x):
-        return torch.zeros_like(x)
-
-
-def half_removed(bm, removed_units):
-    """The model with the removed halves' modules replaced by zeros (its own forward does the rest)."""
-    model = copy.deepcopy(bm.model)
-    blocks = models.find_blocks(model)[1]
-    for u in removed_units:
-        block = blocks[u // 2]
-        layout = units_mod.layout_of(block)
-        if u % 2 == 0:
-            setattr(block, layout.attn, _ZeroAttention())
-        else:
-            setattr(block, layout.mlp, _ZeroMLP())
-    return model
+from reference import half_removed  # noqa: F401  (other test files import it from here too)
 
 
 def moe_model(family):
