@@ -185,9 +185,13 @@ class Settings:
         scores.check_rank_by(self.rank_by)  # score names, before anything is loaded
         search.check_rank_by_entries(self.rank_by)
         if self.export_formats:
-            from .export import check_formats
+            from .export import HALVES_FORMATS, check_formats
 
             check_formats(self.export_formats)
+            other = [f for f in self.export_formats if f not in HALVES_FORMATS]
+            if self.units != "blocks" and other:  # said now, not after the search
+                raise SearchError(f"--export {','.join(other)} cannot hold a model with attention or MLP halves removed "
+                                  f"(--units {self.units}); export with hf (DeciLM) or gguf (llama.cpp's deci)")
         sources.check_device(self.device)
         if self.clustered:
             from .search import cluster

@@ -77,6 +77,7 @@ def test_greedy_by_attention_removes_only_attention(tiny_dir, jsonl_tasks, tmp_p
     (["--units", "attention", "--method", "given", "--sets", "1a,1m"], "removes only attention"),
     (["--units", "sublayers", "--protect", "2q"], "not a half"),
     (["--budget", "kv=1.5"], "in (0, 1)"),
+    (["--units", "attention", "--export", "onnx"], "cannot hold a model with attention or MLP halves"),
     (["--budget", "speed=2"], "KIND=VALUE"),
     (["--units", "attention", "--max-remove", "1", "--budget", "kv=0.5"], "closest reachable is kv=0.833"),
 ])
