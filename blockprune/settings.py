@@ -191,7 +191,7 @@ class Settings:
             other = [f for f in self.export_formats if f not in HALVES_FORMATS]
             if self.units != "blocks" and other:  # said now, not after the search
                 raise SearchError(f"--export {','.join(other)} cannot hold a model with attention or MLP halves removed "
-                                  f"(--units {self.units}); export with hf (DeciLM) or gguf (llama.cpp's deci)")
+                                  f"(--units {self.units}); export with hf (DeciLM), gguf (llama.cpp's deci) or onnx")
         sources.check_device(self.device)
         if self.clustered:
             from .search import cluster

@@ -123,7 +123,7 @@ def check_healing(bm: BlockModel, removed: Sequence[int], healing) -> dict:
         raise ExportFailed(f"cannot heal the export: {str(exc).splitlines()[0]}") from None
 
 
-HALVES_FORMATS = ("hf", "gguf")  # what holds layers without attention or without an MLP
+HALVES_FORMATS = ("hf", "gguf", "onnx")  # what holds layers without attention or without an MLP
 
 
 def whole_blocks(removed: Sequence[int]) -> bool:
@@ -137,7 +137,8 @@ def check_halves_formats(formats: Sequence[str], removed: Sequence[int]) -> None
     if other:
         raise ExportFailed(f"--format {','.join(other)} cannot hold a model with attention or MLP halves removed "
                            f"({fmt_units(removed, 'sublayers')}): its layers are no longer alike; export it with "
-                           "--format hf (a DeciLM / Nemotron-NAS checkpoint) or gguf (llama.cpp's deci layout)")
+                           "--format hf (a DeciLM / Nemotron-NAS checkpoint), gguf (llama.cpp's deci layout) or onnx "
+                           "(a KV cache for the kept attention only)")
 
 
 def _fmt(blocks) -> str:
@@ -208,6 +209,20 @@ def _write_hf(job: _Job) -> None:
 def _write_onnx(job: _Job) -> None:
     from . import onnx as onnx_export
 
+    if isinstance(job.bm, UnitModel):  # halves removed: traced from the DeciLM layout, a cache only for kept attention
+        from . import onnx_halves
+
+        t = time.perf_counter()
+        (job.tmp / "onnx").mkdir()
+        hf_dir = job.tmp / "hf"  # the verified DeciLM checkpoint, when hf is exported too
+        info = onnx_halves.export(job.bm.base, job.removed, job.tmp / "onnx", kv_cache=job.kv_cache,
+                                  decilm_dir=hf_dir if (hf_dir / "config.json").exists() else None)
+        checks = onnx_halves.verify(job.bm.base, job.removed, job.tmp / "onnx")
+        job.manifest["parity"]["onnx_logits"] = {**info, **checks["onnx_logits"], "export_seconds": _seconds(t)}
+        if "onnx_decoder_with_past" in checks:
+            job.manifest["parity"]["onnx_decoder_with_past"] = checks["onnx_decoder_with_past"]
+        _record_providers(job)
+        return
     job.pruned = job.pruned or remove_blocks(job.bm, job.removed)
     model = job.pruned.model
     (job.tmp / "onnx").mkdir()
@@ -219,6 +234,11 @@ def _write_onnx(job: _Job) -> None:
         path = onnx_export.export_decoder_with_past(model, job.tmp / "onnx")
         job.manifest["parity"]["onnx_decoder_with_past"] = {**onnx_export.verify_decoder(model, path),
                                                             "export_seconds": _seconds(t)}
+    _record_providers(job)
+
+
+def _record_providers(job: _Job) -> None:
+    """The onnxruntime providers that actually ran the ONNX checks (the manifest says which)."""
     job.manifest["onnxruntime_providers"] = sorted({p for k, v in job.manifest["parity"].items() if k.startswith("onnx")
                                                     for p in v.get("providers", [])})
 

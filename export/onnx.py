@@ -216,9 +216,11 @@ def _probe_past(model: nn.Module, num_layers: int, batch: int, length: int) -> l
 
 
 def export_decoder_with_past(model: nn.Module, out_dir: str | Path, opset: int | None = None,
-                             external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
-    """Export the KV-cache decoder to `out_dir/decoder_with_past.onnx`; returns its path."""
-    num_layers = _num_layers(model)
+                             external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, num_layers: int | None = None,
+                             what: str = "decoder with past") -> Path:
+    """Export the KV-cache decoder to `out_dir/decoder_with_past.onnx`; returns its path. `num_layers`:
+    the cache's layers when they are not one per decoder layer (a DeciLM cache: one per kept attention)."""
+    num_layers = _num_layers(model) if num_layers is None else num_layers
     wrapper = DecoderWithPastGraph(model, num_layers)  # checks the forward takes a cache
     device = _device(model)
     past = _probe_past(model, num_layers, EXPORT_BATCH, EXPORT_PAST)
@@ -229,11 +231,10 @@ def export_decoder_with_past(model: nn.Module, out_dir: str | Path, opset: int |
     batch, sequence = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
     past_sequence, total = torch.export.Dim("past_sequence_length"), torch.export.Dim("total_sequence_length")
     dynamic_shapes = ({0: batch, 1: sequence}, {0: batch, 1: total}, {0: batch, 1: sequence},
-                      tuple({0: batch, 2: past_sequence} for _ in past))
+                      *([tuple({0: batch, 2: past_sequence} for _ in past)] if past else []))  # no cache: no pasts
     return _export(wrapper, (input_ids, attention_mask, position_ids, *past), Path(out_dir) / DECODER_FILE,
                    ["input_ids", "attention_mask", "position_ids", *past_names(num_layers)],
-                   ["logits", *present_names(num_layers)], dynamic_shapes, opset, external_data_threshold,
-                   "decoder with past")
+                   ["logits", *present_names(num_layers)], dynamic_shapes, opset, external_data_threshold, what)
 
 
 # ---- verification -----------------------------------------------------------------------------

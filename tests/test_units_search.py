@@ -77,7 +77,7 @@ def test_greedy_by_attention_removes_only_attention(tiny_dir, jsonl_tasks, tmp_p
     (["--units", "attention", "--method", "given", "--sets", "1a,1m"], "removes only attention"),
     (["--units", "sublayers", "--protect", "2q"], "not a half"),
     (["--budget", "kv=1.5"], "in (0, 1)"),
-    (["--units", "attention", "--export", "onnx"], "cannot hold a model with attention or MLP halves"),
+    (["--units", "attention", "--export", "onnx-elastic"], "cannot hold a model with attention or MLP halves"),
     (["--budget", "speed=2"], "KIND=VALUE"),
     (["--units", "attention", "--max-remove", "1", "--budget", "kv=0.5"], "closest reachable is kv=0.833"),
 ])
@@ -138,8 +138,13 @@ def test_export_remove_halves_writes_a_verified_decilm_checkpoint(deci_dir, tmp_
     from export.hf import masked_logits
 
     out = tmp_path / "exp"
-    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a,2a,3m", "--out", str(out)]) == 0
+    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a,2a,3m", "--format", "hf,onnx", "--kv-cache",
+                     "--out", str(out)]) == 0
     manifest = json.loads((out / "export_manifest.json").read_text())
+    import onnx
+
+    graph = onnx.load(str(out / "onnx" / "decoder_with_past.onnx"), load_external_data=False).graph
+    assert sum(1 for i in graph.input if i.name.startswith("past_key_values")) == 2 * 2  # blocks 0 and 3 keep attention
     assert manifest["units"] == "sublayers" and manifest["removed_names"] == "[1a, 2a, 3m]"
     cfg = json.loads((out / "hf" / "config.json").read_text())
     assert [(b["attention"]["no_op"], b["ffn"]["no_op"]) for b in cfg["block_configs"]] == \
@@ -155,7 +160,7 @@ def test_export_remove_halves_writes_a_verified_decilm_checkpoint(deci_dir, tmp_
 
 def test_export_of_halves_to_a_format_that_cannot_hold_them_is_refused(deci_dir, tmp_path, capsys):
     out = tmp_path / "exp"
-    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a", "--format", "onnx", "--out", str(out)]) == 2
+    assert cli.main(["export", "--model", str(deci_dir), "--remove", "1a", "--format", "genai", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot hold a model with attention or MLP halves removed" in err and len(err.splitlines()) == 1
     assert not out.exists()
