@@ -256,7 +256,8 @@ def summary_markdown(analysis: dict) -> str:
     lines = [
         f"# blockprune summary: {analysis['model']}",
         "",
-        f"{analysis['num_blocks']} blocks, method `{analysis['method']}`, {len(analysis['candidates'])} candidate sets, "
+        f"{analysis['num_blocks']} blocks{'' if analysis.get('units', 'blocks') == 'blocks' else ' (units: ' + analysis['units'] + ')'}, "
+        f"method `{analysis['method']}`, {len(analysis['candidates'])} candidate sets, "
         f"each scored on all {len(tasks)} tasks.",
         "",
         "Drop = per task, the drop of its ranking score (relative quality loss 1 - q/q_dense; for kl the KL in "
@@ -271,7 +272,7 @@ def summary_markdown(analysis: dict) -> str:
         lines += ["", f"Note: {note}."]
     for warning in analysis.get("warnings", []):
         lines += ["", f"⚠ Warning: {warning}."]
-    lines += ["", "## Best set per number of removed blocks", ""]
+    lines += ["", f"## Best set per number of removed {'blocks' if analysis.get('units', 'blocks') == 'blocks' else 'units'}", ""]
     header = "| k | removed | mean drop ± std | 95% interval | " + " | ".join(map(cell, tasks)) + " |"
     lines += [header, "|" + " --- |" * (4 + len(tasks))]
     by_k: dict[int, dict] = {}

@@ -141,13 +141,32 @@ def decision_lines(decisions: list[dict], t: float, T: dict) -> list[str]:
     return L
 
 
+UNIT_WORDS = {"attention": "attention layer", "mlp": "MLP", "sublayers": "unit"}
+
+
+def units_text(T: dict, units: str, lang: str) -> dict:
+    """The report's words for a search by halves: "Remove 4 attention layers", not "4 blocks" (English;
+    the Chinese report names units by their ids, 17a / 17m)."""
+    if units == "blocks" or lang != "en":
+        return T
+    word = UNIT_WORDS[units]
+    return {**T, "best": f"Best set per number of removed {word}s", "remove_k": f"Remove {{k}} {word}{{s}}",
+            "blocks": f"Single-{word} removal", "block": word,
+            "overview_text": T["overview_text"].replace("over the {n} blocks of", f"over the {word}s of the {{n}} blocks of"),
+            **{k: T[k].replace("block{Ks}", f"{word}{{Ks}}") for k in ("heal_more", "heal_not_more")},
+            "heal_plain_none": "Every unit can fold a map: only a run starting at the first unit stays plain (nothing before it).",
+            "heal_text": T["heal_text"].replace("each removed run of blocks", "each removed run of units").replace(
+                "the MLP output projection of the block before the run",
+                "the output projection (attention's o_proj or MLP's down_proj) of the unit before the run")}
+
+
 def render(a: dict, recs: dict, path: list[dict], findings: list[dict], lang: str, out: Path, command: str,
            decisions: list[dict] | None = None, validation: dict | None = None, cluster: list | None = None,
            plots_dir: Path | None = None, heal: dict | None = None, store: Store | None = None,
            budget: dict | None = None) -> str:
     """REPORT.md's text; `heal`: the healing bundle of a healed run (`heal_report.bundle`); `store`:
     the run's (generated texts)."""
-    T = TEXT[lang]
+    T = units_text(TEXT[lang], a.get("units", "blocks"), lang)
     tasks = a["tasks"]
     groups = by_k(a["candidates"])
     L = [f"# {T['title'].format(model=a['model'])}", ""]
