@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 KINDS = ("kv", "params", "decode", "prefill")
+FRACTIONS = ("kv", "params")  # the budgets met at or below their value
 
 
 class BudgetError(Exception):
@@ -24,12 +25,17 @@ class BudgetError(Exception):
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str  # kv | params: a fraction of dense kept at most; decode | prefill: a speedup at least
+    what: str  # kv | params: a fraction of dense kept at most; decode | prefill: a speedup at least
     value: float
     context: int | None = None  # decode / prefill: the context it is read at (None: the longest measured)
 
     def __str__(self) -> str:
-        return f"{self.kind}={self.value:g}" + (f"@{self.context}" if self.context else "")
+        return f"{self.what}={self.value:g}" + (f"@{self.context}" if self.context else "")
+
+    @property
+    def at_most(self) -> bool:
+        """A fraction of the dense model's kept (kv, params): met at or below its value; a speed at or above."""
+        return self.what in FRACTIONS
 
 
 def parse_budget(text: str) -> Budget:
@@ -38,21 +44,21 @@ def parse_budget(text: str) -> Budget:
     if not m or m.group(1) not in KINDS:
         raise BudgetError(f"--budget {text!r}: write KIND=VALUE with KIND one of {', '.join(KINDS)} "
                           "(e.g. kv=0.7, params=0.8, decode=1.25@2048)")
-    kind, context = m.group(1), m.group(3)
+    what, context = m.group(1), m.group(3)
     try:
         value = float(m.group(2))
     except ValueError:
         raise BudgetError(f"--budget {text!r}: {m.group(2)!r} is not a number") from None
-    if kind in ("kv", "params") and not 0 < value < 1:
-        raise BudgetError(f"--budget {text!r}: {kind} is the fraction of the dense model's "
-                          f"{'KV cache' if kind == 'kv' else 'weights'} kept, in (0, 1) (e.g. {kind}=0.7)")
-    if kind in ("decode", "prefill") and not (value > 1 and value < 100):
-        raise BudgetError(f"--budget {text!r}: {kind} is a speedup over dense, above 1 (e.g. {kind}=1.25)")
-    if context is not None and kind in ("kv", "params"):
+    if what in FRACTIONS and not 0 < value < 1:
+        raise BudgetError(f"--budget {text!r}: {what} is the fraction of the dense model's "
+                          f"{'KV cache' if what == 'kv' else 'weights'} kept, in (0, 1) (e.g. {what}=0.7)")
+    if what in ("decode", "prefill") and not (value > 1 and value < 100):
+        raise BudgetError(f"--budget {text!r}: {what} is a speedup over dense, above 1 (e.g. {what}=1.25)")
+    if context is not None and what in FRACTIONS:
         raise BudgetError(f"--budget {text!r}: @CONTEXT applies to decode and prefill only")
     if context is not None and int(context) < 1:
         raise BudgetError(f"--budget {text!r}: the context must be at least 1 token")
-    return Budget(kind, value, int(context) if context else None)
+    return Budget(what, value, int(context) if context else None)
 
 
 def set_costs(costs: dict, removed: Sequence[int]) -> dict:
@@ -72,26 +78,26 @@ def set_costs(costs: dict, removed: Sequence[int]) -> dict:
 
 
 def _measure_of(b: Budget, sc: dict) -> float:
-    if b.kind in ("kv", "params"):
-        return sc[b.kind]
-    by_ctx = sc.get(b.kind) or {}
+    if b.at_most:
+        return sc[b.what]
+    by_ctx = sc.get(b.what) or {}
     return by_ctx[context_of(b, by_ctx)]
 
 
 def context_of(b: Budget, by_ctx: dict) -> str:
     """The measured context a speed budget is read at (its own, else the longest measured)."""
     if not by_ctx:
-        raise BudgetError(f"--budget {b}: {b.kind} time was not measured")
+        raise BudgetError(f"--budget {b}: {b.what} time was not measured")
     ctx = str(b.context) if b.context else max(by_ctx, key=int)
     if ctx not in by_ctx:
-        raise BudgetError(f"--budget {b}: {b.kind} was measured at {', '.join(sorted(by_ctx, key=int))} tokens of "
+        raise BudgetError(f"--budget {b}: {b.what} was measured at {', '.join(sorted(by_ctx, key=int))} tokens of "
                           f"context, not {b.context}")
     return ctx
 
 
 def meets(b: Budget, sc: dict) -> bool:
     v = _measure_of(b, sc)
-    return v <= b.value if b.kind in ("kv", "params") else v >= b.value
+    return v <= b.value if b.at_most else v >= b.value
 
 
 def choose(candidates: Sequence[dict], costs: dict, budgets: Sequence[Budget]) -> dict:
@@ -109,11 +115,11 @@ def choose(candidates: Sequence[dict], costs: dict, budgets: Sequence[Budget]) -
         if not scored:
             out[str(b)] = {"budget": str(b), "met": False, "why": "no removal set was scored"}
             continue
-        better = (lambda v: -v) if b.kind in ("kv", "params") else (lambda v: v)
+        better = (lambda v: -v) if b.at_most else (lambda v: v)
         c, sc = max(scored, key=lambda x: better(_measure_of(b, x[1])))
         out[str(b)] = {"budget": str(b), "met": False, "closest": list(c["removed"]),
                        "closest_value": _measure_of(b, sc), "costs": sc,
-                       "why": f"no searched set meets {b}: the closest reaches {b.kind} {_measure_of(b, sc):.3f}"}
+                       "why": f"no searched set meets {b}: the closest reaches {b.what} {_measure_of(b, sc):.3f}"}
     return out
 
 
@@ -121,13 +127,13 @@ def reachable(costs: dict, budget: Budget, allowed: Sequence[int], max_remove: i
     """Whether removing at most `max_remove` of the `allowed` units can meet `budget` at all (the
     units that save the most of its kind, taken together), and the best value such a set reaches."""
     rows = costs["rows"]
-    if budget.kind in ("kv", "params"):
-        key = "kv_bytes_per_token" if budget.kind == "kv" else "weight_bytes"
+    if budget.at_most:
+        key = "kv_bytes_per_token" if budget.what == "kv" else "weight_bytes"
         best = sorted((rows[u][key] for u in allowed), reverse=True)[:max_remove]
         dense = costs["dense"][key]
         value = 1 - sum(best) / dense if dense else 1.0
         return value <= budget.value, value
-    by_ctx = costs["time"].get(budget.kind, {})
+    by_ctx = costs["time"].get(budget.what, {})
     t = by_ctx[context_of(budget, by_ctx)]
     best = sorted((t["units_s"][u] for u in allowed), reverse=True)[:max_remove]
     value = t["total_s"] / max(t["total_s"] - sum(best), 1e-12)

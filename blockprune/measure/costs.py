@@ -209,4 +209,4 @@ def check_budgets(s: Settings, costs: dict, num_blocks: int) -> None:
             limit = "the largest --sets set" if s.method == "given" else f"--max-remove {most}"
             raise SearchError(
                 f"--budget {b} cannot be met: with {limit} of the {len(allowed)} removable units (--units {s.units}) "
-                f"the closest reachable is {b.kind}={best:.3g}; remove more units, or loosen the budget")
+                f"the closest reachable is {b.what}={best:.3g}; remove more units, or loosen the budget")
