@@ -1,0 +1,224 @@
+"""Blocks against halves on SmolLM2-135M (#32): for each unit kind its own greedy search, healed
+and plain, and for k = 2, 4, 6, 8, 10 units removed the best set's quality and costs.
+
+    .venv/bin/python bench/units_table.py [--units blocks,attention,mlp,sublayers] [--runs DIR]
+
+Each search: `run_search(units=..., heal="linear")` (racing greedy, KL to dense on Hamlet windows
+of 64 tokens; its plain baseline in OUT/plain is the same search without healing). Then for the
+best set per k of each (the plain search's own best, not the healed sets it also scored), on data
+no search saw and no map was fitted on: KL to dense on 24 other Hamlet windows (the engine, healed
+sets healed), perplexity on those windows and on 24 Macbeth windows by plain transformers on the
+physically pruned (and folded) copy, ARC-Easy accuracy and p_gold (100 questions) and one-digit
+arithmetic exact match (30 prompts) through `--method given`; the KV cache bytes per token of
+the pruned copy (read from its own cache); decode latency of the pruned copy at 64 and 2,048
+tokens of context (torch, batch 1, interleaved with dense). Run alone: it takes about an hour on
+2 cores. The run directories are kept (`--runs`): rerun to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from blockprune import api, models  # noqa: E402
+from blockprune.engine import Engine  # noqa: E402
+from blockprune.measure.heldout import healed_copy, plain_perplexity, run_healing  # noqa: E402
+from blockprune.runs.store import Store  # noqa: E402
+from blockprune.tasks import load_task  # noqa: E402
+
+SEARCH_TASK = "kl:shakespeare/hamlet#8"
+GIVEN_TASKS = (SEARCH_TASK, "mc:arc_easy#100", "gen:basic_arithmetic/1d1d#30")
+WINDOW = 64
+KS = (2, 4, 6, 8, 10)
+CONTEXTS = (64, 2048)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def searched(run: Path) -> tuple[dict, dict]:
+    """(healed best per k, plain best per k): each search's own best set of each size."""
+    from blockprune import report
+    from blockprune.analysis import advice
+
+    a = report.build_analysis(run)
+    healed = {k: tuple(g[0]["removed"]) for k, g in advice.by_k(a["candidates"]).items() if k}
+    plain = {int(k): tuple(v) for k, v in Store.open_existing(run / "plain").run_info["searched_best"].items()}
+    return healed, plain
+
+
+def given_scores(units: str, sets: list, heal: str, out: Path) -> dict:
+    """ARC-Easy and arithmetic (and the search's KL task, so the fit is the search's) for `sets`."""
+    api.run_search("smollm2-135m", list(GIVEN_TASKS), out, method="given", sets=sets, units=units, samples=None,
+                   ppl_window=WINDOW, heal=heal, latency=False, progress=False, tolerance=0.10, plain_baseline=False)
+    rows = {}
+    for line in (out / "results.jsonl").open():
+        r = json.loads(line)
+        if r.get("type") is None and "value" in r and "task" in r:
+            name = "arc_easy" if "arc" in r["task"] else "arithmetic" if "arith" in r["task"] else None
+            if name:
+                rows.setdefault(tuple(r["removed"]), {})[name] = r["value"]
+    return rows
+
+
+def held_out(um, healing, store: Store, sets: list) -> list[dict]:
+    settings = store.run_info["settings"]
+    used = settings["tasks"]["kl_shakespeare_hamlet"]["sample_ids"]
+    cal = (settings.get("heal") or {}).get("calibration") or {}
+    kl = load_task("kl:shakespeare/hamlet", um.tokenizer, um.eos_token_id, 24, 11, WINDOW,
+                   exclude=used + list(cal.get("sample_ids", [])))
+    macbeth = load_task("ppl:shakespeare/macbeth", um.tokenizer, um.eos_token_id, 24, 11, WINDOW)
+    keep = np.ones((len(sets) + 1, um.num_blocks), dtype=bool)
+    for i, s in enumerate(sets):
+        keep[i + 1, list(s)] = False
+    res = Engine(um, heal=healing).score(kl.requests, keep, kl=True)
+    kls = kl.value(kl.per_sample(res.logprob, res.greedy, res.kl))
+    w, wm = [r.tokens for r in kl.requests], [r.tokens for r in macbeth.requests]
+    out = []
+    for i, s in enumerate([()] + list(sets)):
+        out.append({"removed": list(s), "kl": float(kls[i]),
+                    "ppl_hamlet": plain_perplexity(um, s, w, kl.requests[0].score_from, healing),
+                    "ppl_macbeth": plain_perplexity(um, s, wm, macbeth.requests[0].score_from, healing)})
+    return out
+
+
+def kv_bytes_per_token(model) -> int:
+    with torch.inference_mode():
+        out = model(input_ids=torch.zeros((1, 4), dtype=torch.long), use_cache=True)
+    from blockprune.export.onnx import output_cache
+
+    cache = output_cache(out)
+    total = sum(t.numel() * t.element_size() for layer in cache.layers
+                for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if isinstance(t, torch.Tensor))
+    return total // 4
+
+
+def decode_ms(models_by_key: dict, context: int, reps: int = 3, steps: int = 8) -> dict:
+    """Median decode step (ms) of each model after a `context`-token prompt, interleaved."""
+    from blockprune.export.onnx import cache_kwarg, output_cache
+
+    gen = torch.Generator().manual_seed(0)
+    times = {k: [] for k in models_by_key}
+    for r in range(reps + 1):
+        for k in (list(models_by_key) if r % 2 == 0 else list(models_by_key)[::-1]):
+            model = models_by_key[k]
+            ids = torch.randint(3, 49000, (1, context), generator=gen)
+            with torch.inference_mode():
+                cache = output_cache(model(input_ids=ids, use_cache=True, logits_to_keep=1))
+                token = ids[:, -1:]
+                step_t = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    out = model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache_kwarg(model): cache})
+                    step_t.append(time.perf_counter() - t0)
+                    cache = output_cache(out)
+                    token = out.logits[:, -1:].argmax(-1)
+            if r:
+                times[k].append(float(np.median(step_t)))
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def one_kind(units: str, runs: Path, max_remove: int) -> dict:
+    run = runs / units
+    t0 = time.perf_counter()
+    log(f"{units}: greedy search to {max_remove}, healed and plain, in {run}")
+    api.run_search("smollm2-135m", [SEARCH_TASK], run, method="greedy", max_remove=max_remove, units=units,
+                   samples=None, ppl_window=WINDOW, heal="linear", latency=False, progress=False, tolerance=0.10)
+    seconds = time.perf_counter() - t0
+    healed_sets, plain_sets = searched(run)
+    ks = [k for k in KS if k in healed_sets]
+    bm = models.load("smollm2-135m", device="cpu")
+    um = models.unit_model(bm, units)
+    store = Store.open_existing(run)
+    healing = run_healing(run, store, um)
+    log(f"{units}: held-out KL and perplexity")
+    rows = {"healed": held_out(um, healing, store, [healed_sets[k] for k in ks]),
+            "plain": held_out(um, None, store, [plain_sets[k] for k in ks])}
+    log(f"{units}: ARC-Easy and arithmetic")
+    given = {"healed": given_scores(units, [healed_sets[k] for k in ks], "linear", runs / f"{units}-given-healed"),
+             "plain": given_scores(units, [plain_sets[k] for k in ks], "none", runs / f"{units}-given-plain")}
+    log(f"{units}: KV cache and decode latency")
+    pruned = {(): bm.model}
+    for k in ks:
+        s = healed_sets[k]
+        pruned[s] = healed_copy(um, s, healing).model
+    lat = {c: decode_ms(pruned, c) for c in CONTEXTS}
+    out = {"units": units, "search_seconds": seconds, "dense": {**rows["plain"][0], **given["plain"].get((), {}),
+                                                                "kv_bytes_per_token": kv_bytes_per_token(bm.model),
+                                                                **{f"decode_ms_{c}": lat[c][()] for c in CONTEXTS}},
+           "rows": []}
+    for i, k in enumerate(ks):
+        row = {"k": k}
+        for mode, sets in (("healed", healed_sets), ("plain", plain_sets)):
+            s = sets[k]
+            row[mode] = {**rows[mode][i + 1], **given[mode].get(s, {}),
+                         "names": models.units.fmt_units(s, units) if units != "blocks" else str(list(s))}
+        s = healed_sets[k]
+        row["kv_bytes_per_token"] = kv_bytes_per_token(pruned[s])
+        row.update({f"decode_ms_{c}": lat[c][s] for c in CONTEXTS})
+        out["rows"].append(row)
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["# Blocks against halves, SmolLM2-135M: k units removed, each kind by its own search", "",
+             f"Greedy search with racing on `{SEARCH_TASK}` (windows of {WINDOW}), healed (`--heal linear`) and plain. "
+             "Quality on data no search saw: KL to dense on 24 other Hamlet windows, perplexity on those and on 24 "
+             "Macbeth windows (plain transformers on the pruned, folded copy), ARC-Easy (100 questions: accuracy, "
+             "p_gold) and one-digit arithmetic (30 prompts, exact match). Cost of the healed set's pruned copy: KV "
+             "cache bytes per token read from its own cache, decode ms per token after 64 and 2,048 tokens (torch, "
+             "batch 1, CPU, median of 3 interleaved runs of 8 steps).", ""]
+    for res in results:
+        d = res["dense"]
+        lines += [f"## --units {res['units']} (search {res['search_seconds']:.0f} s)", "",
+                  f"Dense: Hamlet ppl {d['ppl_hamlet']:.2f}, Macbeth ppl {d['ppl_macbeth']:.2f}, ARC-Easy "
+                  f"{d.get('arc_easy', float('nan')):.3f}, arithmetic {d.get('arithmetic', float('nan')):.3f}, KV {d['kv_bytes_per_token']:,} B/token, decode "
+                  f"{d['decode_ms_64']:.2f} / {d['decode_ms_2048']:.2f} ms at 64 / 2,048.", "",
+                  "| k | mode | set | held-out KL | Hamlet ppl | Macbeth ppl | ARC-Easy | arithmetic | KV B/token | "
+                  "decode ms @64 | @2048 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in res["rows"]:
+            for mode in ("healed", "plain"):
+                r = row[mode]
+                arc, ari = r.get("arc_easy", float("nan")), r.get("arithmetic", float("nan"))
+                lines.append(f"| {row['k']} | {mode} | {r['names']} | {r['kl']:.3f} | {r['ppl_hamlet']:.2f} | "
+                             f"{r['ppl_macbeth']:.2f} | {arc:.3f} | {ari:.3f} | "
+                             f"{row['kv_bytes_per_token']:,} | {row['decode_ms_64']:.2f} | {row['decode_ms_2048']:.2f} |")
+        lines.append("")
+    lines.append(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--units", default="attention,blocks,mlp,sublayers")
+    ap.add_argument("--max-remove", type=int, default=10)
+    ap.add_argument("--runs", default="/tmp/units_table_runs")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    results = []
+    for units in args.units.split(","):
+        results.append(one_kind(units, runs, args.max_remove))
+        out = Path(args.out)
+        (out / "units_table.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "units_table.md").write_text(markdown(results))
+        log(f"{units}: done")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
