@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -411,4 +412,21 @@ def remove_blocks(bm: BlockModel, removed: Sequence[int], check_only: bool = Fal
         _per_layer_config(cfg, bm.num_blocks, kept)
     out = wrap(model, bm.tokenizer, bm.name, processor=bm.processor)
     out.meta = {**bm.meta, "removed": sorted(removed_set), "kept": kept}
+    return out
+
+
+def attention_kwargs(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """What a block's forward (`signature`: its unbound forward's) passes to its attention besides
+    hidden_states: every argument the block received as recorded (defaults included), **kwargs
+    spread out. The fused runner and the attention half both call the attention this way."""
+    bound = signature.bind(None, None, *args, **kwargs)
+    bound.apply_defaults()
+    out: dict[str, Any] = {}
+    for p in list(signature.parameters.values())[2:]:  # skip self and hidden_states
+        if p.name not in bound.arguments:
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(bound.arguments[p.name])
+        elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[p.name] = bound.arguments[p.name]
     return out

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import kernels
-from .adapter import BlockModel, Prelude, select_rows as _select_rows
+from .adapter import BlockModel, Prelude, attention_kwargs, select_rows as _select_rows
 
 log = logging.getLogger("blockprune")
 ROLES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -133,24 +133,12 @@ class FusedRunner:
         self._signatures: dict[type, inspect.Signature] = {}
 
     def _attn_kwargs(self, block: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """What the block's forward passes to self_attn besides hidden_states: every argument it
-        receives (defaults included), **kwargs spread out."""
+        """What the block's forward passes to self_attn besides hidden_states (its signature cached per class)."""
         cls = type(block)
         sig = self._signatures.get(cls)
         if sig is None:
             sig = self._signatures[cls] = inspect.signature(cls.forward)
-        bound = sig.bind(block, None, *args, **kwargs)
-        bound.apply_defaults()
-        params = list(sig.parameters.values())
-        out: dict[str, Any] = {}
-        for p in params[2:]:  # skip self and hidden_states
-            if p.name not in bound.arguments:
-                continue
-            if p.kind is inspect.Parameter.VAR_KEYWORD:
-                out.update(bound.arguments[p.name])
-            elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
-                out[p.name] = bound.arguments[p.name]
-        return out
+        return attention_kwargs(sig, args, kwargs)
 
     @torch.inference_mode()
     def __call__(self, index: int, hidden: torch.Tensor, idx: torch.Tensor, prelude: Prelude, micro: int) -> None:

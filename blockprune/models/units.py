@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .adapter import BlockModel, arch_of, find_blocks, remove_blocks, wrap
+from .adapter import BlockModel, arch_of, attention_kwargs, find_blocks, remove_blocks, wrap
 from .sources import ModelError
 
 # how units are named and parsed (17a, 17m) lives below every package that writes or reads them
@@ -78,24 +78,10 @@ class Half(nn.Module):
         self.pre, self.core, self.post = names
         object.__setattr__(self, "_signature", inspect.signature(type(block).forward))
 
-    def _core_kwargs(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The block's forward arguments (defaults included, **kwargs spread), by name."""
-        bound = self._signature.bind(None, None, *args, **kwargs)
-        bound.apply_defaults()
-        out: dict[str, Any] = {}
-        for p in list(self._signature.parameters.values())[2:]:
-            if p.name not in bound.arguments:
-                continue
-            if p.kind is inspect.Parameter.VAR_KEYWORD:
-                out.update(bound.arguments[p.name])
-            elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
-                out[p.name] = bound.arguments[p.name]
-        return out
-
     def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = getattr(self, self.pre)(hidden)
         if self.attention:
-            x = getattr(self, self.core)(hidden_states=x, **self._core_kwargs(args, kwargs))
+            x = getattr(self, self.core)(hidden_states=x, **attention_kwargs(self._signature, args, kwargs))
             x = x[0] if isinstance(x, (tuple, list)) else x
         else:
             x = getattr(self, self.core)(x)
