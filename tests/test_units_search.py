@@ -3,6 +3,7 @@ report, the JSON and the plots, --budget picks the best set within a measured co
 (an unknown --units, a unit that does not exist, a malformed or unreachable budget) is one line,
 exit 2, nothing written."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -83,20 +84,12 @@ def test_greedy_by_attention_removes_only_attention(tiny_dir, jsonl_tasks, tmp_p
 ])
 def test_bad_units_and_budgets_are_one_line_and_write_nothing(tiny_dir, jsonl_tasks, tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) if extra[:2] == ["--units", "heads"] else _no_raise():
+    with pytest.raises(SystemExit) if extra[:2] == ["--units", "heads"] else contextlib.nullcontext():
         code = cli.main(args(tiny_dir, jsonl_tasks, out, *extra))
         assert code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert not out.exists() or not any(p.name != ".lock" for p in out.iterdir())
-
-
-class _no_raise:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_budget_choice_by_hand():
