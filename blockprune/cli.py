@@ -23,6 +23,7 @@ from .healing.heal import HealError
 from .measure.heldout import HeldOutError
 from .measure.latency import BenchError
 from .models import UNITS, ModelError
+from .models.fused import DeviceError, FusedError
 from .runs.rundir import PathError
 from .tasks.scores import ScoreError
 from .runs.store import StoreError
@@ -323,6 +324,9 @@ def _main(args, signals: _Signals) -> int:
     except USER_ERRORS as exc:
         print(f"blockprune: error: {exc}", file=sys.stderr)
         return 2
+    except (DeviceError, FusedError) as exc:  # the GPU path failed (not the input): one line, exit 1
+        print(f"blockprune: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a file system that refused us (read-only, full, gone): one line, not a traceback
         where = exc.filename or _where(args)
         print(f"blockprune: error: {f'{where}: ' if where else ''}{exc.strerror or exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from .gather_norm import check_gather_args, gather_norm_dtype
 def _gather_norm_kernel(
     hidden_ptr, idx_ptr, weight_ptr, bias_ptr, out_ptr,
     P, T, D,
-    stride_hn, stride_ht, stride_hd, stride_on, stride_ot, stride_od, stride_w, stride_b,
+    stride_i, stride_hn, stride_ht, stride_hd, stride_on, stride_ot, stride_od, stride_w, stride_b,
     eps, offset,
     IS_RMS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OFFSET: tl.constexpr, CAST_EARLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -32,7 +32,7 @@ def _gather_norm_kernel(
     mask_m = offs_m < P
     r = offs_m // T
     t = offs_m % T
-    src = tl.load(idx_ptr + r, mask=mask_m, other=0).to(tl.int64)
+    src = tl.load(idx_ptr + r * stride_i, mask=mask_m, other=0).to(tl.int64)  # idx may be a strided view
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     mask = mask_m[:, None] & mask_d[None, :]
@@ -111,6 +111,7 @@ def gather_norm_triton(
         _gather_norm_kernel[grid](
             hidden, idx, weight, bias_arg, out,
             positions, seq, dim,
+            idx.stride(0),  # any 1-D view (a column, idx[::2]): read through its stride
             hidden.stride(0), hidden.stride(1), hidden.stride(2), out.stride(0), out.stride(1), out.stride(2),
             weight.stride(0), bias.stride(0) if bias is not None else 0,
             float(eps), float(offset),

@@ -23,7 +23,7 @@ from .residual_add import check_residual_args
 def _residual_add_kernel(
     hidden_ptr, idx_ptr, out_ptr,
     P, T, D,
-    stride_hn, stride_ht, stride_hd, stride_on, stride_ot, stride_od,
+    stride_i, stride_hn, stride_ht, stride_hd, stride_on, stride_ot, stride_od,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -31,7 +31,7 @@ def _residual_add_kernel(
     mask_m = offs_m < P
     r = offs_m // T
     t = offs_m % T
-    dst = tl.load(idx_ptr + r, mask=mask_m, other=0).to(tl.int64)
+    dst = tl.load(idx_ptr + r * stride_i, mask=mask_m, other=0).to(tl.int64)  # idx may be a strided view
     offs_d = tl.arange(0, BLOCK_D)
     mask = mask_m[:, None] & (offs_d < D)[None, :]
     h_ptrs = hidden_ptr + (dst * stride_hn + t * stride_ht)[:, None] + offs_d[None, :] * stride_hd
@@ -58,6 +58,7 @@ def residual_add_triton(hidden: torch.Tensor, idx: torch.Tensor, out: torch.Tens
         _residual_add_kernel[grid](
             hidden, idx, out,
             positions, seq, dim,
+            idx.stride(0),  # any 1-D view (a column, idx[::2]): read through its stride
             hidden.stride(0), hidden.stride(1), hidden.stride(2), out.stride(0), out.stride(1), out.stride(2),
             BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
         )

@@ -1,4 +1,6 @@
+import functools
 import os
+import re
 
 import torch
 
@@ -13,6 +15,68 @@ else:  # references are fp32: no TF32 rounding in the matmuls they are compared 
 import pytest  # noqa: E402
 
 torch.manual_seed(0)
+
+
+# ---- which Triton the kernel tests ran -------------------------------------------------------
+# A test that runs a Triton kernel is marked `@TRITON` and runs once per backend in its id:
+# `[interpreter]` (TRITON_INTERPRET=1: the kernel's Python, on CPU) or `[compiled]` (the kernel
+# compiled for the GPU). Only the backend this process has runs; the other is skipped with its
+# reason, so a CPU run never passes for a test of the compiled kernel. The header and the summary
+# say which ran.
+TRITON_BACKENDS = ("interpreter", "compiled")
+
+
+@functools.cache
+def triton_backend_here() -> str:
+    """What the kernels are in this process: the decorated kernel's own type, not the environment."""
+    try:
+        import triton
+
+        from blockprune.kernels import gather_norm_triton
+    except Exception as exc:  # noqa: BLE001 - `make test` installs Triton: the kernel tests then fail, loudly
+        return f"unavailable ({type(exc).__name__}: {exc})"
+    jit = isinstance(gather_norm_triton._gather_norm_kernel, triton.runtime.jit.JITFunction)
+    return "compiled" if jit else "interpreter"
+
+
+def _skip_reason(wanted: str, here: str) -> str:
+    if wanted == "compiled":
+        why = "no CUDA device" if not torch.cuda.is_available() else "TRITON_INTERPRET=1 is set"
+        return f"compiled Triton kernel not tested: {why}, kernels run in the interpreter ([interpreter] variant)"
+    return f"interpreter not tested: this process compiles the Triton kernels ({here})"
+
+
+@pytest.fixture(params=TRITON_BACKENDS)
+def triton_backend(request):
+    here = triton_backend_here()
+    if here not in TRITON_BACKENDS:  # never skipped for it: a kernel test without Triton fails
+        pytest.fail(f"the Triton kernels cannot be loaded: {here}")
+    if request.param != here:
+        pytest.skip(_skip_reason(request.param, here))
+    return here
+
+
+TRITON = pytest.mark.usefixtures("triton_backend")  # marks a test that runs a Triton kernel
+
+
+def pytest_report_header(config):
+    here = triton_backend_here()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    env = f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', 'unset')}"
+    if here not in TRITON_BACKENDS:
+        return [f"triton kernels: {here} ({device}, {env}); the kernel tests fail"]
+    other = "compiled" if here == "interpreter" else "interpreter"
+    return [f"triton kernels: {here} ({device}, {env}); the [{other}] variants of the kernel tests are skipped"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "Triton kernel not tested" in str(r.longrepr)
+               or "interpreter not tested" in str(r.longrepr)]
+    ran = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
+           if r.when == "call" and re.search(rf"[\[-]{triton_backend_here()}[\]-]", r.nodeid)]
+    if skipped or ran:
+        terminalreporter.write_line(f"triton kernels: {len(ran)} kernel tests ran {triton_backend_here()}, "
+                                    f"{len(skipped)} variants of the other backend skipped (pytest -rs lists them)")
 
 
 class CharTokenizer:

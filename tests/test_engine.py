@@ -135,13 +135,41 @@ def test_packed_choices_match_physical_removal(arch):
         assert (scores.greedy[c] == gr).all(), (arch, s)
 
 
-def test_packed_rows_respect_the_sliding_window():
-    bm = tiny_model("qwen3", layers=4)  # sliding_window=5
+def spy_rows(monkeypatch) -> list[list]:
+    """The rows of every Engine._score_rows call, in order."""
+    calls = []
+    original = Engine._score_rows
+
+    def spy(self, rows, *args, **kwargs):
+        calls.append(list(rows))
+        return original(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_score_rows", spy)
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])  # both sliding_window=5
+def test_packed_rows_respect_the_sliding_window(monkeypatch, arch):
+    bm = tiny_model(arch, layers=4)
     engine = Engine(bm)
-    limit = engine.packing_limit()
-    assert limit is None or limit <= 5
-    for row in packing.pack(shared_context_requests(np.random.default_rng(7)), limit):
-        assert not row.packed or len(row) <= 5
+    calls = spy_rows(monkeypatch)
+    # packing must be on (else nothing below is checked), capped at the window
+    assert engine.packing_limit() == 5, engine.packing_note
+    # the self-check compared a really packed row (two choices within the window) with plain rows
+    assert [any(r.packed for r in rows) for rows in calls] == [True, False], engine.packing_note
+    assert engine.packing_note.startswith("packing on")
+    rng = np.random.default_rng(7)
+    reqs = shared_context_requests(rng) + [Request((9, 8, 40), 2), Request((9, 8, 41, 42), 2), Request((9, 8, 43), 2)]
+    sets = [(), (1,), (0, 3)]
+    calls.clear()
+    scores = engine.score(reqs, masks_for(sets, 4))
+    rows = [row for rows in calls for row in rows]
+    assert any(row.packed for row in rows)  # the engine really ran packed rows
+    assert all(len(row) <= 5 for row in rows if row.packed)
+    for c, s in enumerate(sets):  # and they score what the pruned model scores, one sequence at a time
+        lp, gr = naive_scores(bm, reqs, s)
+        np.testing.assert_allclose(scores.logprob[c], lp, rtol=1e-4, atol=1e-5, err_msg=f"{arch} removed {s}")
+        assert (scores.greedy[c] == gr).all(), (arch, s)
 
 
 def test_packing_mask_shape_and_visibility():

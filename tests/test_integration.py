@@ -9,9 +9,10 @@ from blockprune import api, models
 from blockprune.engine import Engine
 from blockprune.tasks import load_task
 from reference import naive_kl, naive_scores
+from test_engine import spy_rows
 
 
-def test_engine_matches_physical_removal_on_real_tasks(smollm2):
+def test_engine_matches_physical_removal_on_real_tasks(smollm2, monkeypatch):
     tasks = [load_task("mc:arc_easy", smollm2.tokenizer, smollm2.eos_token_id, samples=3),
              load_task("ppl:shakespeare/hamlet", smollm2.tokenizer, samples=1, ppl_window=64)]
     sets = [(), (0,), (14,), (20, 24, 26)]
@@ -19,9 +20,15 @@ def test_engine_matches_physical_removal_on_real_tasks(smollm2):
     for i, s in enumerate(sets):
         keep[i, list(s)] = False
     engine = Engine(smollm2)
-    assert engine.packing_limit() is not None  # the multiple-choice rows really are packed
+    assert engine.packing_limit() is not None, engine.packing_note
+    calls = spy_rows(monkeypatch)
+    packed = []
     for task in tasks:
+        calls.clear()
         scores = engine.score(task.requests, keep)
+        packed.append(any(row.packed for rows in calls for row in rows))
+        # the multiple-choice rows (choices share a context) really ran packed: the values below check them
+        assert packed == [True, False][: len(packed)], task.name
         for c, s in enumerate(sets):
             lp, gr = naive_scores(smollm2, task.requests, s)
             np.testing.assert_allclose(scores.logprob[c], lp, rtol=1e-4, err_msg=f"{task.name} {s}")

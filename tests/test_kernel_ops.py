@@ -1,6 +1,7 @@
-"""Gather+pre-norm and residual-add kernels against their references (CPU: Triton via
-TRITON_INTERPRET=1, set in conftest before any kernel module is imported; on a CUDA machine the
-compiled kernels), and the fused block runner against the plain path through the engine."""
+"""Gather+pre-norm and residual-add kernels against their references, and the fused block runner
+against the plain path through the engine. Tests marked TRITON run the kernels, with the backend in
+their id: [interpreter] (TRITON_INTERPRET=1, set in conftest before any kernel module is imported;
+CPU) or [compiled] (a CUDA machine); the backend this process lacks is skipped with its reason."""
 
 import numpy as np
 import pytest
@@ -9,11 +10,12 @@ import torch
 import triton  # noqa: F401 - `make test` installs it; a missing Triton must fail, not skip
 
 from blockprune.models import fused
-from blockprune import kernels
+from blockprune import kernels, models
 from blockprune.engine import Engine, Request
 from blockprune.kernels.gather_norm_triton import gather_norm_triton
 from blockprune.kernels.residual_add_triton import residual_add_triton
-from conftest import tiny_model
+from conftest import TRITON, CharTokenizer, tiny_model
+from fakecuda import fake_cuda
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter rounds to bf16 by truncation (compiled kernels round to nearest): 2 ulps.
@@ -39,6 +41,7 @@ def close(got, want, dtype):
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * scale)
 
 
+@TRITON
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("dim", [24, 40])
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -57,6 +60,7 @@ def test_gather_norm_matches_reference(dtype, dim, variant, which):
     assert torch.equal(hidden, before)
 
 
+@TRITON
 def test_gather_norm_bfloat16_and_promotion():
     hidden = rows(dim=40, dtype=torch.bfloat16)
     idx = torch.tensor([4, 1], device=DEVICE)
@@ -68,6 +72,7 @@ def test_gather_norm_bfloat16_and_promotion():
                   kernels.gather_norm_reference(hidden, idx, weight, None, 1e-6, **variant), torch.bfloat16)
 
 
+@TRITON
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gather_norm_is_the_hf_norm(dtype):
     """The reference (and the kernel) reproduce HF's own norm modules on gathered rows."""
@@ -95,6 +100,7 @@ def test_gather_norm_is_the_hf_norm(dtype):
     assert fused.norm_spec(gemma, dtype)["offset"] == 1.0 and fused.norm_spec(llama, dtype)["cast_early"]
 
 
+@TRITON
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("dim", [24, 40])
 @pytest.mark.parametrize("which", list(IDX))
@@ -112,6 +118,7 @@ def test_residual_add_matches_reference(dtype, dim, which):
         assert torch.equal(got[idx], hidden[idx] + out)  # what an HF block computes
 
 
+@TRITON
 def test_residual_add_mixed_dtypes_and_strides():
     hidden = rows(dim=40, dtype=torch.float16)
     idx = torch.tensor([1, 4, 0], device=DEVICE)
@@ -132,6 +139,43 @@ def test_residual_add_mixed_dtypes_and_strides():
           kernels.gather_norm_reference(want, idx, torch.ones(24, device=DEVICE)), torch.float32)
 
 
+def strided(rows: list[int], layout: str, decoys: list[int]) -> torch.Tensor:
+    """`rows` as a non-contiguous index: every other entry of a longer tensor, or a column of a
+    2-D one (int32), the gaps holding other valid rows (a kernel that ignores the stride reads them)."""
+    pairs = torch.tensor([[d, r] for r, d in zip(rows, decoys)], dtype=torch.long, device=DEVICE)
+    idx = pairs.reshape(-1)[1::2] if layout == "every-other" else pairs.int()[:, 1]
+    assert not idx.is_contiguous() and idx.stride(0) == 2 and idx.tolist() == rows
+    return idx
+
+
+# odd shapes: a 1-wide and a 7-wide hidden dimension, 33 and 130 (past a power of two), one token
+STRIDED_SHAPES = [(7, 3, 33), (5, 1, 1), (9, 2, 130), (6, 5, 7)]
+
+
+@TRITON
+@pytest.mark.parametrize("layout", ["every-other", "column"])
+@pytest.mark.parametrize("n,seq,dim", STRIDED_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_row_kernels_read_a_strided_index(layout, n, seq, dim, dtype):
+    rows_ = [n - 1, 0, n // 2]
+    idx = strided(rows_, layout, decoys=[1, n - 2, 2])
+    plain = torch.tensor(rows_, device=DEVICE)
+    hidden = rows(n=n, seq=seq, dim=dim, dtype=dtype, seed=5)
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(dim, generator=g).to(DEVICE, dtype)
+    bias = torch.randn(dim, generator=g).to(DEVICE, dtype)
+    for variant, b in (("llama", None), ("layer", bias)):
+        got = gather_norm_triton(hidden, idx, weight, b, 1e-5, **VARIANTS[variant])
+        close(got, kernels.gather_norm_reference(hidden, plain, weight, b, 1e-5, **VARIANTS[variant]), dtype)
+    out = rows(n=len(rows_), seq=seq, dim=dim, dtype=dtype, seed=7)
+    got = hidden.clone()
+    residual_add_triton(got, idx, out)
+    want = hidden.clone()
+    want[plain] = (hidden[plain].float() + out.float()).to(dtype)  # written here: index, add, round once
+    assert torch.equal(got, want)
+
+
+@TRITON
 def test_bad_shapes_are_refused():
     hidden = rows()
     with pytest.raises(ValueError, match="weight"):
@@ -142,6 +186,7 @@ def test_bad_shapes_are_refused():
         residual_add_triton(hidden, torch.tensor([0, 1], device=DEVICE), rows(n=1))
 
 
+@TRITON
 def test_dispatch(monkeypatch):
     hidden = rows()
     idx = torch.tensor([1, 2], device=DEVICE)
@@ -175,9 +220,18 @@ REQUESTS = [Request((5, 17, 40, 99, 7, 3), 2), Request((11, 200, 31, 64), 1), Re
             Request((8, 9, 10, 11, 12, 13, 14, 15), 1)]
 
 
-@pytest.mark.parametrize("kern", ["torch", "triton"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_engine_fused_matches_plain(monkeypatch, arch, kern):
+def test_engine_fused_matches_plain(monkeypatch, arch):
+    fused_matches_plain(monkeypatch, arch, "torch")
+
+
+@TRITON
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_engine_fused_matches_plain_with_triton(monkeypatch, arch):
+    fused_matches_plain(monkeypatch, arch, "triton")
+
+
+def fused_matches_plain(monkeypatch, arch, kern):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", kern)
     bm = tiny_model(arch, layers=4)
     bm.model.to(DEVICE)
@@ -214,14 +268,29 @@ def test_unsupported_models_take_the_plain_path(monkeypatch, arch):
     assert not Engine(bm).fused
 
 
-def test_auto_mode(monkeypatch):
-    bm = tiny_model("llama", layers=2)
+def test_auto_mode_is_fused_on_cuda_and_plain_on_cpu(monkeypatch):
+    """Auto mode (BLOCKPRUNE_FUSED unset) on a model whose parameters are on CUDA (fake CUDA
+    tensors on this CPU build: shapes and devices, no values) takes the fused runner, the same
+    model on the CPU the plain path; BLOCKPRUNE_FUSED overrides either way."""
+    from test_fake_cuda import config
+
     monkeypatch.delenv("BLOCKPRUNE_FUSED", raising=False)
-    assert (fused.runner_for(bm, None) is not None) == (bm.device.type == "cuda")
+    monkeypatch.setenv("BLOCKPRUNE_KERNELS", "torch")  # the kernels' references: Triton needs real memory
+    cpu = tiny_model("llama", layers=2)
+    assert cpu.device.type == "cpu" and fused.runner_for(cpu, None) is None and not Engine(cpu).fused
     monkeypatch.setenv("BLOCKPRUNE_FUSED", "1")
-    assert fused.runner_for(bm, None) is not None
-    monkeypatch.setenv("BLOCKPRUNE_FUSED", "0")
-    assert fused.runner_for(bm, None) is None
+    assert isinstance(fused.runner_for(cpu, None), fused.FusedRunner)
+    with fake_cuda() as fc:
+        monkeypatch.delenv("BLOCKPRUNE_FUSED")
+        bm = models.wrap(fc.model(config("llama", 2)), CharTokenizer(), "fake-llama")
+        assert bm.device == torch.device("cuda", 0)
+        with fc.syncs():  # the one-off check reads values: emulated (the CPU tests check them)
+            runner = fused.runner_for(bm, None)
+            engine = Engine(bm)
+        assert isinstance(runner, fused.FusedRunner) and engine.fused
+        assert bm.meta.get("fused_reason") is None
+        monkeypatch.setenv("BLOCKPRUNE_FUSED", "0")
+        assert fused.runner_for(bm, None) is None
 
 
 def test_a_wrong_kernel_is_caught_by_the_check(monkeypatch):

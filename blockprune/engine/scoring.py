@@ -88,6 +88,12 @@ def packing_tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if torch.finfo(dtype).bits >= 32 else 4 * torch.finfo(dtype).eps
 
 
+# What a model that cannot take a packed row (a 4D mask, position ids) raises: shape, type and
+# "not implemented" errors. Anything else (a Triton compile error, ...) propagates, and so does a
+# CUDA error among these (`fused.device_error`).
+REJECTS_PACKED_ROW = (ValueError, TypeError, IndexError, KeyError, NotImplementedError, AssertionError, RuntimeError)
+
+
 def default_budget(device: torch.device) -> int:
     """Bytes the engine may hold: 60% of free GPU memory, or 3 GiB on CPU."""
     if device.type == "cuda":
@@ -158,12 +164,20 @@ class Engine:
     def _packing_matches(self, limit: int) -> bool:
         vocab = self.model.head.weight.shape[0]
         rng = np.random.default_rng(0)
-        ctx = tuple(int(t) for t in rng.integers(0, vocab, size=max(1, min(6, limit // 3))))
-        reqs = [Request(ctx + tuple(int(t) for t in rng.integers(0, vocab, size=3)), len(ctx)) for _ in range(2)]
+        # two choices that share one packed row within `limit` (a sliding window can make it 5):
+        # the second's tokens are queries that must not see the first's
+        second = max(1, min(3, limit - 2))
+        first = max(1, min(3, limit - 1 - second))
+        ctx = tuple(int(t) for t in rng.integers(0, vocab, size=max(1, min(6, limit - first - second))))
+        reqs = [Request(ctx + tuple(int(t) for t in rng.integers(0, vocab, size=n)), len(ctx)) for n in (first, second)]
         keep = np.ones((1, self.model.num_blocks), dtype=bool)
         try:
             packed = self._score_rows(packing.pack(reqs, limit), len(reqs), keep, None)[0]
-        except Exception as exc:  # noqa: BLE001 - a model that rejects custom masks simply runs unpacked
+        except REJECTS_PACKED_ROW as exc:  # a model that rejects custom masks simply runs unpacked
+            from ..models import fused as fused_mod
+
+            if fused_mod.device_error(exc):  # not a rejection: the CUDA context is unusable now
+                raise fused_mod.check_raised("the packing check", self.model.name, exc) from exc
             self.packing_note = f"packing off: the model rejects a packed row ({type(exc).__name__})"
             log.info("%s: %s", self.model.name, self.packing_note)
             return False

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import textwrap
 from typing import Any
 
@@ -47,7 +48,47 @@ RMS_VARIANTS = (
 
 
 class FusedError(RuntimeError):
-    """The fused runner was forced (fused=True) on a model it cannot run exactly."""
+    """The fused runner was forced (fused=True) on a model it cannot run exactly, or its one-off
+    check raised instead of comparing (a bug in the fused path: never a reason to fall back)."""
+
+
+class DeviceError(RuntimeError):
+    """A CUDA error inside one of the engine's one-off checks (the fused runner's, the packing's).
+
+    After an illegal memory access or a device-side assert the CUDA context is unusable: falling
+    back to another path would only move the failure somewhere unrelated, so the run stops at the
+    check, with one line naming it (the original error chained as the cause)."""
+
+
+# RuntimeError texts of the CUDA runtime / libraries (case-sensitive: "cuda:0" in a device-mismatch
+# message is not one). torch raises most of them as torch.AcceleratorError (torch >= 2.8).
+_DEVICE_TEXT = re.compile(r"\bCUDA\b|CUBLAS_STATUS|CUDNN_STATUS|cuDNN error|device-side assert|illegal memory access|"
+                          r"illegal instruction|misaligned address|unspecified launch failure")
+
+
+def device_error(exc: BaseException) -> bool:
+    """Whether `exc` is a CUDA error (after which the CUDA context cannot be trusted), by type:
+    torch.AcceleratorError where this torch has it, torch.cuda.CudaError, a deferred CUDA call's
+    error, CUDA out of memory; or a RuntimeError whose message is a CUDA runtime/library error."""
+    types = tuple(t for t in (getattr(torch, "AcceleratorError", None), getattr(torch.cuda, "CudaError", None),
+                              getattr(torch.cuda, "DeferredCudaCallError", None),
+                              getattr(torch, "OutOfMemoryError", None)) if isinstance(t, type))
+    if types and isinstance(exc, types):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_DEVICE_TEXT.search(str(exc)))
+
+
+def check_raised(what: str, name: str, exc: BaseException) -> RuntimeError:
+    """The one-line error for a check (`what`) of model `name` that raised `exc` (raise it `from exc`)."""
+    text = str(exc).strip()
+    first = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    if isinstance(exc, torch.OutOfMemoryError):
+        return DeviceError(f"{name}: {what} ran out of GPU memory, so the run stops here: {first}")
+    if device_error(exc):
+        return DeviceError(f"{name}: CUDA error in {what}, the CUDA context is unusable after it, so the run "
+                           f"stops here: {first}")
+    return FusedError(f"{name}: {what} raised {first} (a bug in the fused path; BLOCKPRUNE_FUSED=0 runs the "
+                      f"plain path)")
 
 
 def _forward_source(cls: type) -> str | None:
@@ -200,9 +241,11 @@ def runner_for(bm: BlockModel, mode: bool | None = None):
     """A callable with BlockModel.run_block_inplace's signature, or None to use the plain path.
 
     mode None (auto): fused when the model is on CUDA and Triton imports, or BLOCKPRUNE_FUSED=1
-    (BLOCKPRUNE_FUSED=0 turns it off); an unsupported model, a failed check or a check that raises
+    (BLOCKPRUNE_FUSED=0 turns it off); an unsupported model or a numerical mismatch in the check
     takes the plain path, and why is said once (log and `bm.meta["fused_reason"]`, which run.json
-    records). True: fused or FusedError saying why not. False: the plain path.
+    records). A check that raises ends the run in either mode: DeviceError for a CUDA error (the
+    context is unusable after it), FusedError otherwise. True: fused or FusedError saying why not.
+    False: the plain path.
     """
     if mode is False or (mode is None and not _auto_enabled(bm)):
         return None
@@ -215,11 +258,11 @@ def runner_for(bm: BlockModel, mode: bool | None = None):
             if problem is None:
                 runner = FusedRunner(bm)
                 problem = verify(bm, runner)
-        except Exception as exc:  # noqa: BLE001 - auto mode must never end a run over an optimisation
-            if mode:
-                raise
-            text = str(exc).strip()
-            problem = f"its check raised {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        except Exception as exc:  # noqa: BLE001 - only a mismatch or an unsupported model falls back
+            # A check that raises is not a mismatch: a CUDA error (illegal memory access, ...) has
+            # broken the context and anything else is a bug in the fused path. Either ends the run
+            # here, in one line, rather than later somewhere unrelated.
+            raise check_raised("the fused block runner's check", bm.name, exc) from exc
         bm.meta[key] = problem or ""
         if problem and not mode:
             bm.meta["fused_reason"] = problem
