@@ -23,7 +23,6 @@ a PyTorch cache) must match PyTorch's full recompute of the whole sequence. A mi
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from blockprune.models import weights_bytes
+from blockprune.models.adapter import cache_kwarg as adapter_cache_kwarg, output_cache  # noqa: F401 (re-exported)
 
 LOGITS_FILE = "model.onnx"
 DECODER_FILE = "decoder_with_past.onnx"
@@ -69,18 +69,12 @@ def _num_layers(model: nn.Module) -> int:
 
 
 def cache_kwarg(model: nn.Module) -> str:
-    """The forward argument that takes a KV cache: `cache` in transformers 5, else the old name."""
-    params = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            return name
-    raise ExportError(f"{type(model).__name__}.forward takes no `cache` (or `past_key_values`) argument: "
-                      "no decoder with past can be exported")
-
-
-def output_cache(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
+    """The forward argument that takes a KV cache (models.adapter.cache_kwarg), or ExportError."""
+    name = adapter_cache_kwarg(model)
+    if name is None:
+        raise ExportError(f"{type(model).__name__}.forward takes no `cache` (or `past_key_values`) argument: "
+                          "no decoder with past can be exported")
+    return name
 
 
 def _cache_tensors(cache, num_layers: int, model_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -9,8 +9,11 @@ vocabularies of real models, `compile_config()` compiles one and reports what a 
 about: that it compiles, spills nothing (LOCAL 0), fits the 227 KB of shared memory an H100/H200
 block may use, runs bf16/fp16 heads on tensor cores (wgmma in the PTX), and widens the row strides
 to 64 bits before they multiply a position or vocabulary index (positions x hidden and vocabulary x
-hidden pass 2^31 at real sizes). tests/test_hopper_compile.py checks them all; bench/compile_table.py
-writes the table.
+hidden pass 2^31 at real sizes), and pipelines the heads' loads over the shared-memory buffers
+num_stages asks for. The heads compile as a launch on a card specialises them (`jit_specialization`:
+Triton's own rule, unit strides constant, aligned pointers and sizes divisible by 16); compiled
+without it their loads were neither vectorised nor pipelined. tests/test_hopper_compile.py checks
+them all; bench/compile_table.py writes the table.
 """
 
 from __future__ import annotations
@@ -40,11 +43,15 @@ class Config:
     options: dict
     wide_strides: tuple[str, ...]  # stride arguments that must be widened to int64
     tensor_cores: bool  # whether the PTX must use tensor-core instructions
+    # arguments the JIT marks divisible by 16 at launch (`jit_specialization`): pointers from the
+    # allocator, hidden sizes and row strides; without them the loads are not vectorised or pipelined
+    divisible: tuple[str, ...] = ()
     key: tuple = field(init=False)
 
     def __post_init__(self):
+        self.divisible = tuple(self.divisible)
         self.key = (self.kernel, tuple(sorted(self.signature.items())), tuple(sorted(self.constexprs.items())),
-                    tuple(sorted(self.options.items())))
+                    tuple(sorted(self.options.items())), tuple(sorted(self.divisible)))
 
 
 def _kernel(kernel: str):
@@ -75,6 +82,41 @@ def _signature(kernel: str, pointers: dict, constexprs: dict, floats: tuple = ()
     return sig
 
 
+def jit_specialization(values: dict) -> tuple[dict, dict, tuple[str, ...]]:
+    """What Triton's JIT makes of these launch arguments (its own `native_specialize_impl`, as at a
+    launch on a card): (signature entries, constexprs: integers equal to 1, names marked divisible
+    by 16). Arguments the kernel does not specialise on (do_not_specialize) are left out of `values`."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    sig, const, divisible = {}, {}, []
+    for name, value in values.items():
+        kind, attr = native_specialize_impl(BaseBackend, value, False, True, True)
+        sig[name] = kind
+        if kind == "constexpr":
+            const[name] = attr
+        elif attr == "D":
+            divisible.append(name)
+    return sig, const, tuple(divisible)
+
+
+def _head_launch(kernel: str, dtype: torch.dtype, positions: int, hidden: int, splits: int) -> dict:
+    """Representative launch values of a head kernel, as its wrapper passes them for contiguous
+    inputs (fresh allocations, so 16-byte aligned): unit inner strides, row strides = hidden size,
+    the partials' planes at their real offsets. P, V and V_SPLIT are not specialised on; the vector
+    strides (targets, bias, index) stay runtime values, as the 64-bit check reads them."""
+    t = lambda dt=dtype: torch.empty(16, dtype=dt)  # an aligned pointer of that type
+    if kernel == "scoring_head":
+        part = torch.empty((3, splits, positions), dtype=torch.float32)
+        return {"hidden_ptr": t(), "weight_ptr": t(), "targets_ptr": t(torch.int64), "bias_ptr": t(),
+                "max_ptr": part[0], "sum_ptr": part[1], "tgt_ptr": part[2], "D": hidden,
+                "stride_hp": hidden, "stride_hd": 1, "stride_wv": hidden, "stride_wd": 1}
+    return {"hidden_ptr": t(), "dense_ptr": t(), "weight_ptr": t(), "targets_ptr": t(torch.int64), "bias_ptr": t(),
+            "index_ptr": t(torch.int64), "part_ptr": t(torch.float32), "D": hidden,
+            "stride_hp": hidden, "stride_hd": 1, "stride_dp": hidden, "stride_dd": 1, "stride_wv": hidden,
+            "stride_wd": 1}
+
+
 def head_configs() -> list[Config]:
     from .scoring_head_triton import head_settings
 
@@ -88,10 +130,12 @@ def head_configs() -> list[Config]:
                         cfg = head_settings(positions, hidden, vocab, dtype, dtype, interpreted=False, programs=528)
                         const = {"HAS_BIAS": bias, "HAS_SOFTCAP": softcap,
                                  **{k: cfg[k] for k in ("NATIVE_DOT", "BLOCK_P", "BLOCK_V", "BLOCK_D")}}
-                        ptrs = {"hidden_ptr": f"*{t}", "weight_ptr": f"*{t}", "bias_ptr": f"*{t}",
-                                "targets_ptr": "*i64", "max_ptr": "*fp32", "sum_ptr": "*fp32", "tgt_ptr": "*fp32"}
+                        ptrs, ones, divisible = jit_specialization(
+                            _head_launch("scoring_head", dtype, positions, hidden, cfg["splits"]))
+                        const.update(ones)
                         out.append(Config("scoring_head", label, _signature("scoring_head", ptrs, const, ("softcap",)),
-                                          const, cfg["launch"], ("stride_hp", "stride_wv"), cfg["NATIVE_DOT"]))
+                                          const, cfg["launch"], ("stride_hp", "stride_wv"), cfg["NATIVE_DOT"],
+                                          divisible))
                         # the engine calls the KL kernel only with a softcap, without an index; the
                         # indexed variant is the op's public API
                         cfg = head_settings(positions, hidden, vocab, dtype, dtype, interpreted=False, programs=528,
@@ -99,12 +143,12 @@ def head_configs() -> list[Config]:
                         for index in ((False, True) if softcap else (False,)):
                             kconst = {"HAS_BIAS": bias, "HAS_SOFTCAP": softcap, "HAS_INDEX": index,
                                       **{k: cfg[k] for k in ("NATIVE_DOT", "BLOCK_P", "BLOCK_V", "BLOCK_D")}}
-                            kptrs = {"hidden_ptr": f"*{t}", "dense_ptr": f"*{t}", "weight_ptr": f"*{t}",
-                                     "bias_ptr": f"*{t}", "targets_ptr": "*i64", "index_ptr": "*i64",
-                                     "part_ptr": "*fp32"}
+                            kptrs, ones, divisible = jit_specialization(
+                                _head_launch("kl_head", dtype, positions, hidden, cfg["splits"]))
+                            kconst.update(ones)
                             out.append(Config("kl_head", label, _signature("kl_head", kptrs, kconst, ("softcap",)),
                                               kconst, cfg["launch"], ("stride_hp", "stride_dp", "stride_wv"),
-                                              cfg["NATIVE_DOT"]))
+                                              cfg["NATIVE_DOT"], divisible))
     return out
 
 
@@ -164,22 +208,29 @@ def compile_config(cfg: Config) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = triton.compile(ASTSource(_jit(cfg.kernel), cfg.signature, cfg.constexprs), target=GPUTarget(*HOPPER),
+    fn = _jit(cfg.kernel)
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in cfg.divisible}
+    kernel = triton.compile(ASTSource(fn, cfg.signature, cfg.constexprs, attrs), target=GPUTarget(*HOPPER),
                             options=cfg.options)
     usage = resource_usage(kernel.asm["cubin"])
     ttir, ptx = kernel.asm["ttir"], kernel.asm["ptx"]
+    # the software pipeline's shared-memory ring: buffers per operand (the leading dimension of the
+    # loop's multi-buffered allocations; 0 when the loads are not pipelined)
+    rings = [int(n) for n in re.findall(r"!ttg\.memdesc<(\d+)x\d+x\d+x[a-z0-9]+, [^>]*mutable>", kernel.asm["ttgir"])]
     widened = [s for s in cfg.wide_strides if re.search(rf"arith\.extsi %{s} : i32 to i64", ttir)]
     mma = sorted(set(re.findall(r"\b(wgmma\.mma_async|mma\.sync)\b", ptx)))
     return {"kernel": cfg.kernel, "config": cfg.label,
             "constexprs": {k: v for k, v in cfg.constexprs.items()}, "options": cfg.options,
             "registers": usage.get("reg"), "stack": usage.get("stack"), "local": usage.get("local"),
             "shared": usage.get("shared", 0) + int(kernel.metadata.shared), "tensor_core": mma,
+            "buffers": max(rings, default=0), "async_copy": "cp.async" in ptx,
             "needs_tensor_core": cfg.tensor_cores, "wide_strides": widened, "needs_wide": list(cfg.wide_strides)}
 
 
 def _row(cfg: Config) -> dict:
     return {"kernel": cfg.kernel, "label": cfg.label, "signature": cfg.signature, "constexprs": cfg.constexprs,
-            "options": cfg.options, "wide_strides": list(cfg.wide_strides), "tensor_cores": cfg.tensor_cores}
+            "options": cfg.options, "wide_strides": list(cfg.wide_strides), "tensor_cores": cfg.tensor_cores,
+            "divisible": list(cfg.divisible)}
 
 
 def compile_all(configs: list[Config] | None = None, timeout: float = 600) -> list[dict]:
@@ -204,7 +255,7 @@ def _main() -> None:
 
     rows = json.loads(sys.stdin.read())
     configs = [Config(r["kernel"], r["label"], r["signature"], r["constexprs"], r["options"], tuple(r["wide_strides"]),
-                      r["tensor_cores"]) for r in rows]
+                      r["tensor_cores"], tuple(r.get("divisible", ()))) for r in rows]
     print(json.dumps([compile_config(c) for c in configs]))
 
 
@@ -217,6 +268,13 @@ def problems(row: dict) -> list[str]:
         out.append(f"shared memory {row['shared']} B > {SHARED_LIMIT} B")
     if row["needs_tensor_core"] and not row["tensor_core"]:
         out.append("no tensor-core instruction (wgmma/mma) in the PTX")
+    stages = row.get("options", {}).get("num_stages", 0)
+    if stages >= 2 and "buffers" in row:
+        # wgmma reads both operands from shared memory: one buffer per stage; mma.sync and FMA dots
+        # hold the current stage in registers: one fewer
+        wanted = stages if "wgmma.mma_async" in row["tensor_core"] else stages - 1
+        if row["buffers"] < wanted:
+            out.append(f"loads pipelined over {row['buffers']} shared buffers, num_stages={stages} asks {wanted}")
     missing = sorted(set(row["needs_wide"]) - set(row["wide_strides"]))
     if missing:
         out.append(f"32-bit offsets: {', '.join(missing)} multiplied in int32")

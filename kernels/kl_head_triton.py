@@ -59,9 +59,10 @@ def _kl_head_kernel(
     sum_a = tl.zeros((BLOCK_P,), tl.float32)
     cross = tl.zeros((BLOCK_P,), tl.float32)
 
+    cols = tl.arange(0, BLOCK_V)  # a tile's columns, int32: compile-time per thread
     for v0 in range(v_start, v_stop, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-        mask_v = offs_v < v_stop
+        offs_v = v0 + cols.to(tl.int64)
+        mask_v = cols < (v_stop - v0).to(tl.int32)
         acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         acc_a = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         for d0 in range(0, D, BLOCK_D):
@@ -98,8 +99,9 @@ def _kl_head_kernel(
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         run_max = new_max
-        hit = offs_v[None, :] == targets[:, None]
-        tgt_logit += tl.sum(tl.where(hit, logits, 0.0), axis=1)
+        # the target's column in this tile, int32 (-1 when outside): no int64 tile
+        local = tl.where((targets >= v0) & (targets < v0 + BLOCK_V), targets - v0, -1).to(tl.int32)
+        tgt_logit += tl.sum(tl.where(cols[None, :] == local[:, None], logits, 0.0), axis=1)
 
         new_max_a = tl.maximum(max_a, tl.max(dense, axis=1))
         scale = tl.exp(max_a - new_max_a)  # 0 on the first tile (max_a = -inf)

@@ -5,7 +5,11 @@ Same signature and outputs as `scoring_head_reference` (the ground truth). Progr
 BLOCK_P positions and the s-th of SPLITS equal slices of the vocabulary, which it walks BLOCK_V rows
 at a time, accumulating logits over D in BLOCK_D steps in fp32; only one [BLOCK_P, BLOCK_V] tile of
 logits ever exists. Each slice leaves a partial (max, sum of exp, target logit) that a small combine
-merges. The split fills the chip: 4096 positions are 64 programs, and an H100/H200 has 132 SMs.
+merges. The split fills the chip: 4096 positions are 32 programs of 128 positions (bf16/fp16), and
+an H100/H200 has 132 SMs. Every program reads its vocabulary slice of the weight once for its
+BLOCK_P positions, so one call reads the weight cdiv(P, BLOCK_P) times (32 for 4096 positions on
+tensor cores; it was 64 with 64-position tiles); the hidden rows, re-read once per BLOCK_V
+vocabulary rows, stay in L2.
 Offsets are 64-bit (positions x hidden and vocabulary x hidden pass 2^31 at real sizes); the
 position and vocabulary counts are not specialised on, so a new batch size never recompiles.
 Runs on CUDA, or on CPU under TRITON_INTERPRET=1 (set before this module is imported).
@@ -52,9 +56,10 @@ def _scoring_head_kernel(
     run_sum = tl.zeros((BLOCK_P,), tl.float32)
     tgt_logit = tl.zeros((BLOCK_P,), tl.float32)
 
+    cols = tl.arange(0, BLOCK_V)  # a tile's columns, int32: compile-time per thread
     for v0 in range(v_start, v_stop, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-        mask_v = offs_v < v_stop
+        offs_v = v0 + cols.to(tl.int64)
+        mask_v = cols < (v_stop - v0).to(tl.int32)
         acc = tl.zeros((BLOCK_P, BLOCK_V), tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -83,8 +88,9 @@ def _scoring_head_kernel(
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         run_max = new_max
-        hit = offs_v[None, :] == targets[:, None]
-        tgt_logit += tl.sum(tl.where(hit, logits, 0.0), axis=1)
+        # the target's column in this tile, int32 (-1 or >= BLOCK_V when outside): no int64 tile
+        local = tl.where((targets >= v0) & (targets < v0 + BLOCK_V), targets - v0, -1).to(tl.int32)
+        tgt_logit += tl.sum(tl.where(cols[None, :] == local[:, None], logits, 0.0), axis=1)
 
     out = split.to(tl.int64) * P + offs_p  # partials are [SPLITS, P]
     tl.store(max_ptr + out, run_max, mask=mask_p)
@@ -110,20 +116,27 @@ def programs_wanted(device: torch.device) -> int:
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
+POSITION_TILE = 128  # positions per program on tensor cores: the weight is read once per 128 positions
+
+
 def head_settings(num_pos: int, dim: int, vocab: int, dtype: torch.dtype, weight_dtype: torch.dtype,
                   interpreted: bool, programs: int, two_tiles: bool = False) -> dict:
     """Tile, warp and split settings of the head kernels (`two_tiles`: the KL kernel, which holds a
     dense and a candidate logit tile). tl.dot needs every tile dimension >= 16. Compiled, the tiles
-    are the largest that compile for sm_90 without spilling registers (kernels/hopper.py checks
-    every one): bf16/fp16 on tensor cores 64 x 128 x 64 (KL 64 x 64 x 32), three stages; exact
-    fp32 (FMA, no tensor cores) 64 x 64 x 16, two stages. Interpreted: small tiles keep tests fast."""
+    are the largest that compile for sm_90 without spilling registers, with the loads software-
+    pipelined over num_stages shared-memory buffers (kernels/hopper.py compiles every one as the
+    JIT specialises a launch: unit inner strides, 16-byte aligned pointers and hidden sizes):
+    bf16/fp16 on tensor cores 128 x 128 x 64 (KL 128 x 64 x 32) on 16 warps, three stages (under
+    128 positions, 16-64 x 128 x 64 on 8 warps); exact fp32 (FMA, no tensor cores, compute-bound,
+    so its weight reads matter less) 64 x 64 x 16, two stages. Interpreted: small tiles keep tests fast."""
     native = not interpreted and dtype in (torch.float16, torch.bfloat16) and dtype == weight_dtype
-    block_p = _block(num_pos, 16, 64)
+    block_p = _block(num_pos, 16, POSITION_TILE if native else 64)
     if interpreted:
         block_v, block_d, launch = 64, _block(dim, 16, 64), {}
     elif native:
         block_v, block_d = (64, 32) if two_tiles else (128, 64)
-        launch = {"num_warps": 8, "num_stages": 3}
+        # a 128-position tile on 16 warps: 4 warpgroups of wgmma, <= 128 registers per thread
+        launch = {"num_warps": 16 if block_p >= POSITION_TILE else 8, "num_stages": 3}
     else:
         block_v, block_d, launch = 64, 16, {"num_warps": 8, "num_stages": 2}
     splits = vocab_splits(triton.cdiv(num_pos, block_p), vocab, block_v, programs)

@@ -1,7 +1,10 @@
-"""The Triton scoring head against the pure-torch reference (CPU: via TRITON_INTERPRET=1, set in
-conftest before any kernel module is imported; on a CUDA machine the compiled kernel)."""
+"""The Triton scoring head against the pure-torch reference. Tests marked TRITON run the kernel and
+carry the backend in their id: [interpreter] (TRITON_INTERPRET=1, set in conftest before any kernel
+module is imported; CPU) or [compiled] (a CUDA machine); the backend this process lacks is skipped
+with its reason (see conftest)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,10 +15,24 @@ import triton  # noqa: E402,F401 - `make test` installs it; a missing Triton mus
 from blockprune import kernels  # noqa: E402
 from blockprune.engine import Engine, Request  # noqa: E402
 from blockprune.kernels.scoring_head_triton import scoring_head_triton  # noqa: E402
-from conftest import tiny_model  # noqa: E402
+from conftest import TRITON, tiny_model  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@TRITON
+def test_the_backend_in_the_test_id_is_what_runs(triton_backend):
+    """[compiled] only where the kernels really compile (a CUDA device, no TRITON_INTERPRET) and
+    run on CUDA tensors; [interpreter] only where they are the interpreter's Python."""
+    from blockprune.kernels.scoring_head_triton import _scoring_head_kernel
+
+    interpreted = not isinstance(_scoring_head_kernel, triton.runtime.jit.JITFunction)
+    assert interpreted == (os.environ.get("TRITON_INTERPRET") == "1")
+    if triton_backend == "compiled":
+        assert not interpreted and torch.cuda.is_available() and DEVICE == "cuda"
+    else:
+        assert triton_backend == "interpreter" and interpreted
 
 
 def make_inputs(num_pos, dim, vocab, dtype, with_bias=False, seed=0):
@@ -59,12 +76,14 @@ def check(hidden, weight, targets, bias=None, softcap=None):
     return got
 
 
+@TRITON
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("num_pos,dim,vocab", [(1, 24, 97), (5, 40, 130), (17, 24, 130), (17, 40, 97)])
 def test_matches_reference(dtype, num_pos, dim, vocab):
     check(*make_inputs(num_pos, dim, vocab, dtype)[:3])
 
 
+@TRITON
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_bias_and_softcap(dtype):
     hidden, weight, targets, bias = make_inputs(17, 40, 130, dtype, with_bias=True, seed=1)
@@ -73,21 +92,25 @@ def test_bias_and_softcap(dtype):
     check(hidden, weight, targets, bias=bias, softcap=30.0)
 
 
+@TRITON
 def test_bfloat16():
     check(*make_inputs(5, 24, 97, torch.bfloat16, seed=2)[:3])
 
 
+@TRITON
 def test_argmax_flags():
     hidden, weight, targets, _ = make_inputs(6, 24, 97, torch.float32, seed=3)
     _, _, is_max = scoring_head_triton(hidden, weight, targets)
     assert is_max[::2].all()  # even rows target their argmax by construction
 
 
+@TRITON
 def test_non_contiguous():
     hidden, weight, targets, _ = make_inputs(5, 40, 97, torch.float32, seed=4)
     check(hidden.T.contiguous().T, weight.T.contiguous().T, targets)
 
 
+@TRITON
 def test_zero_positions():
     weight = torch.randn(97, 24, device=DEVICE)
     lse, tgt, is_max = scoring_head_triton(torch.zeros(0, 24, device=DEVICE), weight,
@@ -96,6 +119,7 @@ def test_zero_positions():
     assert (lse.dtype, tgt.dtype, is_max.dtype) == (torch.float32, torch.float32, torch.bool)
 
 
+@TRITON
 def test_dispatch(monkeypatch):
     hidden, weight, targets, _ = make_inputs(5, 24, 97, torch.float32, seed=5)
     calls = []
@@ -119,6 +143,7 @@ def test_dispatch(monkeypatch):
         kernels.scoring_head(hidden, weight, targets)
 
 
+@TRITON
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gemma3: final-logit softcap
 def test_engine_triton_matches_torch(monkeypatch, arch):
     bm = tiny_model(arch, layers=2)
@@ -134,6 +159,7 @@ def test_engine_triton_matches_torch(monkeypatch, arch):
     np.testing.assert_array_equal(out.greedy, ref.greedy)
 
 
+@TRITON
 @pytest.mark.parametrize("vocab", [97, 130, 200, 333])
 @pytest.mark.parametrize("programs", [3, 10**6])
 def test_vocabulary_splits_match_reference(vocab, programs):
@@ -164,8 +190,8 @@ def test_combine_splits_hand_checked():
 def test_programs_fill_the_device():
     from blockprune.kernels.scoring_head_triton import head_settings
 
-    # 4096 positions at BLOCK_P 64 are 64 programs; 528 wanted (4 per SM on 132 SMs): 9 slices
+    # 4096 positions at BLOCK_P 128 are 32 programs; 528 wanted (4 per SM on 132 SMs): 17 slices
     cfg = head_settings(4096, 4096, 128256, torch.bfloat16, torch.bfloat16, False, 528)
-    assert cfg["NATIVE_DOT"] and cfg["BLOCK_P"] == 64 and cfg["splits"] == 9
-    assert 64 * cfg["splits"] >= 528 and cfg["v_split"] % cfg["BLOCK_V"] == 0
+    assert cfg["NATIVE_DOT"] and cfg["BLOCK_P"] == 128 and cfg["splits"] == 17
+    assert 32 * cfg["splits"] >= 528 and cfg["v_split"] % cfg["BLOCK_V"] == 0
     assert head_settings(4096, 4096, 128256, torch.float32, torch.float32, False, 528)["NATIVE_DOT"] is False

@@ -4,29 +4,44 @@ Every block runs only on the rows whose candidate keeps it, with a KV cache held
 rows (`BlockCache`); a row that stops (EOS, a stop string the caller checks, its token limit)
 leaves the batch. Work is shared the way the scoring engine's trie shares it: at block l, rows
 whose inputs are identical -- the same prompt, the same tokens generated so far, the same kept
-(and healed) blocks up to l -- are one row. The block runs once for them and its output and its
-keys and values are copied to every row of the group. In the prefill that is the trie of kept
-prefixes; in decoding it keeps sharing for as long as candidates agree on the tokens (most do, for
-the first tokens of most prompts).
+(and healed) blocks up to l -- are one group. The block runs once for a group and its output is
+copied to every row of the group; its keys and values are kept once per group (a cache slot). In
+the prefill that is the trie of kept prefixes; in decoding it keeps sharing for as long as
+candidates agree on the tokens (most do, for the first tokens of most prompts). A group whose rows
+then disagree splits: its history is copied to the new groups' slots once, at that step; otherwise
+the cache is written in place and read as views, never gathered.
 
 Each step's per-block arguments (attention masks per layer type, rotary embeddings, positions) come
 from the model's own forward, recorded as `BlockModel.prelude` records them, with left-padded
 prompts, a 2D padding mask and a cache object that only reports the length already cached; so
-sliding windows, Gemma's local/global rotary embeddings and the like are the model's own. The
-blocks are the model's modules called with a cache of ours (`BlockCache.update`), as the HF
-attention calls a `Cache`. Greedy and deterministic: in fp32 each candidate's tokens are those of
+sliding windows, Gemma's local/global rotary embeddings and the like are the model's own. In
+decoding one forward of the next SPAN tokens (dummy ids: masks and rotary embeddings do not depend
+on them) is recorded, checked against the model's own arguments at the span's first and last step,
+and each step takes its slice (`_Prelude`): a step's input is then the model's input embedding of
+its tokens. Where the check fails (a family whose input is not its embedding alone, a mask that
+the model drops for some lengths only, a rotary embedding that depends on the length) every step
+records its own forward, as before. The blocks are the model's modules called with a cache of ours
+(`BlockCache.update`), as the HF attention calls a `Cache`.
+
+Per step the host plans every block's groups (numpy) and sends what the device needs -- gather and
+scatter indices of groups that are not one row each, new slots of split groups, positions -- in
+one copy (`_Upload`: pinned and non_blocking on CUDA); the next tokens stay on the device, the only
+download is their ids. Greedy and deterministic: in fp32 each candidate's tokens are those of
 `generate()` on the physically pruned (and healed) model, which tests/test_decode.py checks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..models.adapter import BlockModel, select_rows
+from .steps import _identical, _Prelude, _rope_model, _with_cache, step_arguments
+
+CHECK_EVERY_STEP = False  # tests: also record every sliced step and require the model's own arguments
 
 
 @dataclass
@@ -35,20 +50,22 @@ class Generated:
     block_rows: int = 0  # block evaluations run (one per row group per block per step)
     naive_block_rows: int = 0  # what one row per (candidate, prompt) would have run
     steps: int = 0
+    preludes: int = 0  # forwards of the model recorded for block arguments (the rest were sliced)
 
 
 class BlockCache:
-    """Keys and values of one block for its rows: [rows, kv_heads, capacity, head_dim].
+    """Keys and values of one block for its row groups: [slots, kv_heads, capacity, head_dim].
 
-    Before each call the decoder sets `write` (the cache rows of every row of the call's groups)
-    and `inverse` (each of them -> its group) and `read` (one cache row per group); `update`
-    writes the groups' new keys and values to all their rows and returns the groups' histories."""
+    Before each call the decoder sets `groups` (the call's groups are slots 0..groups-1, in the
+    order of the call's rows) and `length` (tokens already cached). `update` writes the groups' new
+    keys and values in place and returns views of their histories; `copy_slots` gives a split
+    group's new slots the history of its parent (once, at the step it splits)."""
 
     def __init__(self, rows: int, capacity: int):
-        self.rows, self.capacity = rows, capacity
+        self.rows, self.capacity = rows, capacity  # rows: the most groups there can be
         self.k = self.v = None
         self.length = 0
-        self.write = self.inverse = self.read = None
+        self.groups = 0
 
     def update(self, key, value, layer_idx=None, kwargs=None, cache_kwargs=None):
         n, heads, q, dim = key.shape
@@ -56,14 +73,14 @@ class BlockCache:
             self.k = key.new_zeros((self.rows, heads, self.capacity, dim))
             self.v = value.new_zeros((self.rows, heads, self.capacity, dim))
         end = self.length + q
-        self.k[self.write, :, self.length : end] = key[self.inverse]
-        self.v[self.write, :, self.length : end] = value[self.inverse]
-        return self.k[self.read, :, :end], self.v[self.read, :, :end]
+        self.k[:n, :, self.length : end] = key
+        self.v[:n, :, self.length : end] = value
+        return self.k[:n, :, :end], self.v[:n, :, :end]
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
-        self.rows = len(rows)
+    def copy_slots(self, dst: torch.Tensor, src: torch.Tensor, length: int) -> None:
+        if self.k is not None and length and len(dst):
+            self.k[dst, :, :length] = self.k[src, :, :length]
+            self.v[dst, :, :length] = self.v[src, :, :length]
 
     # what HF code may ask of a cache besides update
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -72,59 +89,68 @@ class BlockCache:
     is_compileable = False
 
 
-class _LengthCache:
-    """Reports `length` cached tokens on every layer, holding none (for the model's mask code)."""
-
-    def __init__(self, num_layers: int, length: int):
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
-        if length:
-            z = torch.zeros(1, 1, length, 1)
-            for i in range(num_layers):
-                self.cache.update(z, z, i)
-
-
-def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None,
-                   past: int, media=None) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
-    """(block 0's input, each block's (args, kwargs)) of one forward of `ids` [R, q] after `past`
-    cached tokens, recorded from the model's own forward (the blocks themselves do not run).
-    `media`: the rows' images (an image-text model's left-padded prompts, `past` 0)."""
-    cache = _LengthCache(bm.num_blocks, past).cache
-    extra = {}
-    if media is not None:
-        from ..models.vision import forward_inputs
-
-        extra = forward_inputs(bm.processor, media, ids.shape[1], "left", bm.device, bm.dtype)
-    records = bm.record_blocks(lambda: bm.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                                                cache=cache, use_cache=True, **extra))
-    args0, kwargs0 = records[0]
-    hidden = args0[0] if args0 else kwargs0["hidden_states"]
-    out = []
-    for args, kwargs in records:  # the length cache, passed by keyword or position: ours goes there
-        kwargs = {k: (CACHE if v is cache else v) for k, v in kwargs.items() if k not in ("hidden_states", "use_cache")}
-        out.append((tuple(CACHE if a is cache else a for a in args[1:]), kwargs))
-    return hidden, out
-
-
-CACHE = object()  # where a block's recorded arguments held the cache
-
-
-def _with_cache(args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
-    return (tuple(cache if a is CACHE else a for a in args),
-            {k: (cache if v is CACHE else v) for k, v in kwargs.items()})
-
-
-def _rope_model(bm: BlockModel):
-    """The inner model of a family with 3-D rotary positions (Qwen2-VL's `get_rope_index`, which
-    keeps each prompt's `rope_deltas` from the prefill), else None."""
-    inner = getattr(bm.model, "model", None)
-    return inner if hasattr(inner, "get_rope_index") and hasattr(inner, "rope_deltas") else None
-
-
 def _ids(keys: np.ndarray) -> np.ndarray:
     """Dense integer ids of the rows of a 2D key array (equal rows, equal ids)."""
     return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _regroup(old: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Rows that held slots `old` regroup by `key` (the same old slot and key: one group) ->
+    (each row's slot, slots in use, copy destinations, copy sources). A group keeps its parent's
+    slot when it is the parent's first group and the slot is below the new count; the others (a
+    split's further groups, groups above the count when groups ended) take the free slots below it,
+    with their parent's history copied there. Free slots are never parents: no copy reads one."""
+    gid = _ids(np.stack([old, key], axis=1))
+    count = int(gid.max()) + 1
+    parent = np.empty(count, dtype=np.int64)
+    parent[gid] = old
+    firsts = np.unique(parent, return_index=True)[1]  # groups are sorted by parent
+    slot = np.full(count, -1, dtype=np.int64)
+    stay = firsts[parent[firsts] < count]
+    slot[stay] = parent[stay]
+    free = np.setdiff1d(np.arange(count), slot[stay], assume_unique=True)
+    moved = np.flatnonzero(slot < 0)
+    slot[moved] = free
+    return slot[gid], count, free, parent[moved]
+
+
+class _Upload:
+    """A step's host index arrays, sent to the device in one copy (from a reused pinned buffer,
+    non_blocking, on CUDA; on the CPU the arrays are used in place)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.parts: list[np.ndarray] = []
+        self.pinned = self.done = None
+
+    def add(self, array) -> int:
+        self.parts.append(np.ascontiguousarray(array, dtype=np.int64))
+        return len(self.parts) - 1
+
+    def send(self) -> list[torch.Tensor]:
+        parts, self.parts = self.parts, []
+        if not parts:
+            return []
+        flat = torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts]))
+        if self.device.type != "cpu":
+            if torch.cuda.is_available() and self.device.type == "cuda":
+                if self.pinned is None or self.pinned.numel() < flat.numel():
+                    self.pinned = torch.empty(max(flat.numel(), 2 * (0 if self.pinned is None else self.pinned.numel())),
+                                              dtype=torch.int64, pin_memory=True)
+                elif self.done is not None:
+                    self.done.synchronize()  # the previous copy out of the pinned buffer has finished
+                staged = self.pinned[: flat.numel()]
+                staged.copy_(flat)
+                flat = staged.to(self.device, non_blocking=True)
+                self.done = torch.cuda.Event()
+                self.done.record()
+            else:
+                flat = flat.to(self.device)
+        out, at = [], 0
+        for p in parts:
+            out.append(flat[at : at + p.size].view(p.shape))
+            at += p.size
+        return out
 
 
 @torch.inference_mode()
@@ -167,49 +193,114 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
         n = len(prompts[p])
         ids[r, width - n :] = prompts[p]
         mask2d[r, width - n : width] = 1
-    lengths = np.array([len(prompts[p]) for p in prm])
     # prefix ids per block: rows with equal codes[:l+1] (and the same history) share block l
     prefix = np.stack([_ids(codes[:, : l + 1]) for l in range(num_blocks)], axis=1)  # [C, L]
     history = prm.copy()  # rows with the same prompt and the same tokens so far: one history id
     caches: dict[tuple[int, int], BlockCache] = {}
-    slots: dict[tuple[int, int], np.ndarray] = {}  # (block, code) -> rows (of the live batch) it holds, in order
+    held: dict[tuple[int, int], np.ndarray] = {}  # (block, code) -> rows (of the live batch) it holds, in order
+    slot_of: dict[tuple[int, int], np.ndarray] = {}  # (block, code) -> each held row's cache slot (its group's)
     for layer in range(num_blocks):
         for code in np.unique(codes[:, layer]):
             if code < 0:
                 continue
             rows = np.flatnonzero(codes[cand, layer] == code)
             caches[(layer, int(code))] = BlockCache(len(rows), capacity)
-            slots[(layer, int(code))] = rows
+            held[(layer, int(code))] = rows
     live = np.arange(len(cand))  # rows still generating (indices into cand/prm)
     step, past = 0, 0
-    tokens_t = torch.from_numpy(ids).to(device)
     slot = np.searchsorted(np.asarray(sorted(chunk)), prm)  # row -> its prompt's place in the prefill's batch
     rope = _rope_model(bm)
     deltas = None
+    upload = _Upload(device)
+    prelude = _Prelude(bm, enabled=rope is None and media is None)
+    next_tokens = kept = None  # the last step's argmax ids (device); rows of it still live (host)
     while len(live):
-        q = tokens_t.shape[1]
-        positions = np.maximum(mask2d[live, : past + q].cumsum(-1) - 1, 0)[:, past:]
+        q = width if past == 0 else 1
+        # -- host: every (block, code)'s groups for this step, and what the device needs of them
+        plans = {}
+        for key, cache in caches.items():
+            h = held[key]
+            if not len(h):
+                continue
+            if past == 0:
+                slots = _ids(np.stack([history[live[h]], prefix[cand[live[h]], key[0]]], axis=1))
+                count, dst, src = int(slots.max()) + 1, (), ()
+            else:
+                slots, count, dst, src = _regroup(slot_of[key], history[live[h]])
+            slot_of[key] = slots
+            one_each = count == len(h) and bool((slots == np.arange(count)).all())
+            if one_each and len(h) == len(live):  # every live row, each its own group, in order: no indexing
+                plans[key] = (count, None, None, None, None)
+                continue
+            rep = np.empty(count, dtype=np.int64)
+            rep[slots] = h  # any row of a group: their inputs are the same
+            plans[key] = (count, upload.add(rep), upload.add(h), None if one_each else upload.add(slots),
+                          (upload.add(dst), upload.add(src)) if len(dst) else None)
+        keep_at = upload.add(kept) if kept is not None else None
+        positions = None
+        span = 0
         if past == 0:  # the prefill: one row per prompt (its image through the vision tower once), then
             first = np.unique(slot, return_index=True)[1]  # every candidate's row takes its prompt's arguments
-            rows_p = torch.from_numpy(first).to(device)
-            pos_p = torch.from_numpy(positions[first]).to(device)
+            positions = np.maximum(mask2d[first, :q].cumsum(-1) - 1, 0)
+            pre = [upload.add(a) for a in (ids[first], positions, mask2d[first, :q], slot[live])]
+        elif not prelude.sliced(step):
+            span = prelude.span_for(step, gen_max - step, len(live), past)
+            m = mask2d[live, : past + span].copy()
+            m[:, past:] = 1  # rows that keep generating fill the span's columns
+            positions = np.maximum(m.cumsum(-1) - 1, 0)[:, past:]
+            pos = positions[:, :1]
+            if deltas is not None:  # 3-D rotary positions: text after the prompt, shifted by its image's delta
+                pos = pos + deltas[slot[live]][:, None]
+            pre = [upload.add(a) for a in (pos, mask2d[live, : past + 1])]
+            if span > 1:
+                pre += [upload.add(a) for a in (positions[:, -1:], m, positions)]
+        views = upload.send()
+        # -- device
+        if kept is not None:
+            keep_t = views[keep_at]
+            next_tokens = next_tokens.index_select(0, keep_t)
+            if prelude.sliced(step):
+                prelude.keep(keep_t, len(live))
+            kept = None
+        for key, (count, _, _, _, copies) in plans.items():
+            cache = caches[key]
+            cache.groups, cache.length = count, past
+            if copies is not None:
+                cache.copy_slots(views[copies[0]], views[copies[1]], past)
+        if past == 0:
+            tokens_p, pos_p, mask_p, expand = (views[i] for i in pre)
             images = [media[p] for p in sorted(chunk)] if media is not None else None
             if rope is not None:
                 rope.rope_deltas = None  # the model's own 3-D positions from its image grids, not a stale state
-            hidden, block_args = step_arguments(bm, tokens_t.index_select(0, rows_p),
-                                                torch.from_numpy(mask2d[first, :q]).to(device),
+            hidden, block_args = step_arguments(bm, tokens_p, mask_p,
                                                 None if (rope is not None and images is not None) else pos_p, 0, images)
+            out.preludes += 1
             if rope is not None and rope.rope_deltas is not None:
                 deltas = rope.rope_deltas.reshape(-1).cpu().numpy()
-            expand = torch.from_numpy(slot[live]).to(device)
             hidden = hidden.index_select(0, expand)
-            block_args = [(select_rows(a, len(first), expand), select_rows(k, len(first), expand)) for a, k in block_args]
+            block_args = [(select_rows(a, len(first), expand), select_rows(k, len(first), expand))
+                          for a, k in block_args]
         else:
-            pos = torch.from_numpy(positions).to(device)
-            if deltas is not None:  # 3-D rotary positions: text after the prompt, shifted by its image's delta
-                pos = (pos + torch.from_numpy(deltas[slot[live]]).to(device)[:, None])[None].expand(3, -1, -1)
-            attn = torch.from_numpy(mask2d[live, : past + q]).to(device)
-            hidden, block_args = step_arguments(bm, tokens_t, attn, pos, past)
+            tokens_t = next_tokens[:, None]
+            if prelude.sliced(step):
+                hidden, block_args = prelude.at(step, tokens_t, past)
+                if CHECK_EVERY_STEP:
+                    pos_t = torch.from_numpy(np.maximum(mask2d[live, : past + 1].cumsum(-1) - 1, 0)[:, past:]).to(device)
+                    own = step_arguments(bm, tokens_t, torch.from_numpy(mask2d[live, : past + 1]).to(device), pos_t,
+                                         past)
+                    assert _identical(hidden, own[0]) and _identical(block_args, own[1]), f"step {step}"
+            else:
+                pos_t, attn_t = views[pre[0]], views[pre[1]]
+                if deltas is not None:
+                    pos_t = pos_t[None].expand(3, -1, -1)
+                hidden, block_args = step_arguments(bm, tokens_t, attn_t, pos_t, past)
+                out.preludes += 1
+                if span > 1:
+                    last_pos, m_t, span_pos = (views[i] for i in pre[2:])
+                    last = step_arguments(bm, tokens_t, m_t, last_pos, past + span - 1)
+                    span_rec = step_arguments(bm, tokens_t.expand(-1, span), m_t, span_pos, past)
+                    out.preludes += 2
+                    prelude.record(step, span, past, tokens_t, (hidden, block_args), last, span_rec)
         hidden = hidden.clone()
         for layer in range(num_blocks):
             args, kwargs = block_args[layer]
@@ -217,30 +308,32 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
                 if code < 0:
                     continue
                 key = (layer, int(code))
-                cache, held = caches[key], slots[key]
-                # held[i] = live row index; those are exactly the live rows of this (block, code)
-                groups = _ids(np.stack([history[live[held]], prefix[cand[live[held]], layer]], axis=1))
-                _, first = np.unique(groups, return_index=True)
-                rep = torch.from_numpy(held[first]).to(device)
-                cache.write = torch.arange(len(held), device=device)
-                cache.inverse = torch.from_numpy(groups).to(device)
-                cache.read = torch.from_numpy(first).to(device)
-                cache.length = past
-                x = hidden.index_select(0, rep)
-                a, k = _with_cache(select_rows(args, len(live), rep), select_rows(kwargs, len(live), rep), cache)
+                cache = caches[key]
+                count, rep_at, held_at, slots_at, _ = plans[key]
+                if rep_at is None:
+                    x, a, k = hidden, args, kwargs
+                else:
+                    rep = views[rep_at]
+                    x = hidden.index_select(0, rep)
+                    a, k = select_rows(args, len(live), rep), select_rows(kwargs, len(live), rep)
+                a, k = _with_cache(a, k, cache)
                 if code and heal is not None:
                     with heal.applied(layer, int(code)):
                         y = bm.blocks[layer](x, *a, **k)
                 else:
                     y = bm.blocks[layer](x, *a, **k)
-                y = y[0] if isinstance(y, (tuple, list)) else y
-                hidden[torch.from_numpy(held).to(device)] = y.to(hidden.dtype)[cache.inverse]
-                out.block_rows += len(first)
-                out.naive_block_rows += len(held)
+                y = (y[0] if isinstance(y, (tuple, list)) else y).to(hidden.dtype)
+                if rep_at is None:
+                    hidden = y
+                else:
+                    hidden.index_copy_(0, views[held_at], y if slots_at is None else y.index_select(0, views[slots_at]))
+                out.block_rows += count
+                out.naive_block_rows += len(held[key])
         logits = bm.head(bm.normed(hidden[:, -1]))
         if bm.logit_softcap is not None:
             logits = torch.tanh(logits / bm.logit_softcap) * bm.logit_softcap
-        nxt = logits.argmax(-1).cpu().numpy()
+        next_tokens = logits.argmax(-1)
+        nxt = next_tokens.cpu().numpy()
         past += q
         step += 1
         done = np.zeros(len(live), dtype=bool)
@@ -260,15 +353,12 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
         mask2d[live, past] = 1
         if done.any():
             keep = ~done
-            kept_rows = live[keep]
-            for key, held in slots.items():
-                stay = np.isin(live[held], kept_rows)
-                caches[key].keep_rows(torch.from_numpy(np.flatnonzero(stay)).to(device))
-                slots[key] = held[stay]
             remap = -np.ones(len(live), dtype=np.int64)
             remap[keep] = np.arange(keep.sum())
-            for key in slots:
-                slots[key] = remap[slots[key]]
-            live = kept_rows
-            nxt = nxt[keep]
-        tokens_t = torch.from_numpy(nxt[:, None].astype(np.int64)).to(device)
+            for key, h in held.items():
+                stay = keep[h]
+                held[key] = remap[h[stay]]
+                if key in slot_of:
+                    slot_of[key] = slot_of[key][stay]
+            live = live[keep]
+            kept = np.flatnonzero(keep)

@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 
 from ..analysis import budgets
-from ..export.onnx import cache_kwarg, output_cache
+from ..models.adapter import output_cache
+from ..export.onnx import cache_kwarg
 from ..search import SearchError
 from ..settings import Settings
 from ..models.units import UnitModel, unit_name

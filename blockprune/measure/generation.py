@@ -42,7 +42,7 @@ class TorchGeneration:
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, gen_len: int) -> dict:
-        from ..export.onnx import output_cache
+        from ..models.adapter import output_cache
 
         ids_t = torch.as_tensor(ids, device=self.device)
         batch, prompt = ids_t.shape

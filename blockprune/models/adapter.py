@@ -430,3 +430,19 @@ def attention_kwargs(signature: inspect.Signature, args: tuple, kwargs: dict) ->
         elif p.kind is not inspect.Parameter.VAR_POSITIONAL:
             out[p.name] = bound.arguments[p.name]
     return out
+
+
+def cache_kwarg(model: torch.nn.Module) -> str | None:
+    """The forward argument that takes a KV cache: `cache` (transformers 5.2x) or `past_key_values`
+    (5.17, the lent card's), or None. A model takes an unknown keyword silently and makes a cache of
+    its own, so calling it with the wrong name gives wrong masks and positions, not an error."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def output_cache(output):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
