@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after an installed or linked package: the checkout's blockprune/ lacks kernels/
 sys.path.insert(0, str(ROOT / "tests"))
 
 import vlm_fixtures as vf  # noqa: E402
