@@ -11,7 +11,8 @@ sets healed), perplexity on those windows and on 24 Macbeth windows by plain tra
 physically pruned (and folded) copy, ARC-Easy accuracy and p_gold (100 questions) and one-digit
 arithmetic exact match (30 prompts) through `--method given`; the KV cache bytes per token of
 the pruned copy (read from its own cache); decode latency of the pruned copy at 64 and 2,048
-tokens of context (torch, batch 1, interleaved with dense). Run alone: it takes about an hour on
+tokens of context (torch, batch 1, interleaved with dense); units_pareto.png puts every kind on one
+plot (held-out KL against KV cache kept and against decode speed). Run alone: it takes about an hour on
 2 cores. The run directories are kept (`--runs`): rerun to resume.
 """
 
@@ -200,13 +201,59 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+MARKERS = {"blocks": "s", "attention": "o", "mlp": "^", "sublayers": "D"}
+
+
+def attention_removed(names: str, units: str) -> int:
+    """Attention layers a set removes: a whole block or an `a` half ('[17a, 19]' / '[15, 17]')."""
+    parts = [p.strip() for p in names.strip("[]").split(",") if p.strip()]
+    return sum(1 for p in parts if units == "blocks" or not p.endswith("m"))
+
+
+def pareto_plot(results: list[dict], path: Path) -> None:
+    """Held-out KL against the KV cache kept and against decode speed at 2,048 tokens: every unit
+    kind's best set per k, healed (filled) and plain (hollow), blocks and halves on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_kv, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for i, res in enumerate(results):
+        units, dense, color = res["units"], res["dense"], f"C{i}"
+        layers = 30  # SmolLM2-135M; KV bytes fall by one layer's share per attention removed
+        for mode, fill in (("healed", color), ("plain", "none")):
+            kv = [1.0] + [1 - attention_removed(r[mode]["names"], units) / layers for r in res["rows"]]
+            kl = [0.0] + [r[mode]["kl"] for r in res["rows"]]
+            ax_kv.plot(kv, kl, marker=MARKERS.get(units, "o"), color=color, markerfacecolor=fill,
+                       linestyle="-" if mode == "healed" else ":", label=f"{units}, {mode}")
+        # decode time is measured for the healed set (the plain set of the same k has as many layers)
+        speed = [1.0] + [dense["decode_ms_2048"] / r["decode_ms_2048"] for r in res["rows"]]
+        kl = [0.0] + [r["healed"]["kl"] for r in res["rows"]]
+        ax_speed.plot(speed, kl, marker=MARKERS.get(units, "o"), color=color, label=f"{units}, healed")
+    ax_kv.set_xlabel("KV cache kept (fraction of dense)")
+    ax_kv.invert_xaxis()
+    ax_speed.set_xlabel("decode speed at 2,048 tokens (x dense, torch on CPU)")
+    ax_kv.set_ylabel("held-out KL to dense (nats/token)")
+    ax_kv.legend(fontsize=7)
+    ax_speed.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M: blocks and halves, k = 2..10 units (healed filled, plain hollow)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", default="attention,blocks,mlp,sublayers")
     ap.add_argument("--max-remove", type=int, default=10)
     ap.add_argument("--runs", default="/tmp/units_table_runs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw units_pareto.png from units_table.json")
     args = ap.parse_args()
+    if args.plot_only:
+        pareto_plot(json.loads((Path(args.out) / "units_table.json").read_text()), Path(args.out) / "units_pareto.png")
+        return
     torch.set_num_threads(2)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
@@ -216,6 +263,7 @@ def main() -> None:
         out = Path(args.out)
         (out / "units_table.json").write_text(json.dumps(results, indent=1, default=str))
         (out / "units_table.md").write_text(markdown(results))
+        pareto_plot(results, out / "units_pareto.png")
         log(f"{units}: done")
     print(markdown(results))
 
