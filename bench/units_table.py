@@ -257,10 +257,11 @@ def main() -> None:
     torch.set_num_threads(2)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    results = []
+    out = Path(args.out)
+    stored = out / "units_table.json"  # kinds not run now keep their stored rows
+    results = json.loads(stored.read_text()) if stored.exists() else []
     for units in args.units.split(","):
-        results.append(one_kind(units, runs, args.max_remove))
-        out = Path(args.out)
+        results = [r for r in results if r["units"] != units] + [one_kind(units, runs, args.max_remove)]
         (out / "units_table.json").write_text(json.dumps(results, indent=1, default=str))
         (out / "units_table.md").write_text(markdown(results))
         pareto_plot(results, out / "units_pareto.png")

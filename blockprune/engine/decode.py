@@ -17,7 +17,7 @@ prompts, a 2D padding mask and a cache object that only reports the length alrea
 sliding windows, Gemma's local/global rotary embeddings and the like are the model's own. In
 decoding one forward of the next SPAN tokens (dummy ids: masks and rotary embeddings do not depend
 on them) is recorded, checked against the model's own arguments at the span's first and last step,
-and each step takes its slice (`_Prelude`): a step's input is then the model's input embedding of
+and each step takes its slice (`Prelude`): a step's input is then the model's input embedding of
 its tokens. Where the check fails (a family whose input is not its embedding alone, a mask that
 the model drops for some lengths only, a rotary embedding that depends on the length) every step
 records its own forward, as before. The blocks are the model's modules called with a cache of ours
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..models.adapter import BlockModel, select_rows
-from .steps import _identical, _Prelude, _rope_model, _with_cache, step_arguments
+from .steps import identical, Prelude, rope_model, with_cache, step_arguments
 
 CHECK_EVERY_STEP = False  # tests: also record every sliced step and require the model's own arguments
 
@@ -209,10 +209,10 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
     live = np.arange(len(cand))  # rows still generating (indices into cand/prm)
     step, past = 0, 0
     slot = np.searchsorted(np.asarray(sorted(chunk)), prm)  # row -> its prompt's place in the prefill's batch
-    rope = _rope_model(bm)
+    rope = rope_model(bm)
     deltas = None
     upload = _Upload(device)
-    prelude = _Prelude(bm, enabled=rope is None and media is None)
+    prelude = Prelude(bm, enabled=rope is None and media is None)
     next_tokens = kept = None  # the last step's argmax ids (device); rows of it still live (host)
     while len(live):
         q = width if past == 0 else 1
@@ -288,7 +288,7 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
                     pos_t = torch.from_numpy(np.maximum(mask2d[live, : past + 1].cumsum(-1) - 1, 0)[:, past:]).to(device)
                     own = step_arguments(bm, tokens_t, torch.from_numpy(mask2d[live, : past + 1]).to(device), pos_t,
                                          past)
-                    assert _identical(hidden, own[0]) and _identical(block_args, own[1]), f"step {step}"
+                    assert identical(hidden, own[0]) and identical(block_args, own[1]), f"step {step}"
             else:
                 pos_t, attn_t = views[pre[0]], views[pre[1]]
                 if deltas is not None:
@@ -316,7 +316,7 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
                     rep = views[rep_at]
                     x = hidden.index_select(0, rep)
                     a, k = select_rows(args, len(live), rep), select_rows(kwargs, len(live), rep)
-                a, k = _with_cache(a, k, cache)
+                a, k = with_cache(a, k, cache)
                 if code and heal is not None:
                     with heal.applied(layer, int(code)):
                         y = bm.blocks[layer](x, *a, **k)

@@ -1,7 +1,7 @@
 """Each decoding step's block arguments, from the model's own forward (blockprune.engine.decode).
 
 `step_arguments` records one forward's per-block arguments (masks per layer type, rotary
-embeddings, positions) with a cache that only reports its length; `_Prelude` records one forward
+embeddings, positions) with a cache that only reports its length; `Prelude` records one forward
 of the next SPAN steps and hands each step its slice, checked against the model's own arguments at
 the span's first and last step (where the check fails every step records its own forward).
 """
@@ -12,7 +12,7 @@ import torch
 
 from ..models.adapter import BlockModel, cache_kwarg, select_rows
 
-SPAN = 32  # decoding steps whose block arguments come from one recorded forward (`_Prelude`)
+SPAN = 32  # decoding steps whose block arguments come from one recorded forward (`Prelude`)
 SPAN_ELEMENTS = 1 << 24  # a span's masks hold rows x span x keys elements each: at most this many
 
 class _LengthCache:
@@ -54,12 +54,12 @@ def step_arguments(bm: BlockModel, ids: torch.Tensor, attention_mask: torch.Tens
 CACHE = object()  # where a block's recorded arguments held the cache
 
 
-def _with_cache(args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
+def with_cache(args: tuple, kwargs: dict, cache) -> tuple[tuple, dict]:
     return (tuple(cache if a is CACHE else a for a in args),
             {k: (cache if v is CACHE else v) for k, v in kwargs.items()})
 
 
-def _rope_model(bm: BlockModel):
+def rope_model(bm: BlockModel):
     """The inner model of a family with 3-D rotary positions (Qwen2-VL's `get_rope_index`, which
     keeps each prompt's `rope_deltas` from the prefill), else None."""
     inner = getattr(bm.model, "model", None)
@@ -187,18 +187,18 @@ def _keep_rows(plan, batch: int, rows: torch.Tensor, seen: dict | None = None):
     return {k: _keep_rows(p, batch, rows, seen) for k, p in plan.items()}
 
 
-def _identical(a, b) -> bool:
+def identical(a, b) -> bool:
     """Exactly the same arguments (tests: CHECK_EVERY_STEP)."""
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_identical(a[k], b[k]) for k in a)
+        return isinstance(b, dict) and a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
     return a is b or a == b
 
 
-class _Prelude:
+class Prelude:
     """Each decoding step's (block 0's input, block arguments). A span of up to SPAN steps is
     recorded at its first step: the model's own forward of that step (which the step uses), of
     the span's last step and of all its tokens at once; when the record's slices equal the model's
