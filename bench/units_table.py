@@ -97,7 +97,7 @@ def held_out(um, healing, store: Store, sets: list) -> list[dict]:
 def kv_bytes_per_token(model) -> int:
     with torch.inference_mode():
         out = model(input_ids=torch.zeros((1, 4), dtype=torch.long), use_cache=True)
-    from blockprune.export.onnx import output_cache
+    from blockprune.models.adapter import output_cache
 
     cache = output_cache(out)
     total = sum(t.numel() * t.element_size() for layer in cache.layers
@@ -107,7 +107,8 @@ def kv_bytes_per_token(model) -> int:
 
 def decode_ms(models_by_key: dict, context: int, reps: int = 3, steps: int = 8) -> dict:
     """Median decode step (ms) of each model after a `context`-token prompt, interleaved."""
-    from blockprune.export.onnx import cache_kwarg, output_cache
+    from blockprune.export.onnx import cache_kwarg
+    from blockprune.models.adapter import output_cache
 
     gen = torch.Generator().manual_seed(0)
     times = {k: [] for k in models_by_key}

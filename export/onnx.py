@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from blockprune.models import weights_bytes
-from blockprune.models.adapter import cache_kwarg as adapter_cache_kwarg, output_cache  # noqa: F401 (re-exported)
+from blockprune.models.adapter import cache_kwarg as adapter_cache_kwarg, output_cache
 
 LOGITS_FILE = "model.onnx"
 DECODER_FILE = "decoder_with_past.onnx"

@@ -88,7 +88,7 @@ def _scoring_head_kernel(
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         run_max = new_max
-        # the target's column in this tile, int32 (-1 or >= BLOCK_V when outside): no int64 tile
+        # the target's column in this tile, int32 (-1 when outside): no int64 tile
         local = tl.where((targets >= v0) & (targets < v0 + BLOCK_V), targets - v0, -1).to(tl.int32)
         tgt_logit += tl.sum(tl.where(cols[None, :] == local[:, None], logits, 0.0), axis=1)
 

@@ -157,9 +157,9 @@ def test_copy_slots_copies_keys_and_values_of_the_history_only():
 
 
 def test_spans_shrink_to_bound_their_masks():
-    prelude = steps.Prelude(tiny_model("llama", layers=2), enabled=True)
+    prelude = steps.StepSpans(tiny_model("llama", layers=2), enabled=True)
     assert prelude.span_for(1, 100, rows=4, past=20) == steps.SPAN
     assert prelude.span_for(1, 5, rows=4, past=20) == 5  # the steps left
     span = prelude.span_for(1, 100, rows=1000, past=2048)
     assert 1 < span < steps.SPAN and 1000 * span * (2048 + span) <= steps.SPAN_ELEMENTS
-    assert steps.Prelude(tiny_model("llama", layers=2), enabled=False).span_for(1, 100, 4, 20) == 1
+    assert steps.StepSpans(tiny_model("llama", layers=2), enabled=False).span_for(1, 100, 4, 20) == 1

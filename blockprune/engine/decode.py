@@ -17,7 +17,7 @@ prompts, a 2D padding mask and a cache object that only reports the length alrea
 sliding windows, Gemma's local/global rotary embeddings and the like are the model's own. In
 decoding one forward of the next SPAN tokens (dummy ids: masks and rotary embeddings do not depend
 on them) is recorded, checked against the model's own arguments at the span's first and last step,
-and each step takes its slice (`Prelude`): a step's input is then the model's input embedding of
+and each step takes its slice (`StepSpans`): a step's input is then the model's input embedding of
 its tokens. Where the check fails (a family whose input is not its embedding alone, a mask that
 the model drops for some lengths only, a rotary embedding that depends on the length) every step
 records its own forward, as before. The blocks are the model's modules called with a cache of ours
@@ -25,7 +25,7 @@ records its own forward, as before. The blocks are the model's modules called wi
 
 Per step the host plans every block's groups (numpy) and sends what the device needs -- gather and
 scatter indices of groups that are not one row each, new slots of split groups, positions -- in
-one copy (`_Upload`: pinned and non_blocking on CUDA); the next tokens stay on the device, the only
+one copy (`_Upload`, the scoring engine's pinned non_blocking upload); the next tokens stay on the device, the only
 download is their ids. Greedy and deterministic: in fp32 each candidate's tokens are those of
 `generate()` on the physically pruned (and healed) model, which tests/test_decode.py checks.
 """
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..models.adapter import BlockModel, select_rows
-from .steps import identical, Prelude, rope_model, with_cache, step_arguments
+from .steps import identical, StepSpans, rope_model, with_cache, step_arguments
+from .trie import upload_parts
 
 CHECK_EVERY_STEP = False  # tests: also record every sliced step and require the model's own arguments
 
@@ -115,42 +116,19 @@ def _regroup(old: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, int, np.ndar
 
 
 class _Upload:
-    """A step's host index arrays, sent to the device in one copy (from a reused pinned buffer,
-    non_blocking, on CUDA; on the CPU the arrays are used in place)."""
+    """A step's host index arrays, sent to the device in one copy (`trie.upload_parts`)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.parts: list[np.ndarray] = []
-        self.pinned = self.done = None
 
     def add(self, array) -> int:
-        self.parts.append(np.ascontiguousarray(array, dtype=np.int64))
+        self.parts.append(np.asarray(array, dtype=np.int64))
         return len(self.parts) - 1
 
     def send(self) -> list[torch.Tensor]:
         parts, self.parts = self.parts, []
-        if not parts:
-            return []
-        flat = torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts]))
-        if self.device.type != "cpu":
-            if torch.cuda.is_available() and self.device.type == "cuda":
-                if self.pinned is None or self.pinned.numel() < flat.numel():
-                    self.pinned = torch.empty(max(flat.numel(), 2 * (0 if self.pinned is None else self.pinned.numel())),
-                                              dtype=torch.int64, pin_memory=True)
-                elif self.done is not None:
-                    self.done.synchronize()  # the previous copy out of the pinned buffer has finished
-                staged = self.pinned[: flat.numel()]
-                staged.copy_(flat)
-                flat = staged.to(self.device, non_blocking=True)
-                self.done = torch.cuda.Event()
-                self.done.record()
-            else:
-                flat = flat.to(self.device)
-        out, at = [], 0
-        for p in parts:
-            out.append(flat[at : at + p.size].view(p.shape))
-            at += p.size
-        return out
+        return upload_parts(parts, self.device) if parts else []
 
 
 @torch.inference_mode()
@@ -212,7 +190,7 @@ def _generate_chunk(bm, prompts, chunk, codes, limits, eos, stop, heal, out: Gen
     rope = rope_model(bm)
     deltas = None
     upload = _Upload(device)
-    prelude = Prelude(bm, enabled=rope is None and media is None)
+    prelude = StepSpans(bm, enabled=rope is None and media is None)
     next_tokens = kept = None  # the last step's argmax ids (device); rows of it still live (host)
     while len(live):
         q = width if past == 0 else 1

@@ -36,9 +36,10 @@ from . import packing
 from .. import kernels
 from ..kernels import kl_head, scoring_head
 from ..models import BlockModel, Prelude
+from ..models.fused import check_raised, device_error
 from ..tasks.request import Request
 from .trie import (ChunkIndex, StateCache, TriePlan, as_codes, node_rows, plan_trie, row_key, runs_of, to_host,
-                   trie_block_rows, upload)
+                   trie_block_rows, upload, upload_parts)
 
 log = logging.getLogger("blockprune")
 
@@ -174,10 +175,8 @@ class Engine:
         try:
             packed = self._score_rows(packing.pack(reqs, limit), len(reqs), keep, None)[0]
         except REJECTS_PACKED_ROW as exc:  # a model that rejects custom masks simply runs unpacked
-            from ..models import fused as fused_mod
-
-            if fused_mod.device_error(exc):  # not a rejection: the CUDA context is unusable now
-                raise fused_mod.check_raised("the packing check", self.model.name, exc) from exc
+            if device_error(exc):  # not a rejection: the CUDA context is unusable now
+                raise check_raised("the packing check", self.model.name, exc) from exc
             self.packing_note = f"packing off: the model rejects a packed row ({type(exc).__name__})"
             log.info("%s: %s", self.model.name, self.packing_note)
             return False
@@ -331,7 +330,6 @@ class Engine:
         keys = [row_key(r) for r in rows] if self.cache is not None else []
         starts = self._cached_starts(keys, masks)
         plan = plan_trie(masks, starts)
-        device = self.model.device
         prelude, index = self._upload_plan(rows, plan, masks)
         kept = int((masks >= 0).sum())
         work = Work(naive_block_rows=kept * index.num_requests,
@@ -391,11 +389,7 @@ class Engine:
                 parts[f"dst{layer}"] = node_rows(step.fork_dst, batch)
             for code, nodes in step.by_code().items():
                 parts[f"run{layer}_{code}"] = node_rows(nodes, batch)
-        flat = upload(np.concatenate([np.asarray(v, dtype=np.int64).ravel() for v in parts.values()]), device)
-        views, offset = {}, 0
-        for name, value in parts.items():
-            views[name] = flat[offset : offset + value.size].view(value.shape)
-            offset += value.size
+        views = dict(zip(parts, upload_parts(list(parts.values()), device)))
         extra = {}
         if any(r.packed for r in rows):
             eager = getattr(model.model.config, "_attn_implementation", "sdpa") == "eager"

@@ -1,7 +1,7 @@
 """Each decoding step's block arguments, from the model's own forward (blockprune.engine.decode).
 
 `step_arguments` records one forward's per-block arguments (masks per layer type, rotary
-embeddings, positions) with a cache that only reports its length; `Prelude` records one forward
+embeddings, positions) with a cache that only reports its length; `StepSpans` records one forward
 of the next SPAN steps and hands each step its slice, checked against the model's own arguments at
 the span's first and last step (where the check fails every step records its own forward).
 """
@@ -12,7 +12,7 @@ import torch
 
 from ..models.adapter import BlockModel, cache_kwarg, select_rows
 
-SPAN = 32  # decoding steps whose block arguments come from one recorded forward (`Prelude`)
+SPAN = 32  # decoding steps whose block arguments come from one recorded forward (`StepSpans`)
 SPAN_ELEMENTS = 1 << 24  # a span's masks hold rows x span x keys elements each: at most this many
 
 class _LengthCache:
@@ -198,7 +198,7 @@ def identical(a, b) -> bool:
     return a is b or a == b
 
 
-class Prelude:
+class StepSpans:
     """Each decoding step's (block 0's input, block arguments). A span of up to SPAN steps is
     recorded at its first step: the model's own forward of that step (which the step uses), of
     the span's last step and of all its tokens at once; when the record's slices equal the model's

@@ -218,6 +218,16 @@ def upload(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tens
     return host.to(device, non_blocking=True)
 
 
+def upload_parts(parts: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Integer host arrays on `device` in one copy (`upload`), as views of their own shapes."""
+    flat = upload(np.concatenate([np.asarray(p, dtype=np.int64).ravel() for p in parts]), device)
+    views, offset = [], 0
+    for p in parts:
+        views.append(flat[offset : offset + np.size(p)].view(np.shape(p)))
+        offset += np.size(p)
+    return views
+
+
 def to_host(sums: torch.Tensor) -> list[np.ndarray]:
     """The pass's per-node sums as numpy arrays: one device-to-host copy."""
     return list(sums.cpu().numpy()) + [None] * (3 - len(sums))

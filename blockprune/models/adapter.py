@@ -436,8 +436,6 @@ def cache_kwarg(model: torch.nn.Module) -> str | None:
     """The forward argument that takes a KV cache: `cache` (transformers 5.2x) or `past_key_values`
     (5.17, the lent card's), or None. A model takes an unknown keyword silently and makes a cache of
     its own, so calling it with the wrong name gives wrong masks and positions, not an error."""
-    import inspect
-
     params = inspect.signature(model.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
