@@ -370,22 +370,41 @@ def generate_with_logits(model, prompt: list[int], new: int, eos=None) -> tuple[
 
 
 # ---- the kernel tests' report (bench/gpu.sh) ----------------------------------------------------------
+def junit_counts(path) -> dict | None:
+    """A pytest JUnit report's test cases by outcome, and the failing ones by name (None: no report)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        cases = list(ET.parse(path).getroot().iter("testcase"))
+    except (OSError, ET.ParseError):
+        return None
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": []}
+    for case in cases:
+        kinds = {child.tag for child in case}
+        name = f"{case.get('classname')}::{case.get('name')}"
+        if "failure" in kinds:
+            counts["failed"] += 1
+            counts["failures"].append(name)
+        elif "error" in kinds:
+            counts["errors"] += 1
+            counts["failures"].append(name + " (error)")
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts
+
+
 def junit_line(path: str, rc: int, limit: str, summary: str) -> int:
     """Say what the kernel tests did (appended to summary.md); 1 when a test failed or erred, none
     ran or pytest itself failed, 0 when they passed or the time limit (rc 124) stopped them."""
-    import re
-
-    try:
-        head = open(path).read(4000)
-        tests, failures, errors, skipped = (int(re.search(rf'{k}="(\d+)"', head).group(1))
-                                            for k in ("tests", "failures", "errors", "skipped"))
-    except (OSError, AttributeError):
-        tests = None
-    if tests is None:
+    c = junit_counts(path)
+    if c is None:
         line, bad = f"no JUnit report (pytest exit {rc})", True
     else:
-        bad = bool(failures or errors or not tests or rc not in (0, 124))
-        line = (f"{tests} run, {failures} failed, {errors} errors, {skipped} skipped"
+        tests = c["passed"] + c["failed"] + c["errors"] + c["skipped"]
+        bad = bool(c["failed"] or c["errors"] or not tests or rc not in (0, 124))
+        line = (f"{tests} run, {c['failed']} failed, {c['errors']} errors, {c['skipped']} skipped"
                 + (f"; stopped by the time limit ({limit} s), the rest did not run" if rc == 124 else "")
                 + (f" (pytest exit {rc})" if bad else ""))
     print(f"kernel tests: {line}", flush=True)

@@ -16,6 +16,7 @@ from blockprune.kernels.kl_head_triton import kl_head_triton as kl_head
 from blockprune.kernels.scoring_head_triton import head_settings
 from blockprune.kernels.scoring_head_triton import scoring_head_triton as scoring_head
 from conftest import TRITON
+from test_kernels import full_logits
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -39,15 +40,6 @@ def inputs(num_pos, dim, vocab, dtype, seed, bias=False):
     return to(hidden), to(dense), to(weight), to(targets), to(b)
 
 
-def logits64(hidden, weight, bias, softcap):
-    out = hidden.double() @ weight.double().T
-    if bias is not None:
-        out = out + bias.double()
-    if softcap is not None:
-        out = torch.tanh(out / softcap) * softcap
-    return out
-
-
 def check_head(got, logits, targets, tol):
     lse, tgt, is_max = got
     assert lse.dtype == torch.float32 and is_max.dtype == torch.bool and lse.shape == targets.shape
@@ -61,8 +53,8 @@ def check_head(got, logits, targets, tol):
 
 
 def kl64(hidden, dense, weight, bias, softcap):
-    log_q = torch.log_softmax(logits64(hidden, weight, bias, softcap), -1)
-    log_p = torch.log_softmax(logits64(dense, weight, bias, softcap), -1)
+    log_q = torch.log_softmax(full_logits(hidden, weight, bias, softcap), -1)
+    log_p = torch.log_softmax(full_logits(dense, weight, bias, softcap), -1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
@@ -103,7 +95,7 @@ def test_scoring_head_odd_shapes(tiles, shape, programs, extras):
     hidden, _, weight, targets, b = inputs(num_pos, dim, vocab, dtype, seed=num_pos + dim, bias=bias)
     got = scoring_head(hidden, weight, targets, bias=b, softcap=softcap, programs=programs)
     # fp32 accumulation of exactly upcast inputs: rounding only (bf16 products are exact in fp32)
-    logits = logits64(hidden.cpu(), weight.cpu(), b.cpu() if b is not None else None, softcap)
+    logits = full_logits(hidden.cpu(), weight.cpu(), b.cpu() if b is not None else None, softcap)
     check_head([t.cpu() for t in got], logits, targets.cpu(), 2e-4 if dtype == torch.float32 else 2e-3)
 
 
@@ -129,7 +121,7 @@ def test_kl_head_odd_shapes(tiles, shape, programs, indexed):
     want = kl64(h, paired, w, bb, softcap)
     assert want.min() > 10 * tol  # a KL near 0 could not tell a clamped value from a right one
     torch.testing.assert_close(kl.double(), want, atol=tol, rtol=1e-3)
-    check_head((lse, tgt, is_max), logits64(h, w, bb, softcap), targets.cpu(), tol)
+    check_head((lse, tgt, is_max), full_logits(h, w, bb, softcap), targets.cpu(), tol)
 
 
 def test_card_tiles_read_the_weight_once_per_128_positions():
