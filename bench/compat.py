@@ -43,10 +43,10 @@ VERSIONS = ("torch", "triton", "transformers", "tokenizers", "safetensors", "hug
             "pytest", "accelerate", "onnx", "onnxruntime", "PIL", "matplotlib", "pyarrow", "tqdm") + BLOCKED
 # what bench/gpu.sh runs (gpu_bench.py, bench_vlm.py and the kernel tests) and what they import
 GPU_SH_BENCH = ("gpu_bench", "bench_vlm", "bench_engine", "vlm_fixtures")
-GPU_SH_TESTS = ("test_kernels", "test_kernel_ops", "test_kl_head")
+GPU_SH_TESTS = ("test_kernels", "test_kernel_ops", "test_kl_head", "test_units_fused")
 TESTS = ("test_engine.py", "test_decode.py", "test_heal.py", "test_heal_search.py", "test_heal_units.py",
          "test_fake_cuda.py", "test_kernels.py", "test_kernel_ops.py", "test_kl_head.py", "test_kl_engine.py",
-         "test_hopper_compile.py")
+         "test_hopper_compile.py", "test_units_fused.py")
 # what this stack needed (kept here so compat.md states it)
 FIXES = [
     "numpy < 2.4 in .venv-compat (the card has 2.5.2): Triton 3.6.0's interpreter, which runs the kernels on a "

@@ -144,7 +144,8 @@ if [ "$MODE" != quick ] && want tests; then
     echo "skipped: $T s left"; status=1
   else
     # the compiled kernels the engine runs, most important first: the heads, then the row kernels
-    TESTS=("$REPO/tests/test_kernels.py" "$REPO/tests/test_kl_head.py" "$REPO/tests/test_kernel_ops.py")
+    TESTS=("$REPO/tests/test_kernels.py" "$REPO/tests/test_kl_head.py" "$REPO/tests/test_kernel_ops.py"
+           "$REPO/tests/test_units_fused.py")
     [ "$MODE" = smoke ] && TESTS=("$REPO/tests/test_kernels.py")
     # -x off; interrupted at the time limit (SIGINT), pytest still writes the JUnit report of what ran
     rm -f "$OUT/tests.xml"

@@ -92,6 +92,18 @@ class CharTokenizer:
         return self._Out([3 + b for b in text.encode("utf-8")])
 
 
+def distinct_norms(bm, seed: int = 0):
+    """`bm` with every norm weight scaled by its own random factor in [0.5, 1.5): a random init
+    leaves them all ones, so a test of code that picks a norm (the fused runner's gather+norm) would
+    pass with the wrong one."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in bm.model.named_parameters():
+            if "norm" in name:
+                p.mul_(0.5 + torch.rand(p.shape, generator=gen))
+    return bm
+
+
 def tiny_model(arch: str = "llama", layers: int = 6, seed: int = 0):
     """A small random-initialised causal LM of the given architecture, wrapped as a BlockModel."""
     import transformers

@@ -182,3 +182,18 @@ def half_removed(bm, removed_units):
         else:
             setattr(block, layout.mlp, _ZeroMLP())
     return model
+
+
+@torch.inference_mode()
+def half_removed_scores(bm, requests, removed_units) -> tuple[np.ndarray, np.ndarray]:
+    """naive_scores for halves: per request the float64 log-probability of the scored tokens and
+    whether greedy decoding reproduces them all, from a plain forward of `half_removed`'s copy."""
+    model = half_removed(bm, removed_units)
+    lp, gr = [], []
+    for r in requests:
+        logits = model(input_ids=torch.tensor([r.tokens]), use_cache=False).logits[0].double()
+        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
+        tgt = torch.tensor(r.tokens[r.score_from:])
+        lp.append(torch.log_softmax(logits, -1)[pos, tgt].sum().item())
+        gr.append(bool((logits[pos].argmax(-1) == tgt).all()))
+    return np.array(lp), np.array(gr)

@@ -14,7 +14,7 @@ from blockprune import kernels, models
 from blockprune.engine import Engine, Request
 from blockprune.kernels.gather_norm_triton import gather_norm_triton
 from blockprune.kernels.residual_add_triton import residual_add_triton
-from conftest import TRITON, CharTokenizer, tiny_model
+from conftest import TRITON, CharTokenizer, distinct_norms, tiny_model
 from fakecuda import fake_cuda
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -233,7 +233,7 @@ def test_engine_fused_matches_plain_with_triton(monkeypatch, arch):
 
 def fused_matches_plain(monkeypatch, arch, kern):
     monkeypatch.setenv("BLOCKPRUNE_KERNELS", kern)
-    bm = tiny_model(arch, layers=4)
+    bm = distinct_norms(tiny_model(arch, layers=4))
     bm.model.to(DEVICE)
     keep = np.random.default_rng(0).random((10, bm.num_blocks)) > 0.4
     keep[0] = True  # the dense model

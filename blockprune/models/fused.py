@@ -10,6 +10,9 @@ of rows `part`:
     x = gather_norm(hidden, part, norm2)
     residual_add(hidden, part, mlp(x))
 
+A model by halves (`--units attention|mlp|sublayers`, models.units) runs each half the same way:
+one gather_norm and one residual_add around its sublayer, so a row that skips a half costs nothing.
+
 Attention and MLP stay the model's own modules (cuBLAS / SDPA), called with exactly the arguments
 the block's forward passes them. The kernels dispatch through `blockprune.kernels` (Triton on CUDA,
 the torch references elsewhere; `BLOCKPRUNE_KERNELS` forces either).
@@ -35,6 +38,7 @@ from torch import nn
 
 from .. import kernels
 from .adapter import BlockModel, Prelude, attention_kwargs, select_rows as _select_rows
+from .units import UnitModel
 
 log = logging.getLogger("blockprune")
 ROLES = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
@@ -143,7 +147,12 @@ def norm_spec(module: nn.Module, dtype: torch.dtype) -> dict | None:
 
 
 def unsupported_reason(bm: BlockModel) -> str | None:
-    """Why the fused runner cannot drive this model's blocks, or None when it can."""
+    """Why the fused runner cannot drive this model's blocks, or None when it can. A model by halves
+    (models.units) can when its blocks can: each half is one pre-norm and one residual add."""
+    if isinstance(bm, UnitModel):
+        problem = unsupported_reason(bm.base)
+        posts = [i for i, half in enumerate(bm.blocks) if half.post is not None]
+        return problem or (f"unit {posts[0]} has a norm after its sublayer (sandwich norms)" if posts else None)
     reference = _llama_forward_source()
     if reference is None:
         return "the Llama decoder layer of transformers cannot be read"
@@ -169,7 +178,9 @@ class FusedRunner:
 
     def __init__(self, bm: BlockModel):
         self.bm = bm
-        self.norms = [(norm_spec(b.input_layernorm, bm.dtype), norm_spec(b.post_attention_layernorm, bm.dtype))
+        self.halves = isinstance(bm, UnitModel)  # blocks are halves: one pre-norm each (models.units.Half)
+        self.norms = [norm_spec(b.pre_norm(), bm.dtype) if self.halves else
+                      (norm_spec(b.input_layernorm, bm.dtype), norm_spec(b.post_attention_layernorm, bm.dtype))
                       for b in bm.blocks]
         self._signatures: dict[type, inspect.Signature] = {}
 
@@ -183,10 +194,23 @@ class FusedRunner:
 
     @torch.inference_mode()
     def __call__(self, index: int, hidden: torch.Tensor, idx: torch.Tensor, prelude: Prelude, micro: int) -> None:
-        """hidden[idx] = block(hidden[idx]), `micro` rows per call; row r uses sample r % prelude.batch."""
+        """hidden[idx] = block(hidden[idx]), `micro` rows per call; row r uses sample r % prelude.batch.
+        A half (models.units.Half): hidden[idx] += half.add(norm(hidden[idx])), its one pre-norm
+        gathered and its one residual added by the kernels."""
         block = self.bm.blocks[index]
-        norm1, norm2 = self.norms[index]
         args, kwargs = prelude.block_args[index]
+        if self.halves:
+            for s in range(0, len(idx), micro):
+                part = idx[s : s + micro]
+                x = kernels.gather_norm(hidden, part, **self.norms[index])
+                if block.attention:
+                    rows = (part % prelude.batch).to(hidden.device)
+                    out = block.add(x, _select_rows(args, prelude.batch, rows), _select_rows(kwargs, prelude.batch, rows))
+                else:
+                    out = block.add(x)
+                kernels.residual_add(hidden, part, out)
+            return
+        norm1, norm2 = self.norms[index]
         for s in range(0, len(idx), micro):
             part = idx[s : s + micro]
             rows = (part % prelude.batch).to(hidden.device)

@@ -78,16 +78,24 @@ class Half(nn.Module):
         self.pre, self.core, self.post = names
         object.__setattr__(self, "_signature", inspect.signature(type(block).forward))
 
-    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        x = getattr(self, self.pre)(hidden)
+    def pre_norm(self) -> nn.Module:
+        """The half's own pre-norm module (the fused runner replaces it with its gather+norm kernel)."""
+        return getattr(self, self.pre)
+
+    def add(self, x: torch.Tensor, args: tuple = (), kwargs: dict | None = None) -> torch.Tensor:
+        """What the half adds to the residual stream, given its pre-normed rows `x`: the sublayer
+        (the attention with the block's arguments bound), then any post-norm."""
         if self.attention:
-            x = getattr(self, self.core)(hidden_states=x, **attention_kwargs(self._signature, args, kwargs))
+            x = getattr(self, self.core)(hidden_states=x, **attention_kwargs(self._signature, args, kwargs or {}))
             x = x[0] if isinstance(x, (tuple, list)) else x
         else:
             x = getattr(self, self.core)(x)
         if self.post is not None:
             x = getattr(self, self.post)(x)
-        return hidden + x
+        return x
+
+    def forward(self, hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden + self.add(self.pre_norm()(hidden), args, kwargs)
 
 
 @dataclass
@@ -146,7 +154,7 @@ def check_split(um: UnitModel, rows: int = 2, length: int = 9) -> str | None:
         args, kwargs = prelude.block_args[b]
         got = um.blocks[2 * b + 1](um.blocks[2 * b](hidden, *args, **kwargs))
         scale = want.float().abs().max().clamp_min(1.0)
-        diff = float((got.float() - want.float()).abs().max() / scale)
+        diff = ((got.float() - want.float()).abs().max() / scale).item()  # one device read per block
         if not diff <= tol:
             return f"block {b}: halves differ from the block by {diff:.2g} (relative)"
         hidden = want
