@@ -28,9 +28,11 @@ class ModelError(Exception):
 EMBEDDED = {"smollm2-135m": "SmolLM2-135M-Instruct"}
 
 
-def from_gguf(path: Path, dtype: torch.dtype = torch.float32):
+def from_gguf(path: Path, dtype: torch.dtype = torch.float32, tokenizer: bool = True):
     """(model, tokenizer) from a GGUF file, dequantised by transformers' GGUF reader and rebuilt as a
-    plain model from its config (a GGUF-loaded model is not serialisable as it is)."""
+    plain model from its config (a GGUF-loaded model is not serialisable as it is). `tokenizer`
+    False: (model, None), without reading the file's vocabulary once more (gguf's reader takes
+    seconds over a 49k-token one), for a check that needs the weights only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
@@ -39,7 +41,7 @@ def from_gguf(path: Path, dtype: torch.dtype = torch.float32):
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # its own de-quantising progress bar
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name) if tokenizer else None
             gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file (struct.error, ...): one line
         text = " ".join(str(exc).split())
@@ -57,7 +59,7 @@ def from_gguf(path: Path, dtype: torch.dtype = torch.float32):
         text = " ".join(str(exc).split())
         raise ModelError(f"cannot load GGUF {path}: its metadata describes no model transformers can rebuild "
                          f"({type(exc).__name__}: {text[:300]})") from None
-    return plain.to(dtype), tokenizer
+    return plain.to(dtype), tok
 
 
 def _convert_smollm2(target: Path) -> None:
