@@ -91,8 +91,6 @@ def read_given(out: Path) -> dict:
 def add_p_gold(results: list[dict], runs: list[Path]) -> None:
     """ARC-Easy's p_gold for kinds stored before the table had it, from their given-sets runs
     (`{units}-given-healed` / `-plain` in one of `runs`)."""
-    from blockprune.runs.names import parse_removal
-
     for res in results:
         for mode in ("healed", "plain"):
             found = [r / f"{res['units']}-given-{mode}" for r in runs if (r / f"{res['units']}-given-{mode}").is_dir()]
@@ -102,8 +100,19 @@ def add_p_gold(results: list[dict], runs: list[Path]) -> None:
             if mode == "plain":
                 res["dense"]["arc_easy_p_gold"] = given[()]["arc_easy_p_gold"]
             for row in res["rows"]:
-                _, ids = parse_removal(row[mode]["names"].strip("[]").split(","))
-                row[mode]["arc_easy_p_gold"] = given[tuple(ids)]["arc_easy_p_gold"]
+                row[mode]["arc_easy_p_gold"] = given[stored_set(row[mode]["names"])]["arc_easy_p_gold"]
+
+
+def stored_set(names: str) -> tuple[int, ...]:
+    """A set as units_table.json writes it ('[17a, 19m]' / '[15, 17]') as the store's unit ids."""
+    from blockprune.runs.names import parse_removal
+
+    return tuple(parse_removal(names.strip("[]").split(","))[1])
+
+
+def healed_copies(um, healing, sets: dict) -> dict:
+    """{key: the pruned model, the set's maps folded in} for `sets` {key: set}, and () the dense one."""
+    return {(): um.model, **{key: healed_copy(um, s, healing).model for key, s in sets.items()}}
 
 
 def held_out(um, healing, store: Store, sets: list) -> list[dict]:
@@ -140,8 +149,7 @@ def kv_bytes_per_token(model) -> int:
 
 def decode_ms(models_by_key: dict, context: int, reps: int = 3, steps: int = 8) -> dict:
     """Median decode step (ms) of each model after a `context`-token prompt, interleaved."""
-    from blockprune.export.onnx import cache_kwarg
-    from blockprune.models.adapter import output_cache
+    from blockprune.models.adapter import cache_kwarg, output_cache
 
     gen = torch.Generator().manual_seed(0)
     times = {k: [] for k in models_by_key}
@@ -207,7 +215,6 @@ def llama_cpp_pass(results: list[dict], runs: Path) -> None:
     """Add llama.cpp's decode latency at CONTEXTS to every stored kind: dense and each k's healed set
     written as a deci GGUF (export/gguf_deci.py; the plain weights: a folded map changes values, not
     the graph), timed per kind in one interleaved run, the files deleted after."""
-    from blockprune.runs.names import parse_removal
     from blockprune.export import gguf_deci
 
     bm = models.load("smollm2-135m", device="cpu")
@@ -217,9 +224,8 @@ def llama_cpp_pass(results: list[dict], runs: Path) -> None:
         files = {"dense": work / "dense.gguf"}
         gguf_deci.write(bm, [], files["dense"])
         for row in res["rows"]:
-            _, halves = parse_removal(row["healed"]["names"].strip("[]").split(","))
-            if res["units"] == "blocks":
-                halves = sorted({h for b in halves for h in (2 * b, 2 * b + 1)})
+            units = stored_set(row["healed"]["names"])
+            halves = [h for b in units for h in (2 * b, 2 * b + 1)] if res["units"] == "blocks" else units
             files[row["k"]] = work / f"k{row['k']}.gguf"
             gguf_deci.write(bm, halves, files[row["k"]])
         log(f"{res['units']}: llama.cpp decode latency of {len(files)} GGUF files")
@@ -234,16 +240,10 @@ def llama_cpp_pass(results: list[dict], runs: Path) -> None:
 def redo_torch_decode(res: dict, runs: Path) -> None:
     """Measure a stored kind's torch decode latency again (dense and each k's healed, folded copy,
     one interleaved run), its search run directory in `runs`: for a section whose run was disturbed."""
-    from blockprune.runs.names import parse_removal
-
     units = res["units"]
-    bm = models.load("smollm2-135m", device="cpu")
-    um = models.unit_model(bm, units)
+    um = models.unit_model(models.load("smollm2-135m", device="cpu"), units)
     healing = run_healing(runs / units, Store.open_existing(runs / units), um)
-    pruned = {(): bm.model}
-    for row in res["rows"]:
-        _, ids = parse_removal(row["healed"]["names"].strip("[]").split(","))
-        pruned[row["k"]] = healed_copy(um, tuple(ids), healing).model
+    pruned = healed_copies(um, healing, {row["k"]: stored_set(row["healed"]["names"]) for row in res["rows"]})
     log(f"{units}: torch decode latency again")
     for c in CONTEXTS:
         ms = decode_ms(pruned, c)
@@ -272,10 +272,7 @@ def one_kind(units: str, runs: Path, max_remove: int) -> dict:
     given = {"healed": given_scores(units, [healed_sets[k] for k in ks], "linear", runs / f"{units}-given-healed"),
              "plain": given_scores(units, [plain_sets[k] for k in ks], "none", runs / f"{units}-given-plain")}
     log(f"{units}: KV cache and decode latency")
-    pruned = {(): bm.model}
-    for k in ks:
-        s = healed_sets[k]
-        pruned[s] = healed_copy(um, s, healing).model
+    pruned = healed_copies(um, healing, {healed_sets[k]: healed_sets[k] for k in ks})
     lat = {c: decode_ms(pruned, c) for c in CONTEXTS}
     out = {"units": units, "search_seconds": seconds, "dense": {**rows["plain"][0], **given["plain"].get((), {}),
                                                                 "kv_bytes_per_token": kv_bytes_per_token(bm.model),

@@ -31,10 +31,15 @@ def pruned(bm, removed):
 def naive_scores(bm, requests, removed) -> tuple[np.ndarray, np.ndarray]:
     """Per request: the float64 log-probability of the scored tokens and whether greedy decoding
     reproduces all of them, from a plain forward of the physically pruned copy (full logits)."""
-    pm = pruned(bm, removed)
+    return scores_of(pruned(bm, removed).model, requests)
+
+
+@torch.inference_mode()
+def scores_of(model, requests) -> tuple[np.ndarray, np.ndarray]:
+    """naive_scores of an HF model as it is: one plain forward per request, full logits, float64."""
     lp, gr = [], []
     for r in requests:
-        logits = pm.model(torch.tensor([r.tokens]), use_cache=False).logits[0].double()
+        logits = model(input_ids=torch.tensor([r.tokens]), use_cache=False).logits[0].double()
         pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
         tgt = torch.tensor(r.tokens[r.score_from:])
         lp.append(torch.log_softmax(logits, -1)[pos, tgt].sum().item())
@@ -184,16 +189,6 @@ def half_removed(bm, removed_units):
     return model
 
 
-@torch.inference_mode()
 def half_removed_scores(bm, requests, removed_units) -> tuple[np.ndarray, np.ndarray]:
-    """naive_scores for halves: per request the float64 log-probability of the scored tokens and
-    whether greedy decoding reproduces them all, from a plain forward of `half_removed`'s copy."""
-    model = half_removed(bm, removed_units)
-    lp, gr = [], []
-    for r in requests:
-        logits = model(input_ids=torch.tensor([r.tokens]), use_cache=False).logits[0].double()
-        pos = torch.arange(r.score_from - 1, len(r.tokens) - 1)
-        tgt = torch.tensor(r.tokens[r.score_from:])
-        lp.append(torch.log_softmax(logits, -1)[pos, tgt].sum().item())
-        gr.append(bool((logits[pos].argmax(-1) == tgt).all()))
-    return np.array(lp), np.array(gr)
+    """naive_scores for halves: `scores_of` the copy whose removed halves output zeros (`half_removed`)."""
+    return scores_of(half_removed(bm, removed_units), requests)

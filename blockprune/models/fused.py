@@ -150,9 +150,7 @@ def unsupported_reason(bm: BlockModel) -> str | None:
     """Why the fused runner cannot drive this model's blocks, or None when it can. A model by halves
     (models.units) can when its blocks can: each half is one pre-norm and one residual add."""
     if isinstance(bm, UnitModel):
-        problem = unsupported_reason(bm.base)
-        posts = [i for i, half in enumerate(bm.blocks) if half.post is not None]
-        return problem or (f"unit {posts[0]} has a norm after its sublayer (sandwich norms)" if posts else None)
+        return unsupported_reason(bm.base)
     reference = _llama_forward_source()
     if reference is None:
         return "the Llama decoder layer of transformers cannot be read"
